@@ -1,0 +1,53 @@
+//! Command implementations.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, Global};
+
+mod bench;
+mod models;
+mod stylize;
+
+/// Parses the command line and runs the command.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Stylize(args) => stylize::run(&cli.global, args),
+        Command::Models(cmd) => models::run(&cli.global, cmd),
+        Command::Bench(args) => bench::run(&cli.global, args),
+    }
+}
+
+impl Global {
+    pub fn limits(&self) -> atelier_imaging::Limits {
+        atelier_imaging::Limits {
+            max_pixels: self.max_pixels,
+            max_side: self.max_image_side,
+            ..atelier_imaging::Limits::default()
+        }
+    }
+
+    /// Resolves `--model`: an existing file, or `<models_dir>/<name>.safetensors`.
+    pub fn model_path(&self, model: &str) -> anyhow::Result<std::path::PathBuf> {
+        let p = std::path::Path::new(model);
+        if p.is_file() {
+            return Ok(p.to_path_buf());
+        }
+        let named = self.models_dir.join(format!("{model}.safetensors"));
+        if named.is_file() {
+            return Ok(named);
+        }
+        let available = models::list_names(&self.models_dir);
+        anyhow::bail!(
+            "no model file `{model}` and no model named `{model}` in {} (available: {})",
+            self.models_dir.display(),
+            if available.is_empty() {
+                "none".to_string()
+            } else {
+                available.join(", ")
+            }
+        )
+    }
+}

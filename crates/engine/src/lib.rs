@@ -1,0 +1,388 @@
+//! Stylizes images of any size with an Atelier model.
+//!
+//! Small images run in one pass. Larger ones are cut into overlapping tiles whose outputs are
+//! blended with feathered weights, so memory is bounded by the tile size, not the image size.
+//! Instance normalization would normally compute its statistics per tile, which shows as seams
+//! and colour shifts between tiles; here every tile uses statistics that are global to the
+//! image:
+//!
+//! 1. **thumbnail** (URST's thumbnail instance normalization, AAAI 2022): run the network once
+//!    on a downscaled copy and record each normalization layer's mean and variance;
+//! 2. **refined** (the default): one more pass over the tiles with the thumbnail statistics,
+//!    measuring each layer's pre-normalization activations inside each tile's own share of the
+//!    image (its *core*: the tiles' cores partition the image), which adds up to the
+//!    full-resolution statistics; the final pass uses those.
+//!
+//! Batch-norm models in eval mode (running statistics) need neither: their tiles are
+//! independent.
+
+use atelier_imaging::{Blender, Image, Rect, TileGrid};
+use atelier_nets::{Arch, Ctx, LayerStats, Model, Region, Role, StatsAccumulator};
+use candle_core::{Device, Tensor};
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Nets(#[from] atelier_nets::Error),
+    #[error(transparent)]
+    Imaging(#[from] atelier_imaging::Error),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The model cannot stylize images (a discriminator, a noise generator, wrong channels).
+    #[error("model `{name}` ({arch}) cannot stylize RGB images: {why}")]
+    NotATranslator {
+        name: String,
+        arch: String,
+        why: String,
+    },
+    /// Invalid options.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Result alias of the engine.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where tiles get their normalization statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StatsMode {
+    /// From a thumbnail of the whole image (one pass over the tiles).
+    Thumbnail,
+    /// Thumbnail, then full-resolution statistics measured over the tiles (two passes).
+    #[default]
+    Refined,
+}
+
+/// Options of [`Stylizer::stylize`].
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Tile side in pixels; 0 disables tiling (the whole image in one pass).
+    pub tile: u32,
+    /// Overlap between neighbouring tiles in pixels.
+    pub overlap: u32,
+    /// Normalization statistics for tiles.
+    pub stats: StatsMode,
+    /// Longer side of the thumbnail used for the first statistics estimate.
+    pub thumbnail_side: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tile: 512,
+            overlap: 64,
+            stats: StatsMode::Refined,
+            thumbnail_side: 512,
+        }
+    }
+}
+
+/// Progress of one image: `done` of `total` network passes (tiles, thumbnails).
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+}
+
+/// A loaded model ready to stylize.
+pub struct Stylizer {
+    model: Model,
+    device: Device,
+}
+
+/// Reflect-pads a CHW buffer on the right and bottom.
+fn pad_reflect_chw(data: &[f32], c: usize, w: usize, h: usize, pw: usize, ph: usize) -> Vec<f32> {
+    let (nw, nh) = (w + pw, h + ph);
+    let refl = |i: usize, n: usize| -> usize {
+        if i < n {
+            i
+        } else {
+            // Reflect about the last index; fall back to clamping for tiny inputs.
+            let r = 2 * (n - 1) as i64 - i as i64;
+            r.max(0) as usize
+        }
+    };
+    let mut out = Vec::with_capacity(c * nw * nh);
+    for ch in 0..c {
+        let plane = &data[ch * w * h..(ch + 1) * w * h];
+        for y in 0..nh {
+            let row = &plane[refl(y, h) * w..][..w];
+            out.extend_from_slice(row);
+            for x in w..nw {
+                out.push(row[refl(x, w)]);
+            }
+        }
+    }
+    out
+}
+
+fn round_up(v: u32, m: u32) -> u32 {
+    v.div_ceil(m) * m
+}
+
+impl Stylizer {
+    /// Wraps a loaded model; fails if it is not an RGB image-to-image generator.
+    pub fn new(model: Model, device: Device) -> Result<Self> {
+        let arch = model.card.arch;
+        let not = |why: String| Error::NotATranslator {
+            name: model.card.name.clone(),
+            arch: arch.name(),
+            why,
+        };
+        if arch.role() != Role::Translator {
+            return Err(not(match arch.role() {
+                Role::Discriminator => "it is a discriminator".into(),
+                _ => "it generates images from noise".into(),
+            }));
+        }
+        if arch.input_channels() != 3 || arch.output_channels() != 3 {
+            return Err(not(format!(
+                "it maps {} to {} channels",
+                arch.input_channels(),
+                arch.output_channels()
+            )));
+        }
+        Ok(Self { model, device })
+    }
+
+    /// The model's card.
+    pub fn card(&self) -> &atelier_nets::ModelCard {
+        &self.model.card
+    }
+
+    fn arch(&self) -> Arch {
+        self.model.card.arch
+    }
+
+    fn ctx(&self) -> Ctx {
+        let mut ctx = Ctx::eval();
+        ctx.batch_stats = self.model.card.inference.batch_stats;
+        ctx
+    }
+
+    /// Whether tiles need shared statistics.
+    fn data_dependent_norm(&self) -> bool {
+        self.arch().has_instance_norm() || self.model.card.inference.batch_stats
+    }
+
+    fn run(&self, chw: Vec<f32>, w: usize, h: usize, ctx: &mut Ctx) -> Result<Vec<f32>> {
+        let x = Tensor::from_vec(chw, (1, 3, h, w), &self.device)?;
+        ctx.rewind();
+        let y = self.model.net.forward(&x, ctx)?;
+        Ok(y.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Number of network passes [`Stylizer::stylize`] will make for a `w`×`h` image.
+    pub fn passes(&self, w: u32, h: u32, opts: &Options) -> usize {
+        match self.plan(w, h, opts) {
+            Ok(Some(grid)) => {
+                let stats = if self.data_dependent_norm() {
+                    1 + if opts.stats == StatsMode::Refined { grid.len() } else { 0 }
+                } else {
+                    0
+                };
+                grid.len() + stats
+            }
+            _ => 1,
+        }
+    }
+
+    /// The tile grid for a padded image, or `None` when it runs in one pass.
+    fn plan(&self, w: u32, h: u32, opts: &Options) -> Result<Option<TileGrid>> {
+        let m = self.arch().size_multiple() as u32;
+        let (pw, ph) = (round_up(w, m), round_up(h, m));
+        if opts.tile == 0 || (pw <= opts.tile && ph <= opts.tile) {
+            return Ok(None);
+        }
+        let tile = (opts.tile / m) * m;
+        if tile < m || tile < 2 * opts.overlap.max(1) {
+            return Err(Error::Options(format!(
+                "tile size {} is too small for this model (needs a multiple of {m} and more than \
+                 twice the overlap {})",
+                opts.tile, opts.overlap
+            )));
+        }
+        let overlap = round_up(opts.overlap, m).min(tile - m);
+        Ok(Some(TileGrid::new(pw, ph, tile, overlap)?))
+    }
+
+    /// Stylizes an image; the result has the input's size and its alpha plane unchanged.
+    pub fn stylize(
+        &self,
+        img: &Image,
+        opts: &Options,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Image> {
+        img.validate()?;
+        let (w, h) = (img.width as usize, img.height as usize);
+        let m = self.arch().size_multiple();
+        let (pw, ph) = (w.div_ceil(m) * m, h.div_ceil(m) * m);
+        let padded = if (pw, ph) == (w, h) {
+            None
+        } else {
+            Some(pad_reflect_chw(&img.rgb, 3, w, h, pw - w, ph - h))
+        };
+        let src: &[f32] = padded.as_deref().unwrap_or(&img.rgb);
+        let total = self.passes(img.width, img.height, opts);
+        let mut done = 0;
+        let mut tick = |progress: &mut dyn FnMut(Progress)| {
+            done += 1;
+            progress(Progress { done, total });
+        };
+
+        let out = match self.plan(img.width, img.height, opts)? {
+            None => {
+                let mut ctx = self.ctx();
+                let out = self.run(src.to_vec(), pw, ph, &mut ctx)?;
+                tick(progress);
+                out
+            }
+            Some(grid) => {
+                let stats = if self.data_dependent_norm() {
+                    Some(self.global_stats(src, pw, ph, &grid, opts, &mut || tick(progress))?)
+                } else {
+                    None
+                };
+                let mut blender = Blender::for_grid(&grid, 3);
+                for rect in grid.rects() {
+                    let tile = atelier_imaging::crop_chw(src, pw as u32, ph as u32, 3, rect);
+                    let mut ctx = match &stats {
+                        Some(s) => self.ctx().replaying(s.clone()),
+                        None => self.ctx(),
+                    };
+                    let y = self.run(tile, rect.w as usize, rect.h as usize, &mut ctx)?;
+                    blender.add(rect, &y)?;
+                    tick(progress);
+                }
+                blender.finish()
+            }
+        };
+        let rgb = if (pw, ph) == (w, h) {
+            out
+        } else {
+            atelier_imaging::crop_chw(&out, pw as u32, ph as u32, 3, Rect::new(0, 0, w as u32, h as u32))
+        };
+        Ok(Image::new(img.width, img.height, rgb, img.alpha.clone())?)
+    }
+
+    /// Normalization statistics global to the (padded) image; see the crate docs.
+    fn global_stats(
+        &self,
+        src: &[f32],
+        w: usize,
+        h: usize,
+        grid: &TileGrid,
+        opts: &Options,
+        tick: &mut dyn FnMut(),
+    ) -> Result<Vec<LayerStats>> {
+        // 1. Thumbnail statistics.
+        let m = self.arch().size_multiple() as u32;
+        let full = Image::new(w as u32, h as u32, src.to_vec(), None)?;
+        let (tw, th) = atelier_imaging::fit_max_side(w as u32, h as u32, opts.thumbnail_side.max(m));
+        let (tw, th) = (round_up(tw, m), round_up(th, m));
+        let thumb = atelier_imaging::resize(&full, tw, th);
+        drop(full);
+        let mut ctx = self.ctx().recording();
+        self.run(thumb.rgb, tw as usize, th as usize, &mut ctx)?;
+        let mut stats = ctx.take_recorded();
+        tick();
+        if opts.stats == StatsMode::Thumbnail {
+            return Ok(stats);
+        }
+        // 2. Full-resolution statistics, measured over the tiles' cores.
+        let cores = cores(grid);
+        let mut ctx = self
+            .ctx()
+            .replaying(stats.clone())
+            .measuring(core_region(grid.rects().next().unwrap_or_default(), cores[0]), StatsAccumulator::default());
+        for (rect, core) in grid.rects().zip(&cores) {
+            ctx.set_region(core_region(rect, *core));
+            let tile = atelier_imaging::crop_chw(src, w as u32, h as u32, 3, rect);
+            self.run(tile, rect.w as usize, rect.h as usize, &mut ctx)?;
+            tick();
+        }
+        if let Some(acc) = ctx.take_measured() {
+            let measured = acc.finish(&self.device)?;
+            if measured.len() == stats.len() {
+                stats = measured;
+            }
+        }
+        Ok(stats)
+    }
+}
+
+/// The region of `core` (image coordinates) inside `rect`, in the tile's own coordinates.
+fn core_region(rect: Rect, core: Rect) -> Region {
+    Region {
+        x: (core.x - rect.x) as usize,
+        y: (core.y - rect.y) as usize,
+        w: core.w as usize,
+        h: core.h as usize,
+        input_w: rect.w as usize,
+        input_h: rect.h as usize,
+    }
+}
+
+/// Splits the image among the tiles: along each axis the boundary between two neighbouring
+/// tiles is the middle of their overlap (rounded down to a multiple of 4 so that it maps
+/// exactly onto the downsampled feature maps). The cores partition the image.
+fn cores(grid: &TileGrid) -> Vec<Rect> {
+    let rects: Vec<Rect> = grid.rects().collect();
+    let cols = grid.columns();
+    let mut xs: Vec<(u32, u32)> = rects[..cols].iter().map(|r| (r.x, r.w)).collect();
+    let mut ys: Vec<(u32, u32)> = rects.iter().step_by(cols).map(|r| (r.y, r.h)).collect();
+    let split = |v: &mut Vec<(u32, u32)>, size: u32| -> Vec<(u32, u32)> {
+        let n = v.len();
+        let mut bounds = vec![0u32];
+        for i in 0..n.saturating_sub(1) {
+            let (a, al) = v[i];
+            let (b, _) = v[i + 1];
+            let mid = (b + (a + al)) / 2;
+            bounds.push(mid / 4 * 4);
+        }
+        bounds.push(size);
+        (0..n).map(|i| (bounds[i], bounds[i + 1] - bounds[i])).collect()
+    };
+    let cx = split(&mut xs, grid.width());
+    let cy = split(&mut ys, grid.height());
+    rects
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let (x, w) = cx[i % cols];
+            let (y, h) = cy[i / cols];
+            Rect::new(x, y, w, h)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cores_partition_the_image() {
+        for (w, h, t, o) in [(1000, 700, 256, 64), (1024, 1024, 256, 64), (520, 260, 256, 32)] {
+            let grid = TileGrid::new(w, h, t, o).unwrap();
+            let mut count = vec![0u8; (w * h) as usize];
+            for (rect, core) in grid.rects().zip(cores(&grid)) {
+                assert!(core.x >= rect.x && core.x + core.w <= rect.x + rect.w, "{core:?} in {rect:?}");
+                assert!(core.y >= rect.y && core.y + core.h <= rect.y + rect.h, "{core:?} in {rect:?}");
+                for y in core.y..core.y + core.h {
+                    for x in core.x..core.x + core.w {
+                        count[(y * w + x) as usize] += 1;
+                    }
+                }
+            }
+            assert!(count.iter().all(|&c| c == 1), "cores of {w}x{h} do not partition it");
+        }
+    }
+
+    #[test]
+    fn reflect_pad_mirrors_edges() {
+        // 1 channel, 3x2: [1 2 3; 4 5 6] padded by 2 right, 1 bottom.
+        let p = pad_reflect_chw(&[1., 2., 3., 4., 5., 6.], 1, 3, 2, 2, 1);
+        assert_eq!(p, vec![1., 2., 3., 2., 1., 4., 5., 6., 5., 4., 1., 2., 3., 2., 1.]);
+    }
+}

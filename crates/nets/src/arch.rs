@@ -1,0 +1,246 @@
+//! The network zoo as one enum: architecture descriptions (serialised in model cards) and the
+//! built networks.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::dcgan::{
+    BriefDConfig, BriefDiscriminator, BriefGConfig, BriefGenerator, Dcgan64Config,
+    Dcgan64Discriminator, Dcgan64Generator,
+};
+use crate::discriminators::{NLayerConfig, NLayerDiscriminator, PixelConfig, PixelDiscriminator};
+use crate::light::{LightConfig, LightGenerator};
+use crate::norm::Ctx;
+use crate::resnet::{ResnetConfig, ResnetGenerator};
+use crate::unet::{UnetConfig, UnetGenerator};
+use crate::{Error, Result};
+
+/// An architecture with all its hyper-parameters; stored in the model card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Arch {
+    /// `ResnetGenerator` (`resnet_6blocks`, `resnet_9blocks`).
+    Resnet(ResnetConfig),
+    /// `UnetGenerator` (`unet_128`, `unet_256`).
+    Unet(UnetConfig),
+    /// Atelier's light real-time generator.
+    Light(LightConfig),
+    /// PatchGAN `NLayerDiscriminator` (`basic` = 3 layers, `n_layers`).
+    NLayer(NLayerConfig),
+    /// `PixelDiscriminator`.
+    Pixel(PixelConfig),
+    /// The brief's DCGAN generator (28×28).
+    BriefG(BriefGConfig),
+    /// The brief's DCGAN discriminator.
+    BriefD(BriefDConfig),
+    /// pytorch/examples DCGAN generator (64×64).
+    Dcgan64G(Dcgan64Config),
+    /// pytorch/examples DCGAN discriminator (64×64).
+    Dcgan64D(Dcgan64Config),
+}
+
+/// What a network maps from and to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Image → image generator (style transfer).
+    Translator,
+    /// Noise → image generator.
+    NoiseGenerator,
+    /// Discriminator.
+    Discriminator,
+}
+
+impl Arch {
+    /// A short human-readable name in the reference's vocabulary.
+    pub fn name(&self) -> String {
+        match self {
+            Arch::Resnet(c) => format!("resnet_{}blocks", c.n_blocks),
+            Arch::Unet(c) => format!("unet_{}", 1usize << c.num_downs),
+            Arch::Light(c) => format!("light_{}blocks", c.n_blocks),
+            Arch::NLayer(c) if c.n_layers == 3 => "basic".into(),
+            Arch::NLayer(c) => format!("n_layers_{}", c.n_layers),
+            Arch::Pixel(_) => "pixel".into(),
+            Arch::BriefG(_) => "dcgan_brief_G".into(),
+            Arch::BriefD(_) => "dcgan_brief_D".into(),
+            Arch::Dcgan64G(_) => "dcgan64_G".into(),
+            Arch::Dcgan64D(_) => "dcgan64_D".into(),
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        match self {
+            Arch::Resnet(_) | Arch::Unet(_) | Arch::Light(_) => Role::Translator,
+            Arch::BriefG(_) | Arch::Dcgan64G(_) => Role::NoiseGenerator,
+            _ => Role::Discriminator,
+        }
+    }
+
+    /// Input sides of a translator must be multiples of this.
+    pub fn size_multiple(&self) -> usize {
+        match self {
+            Arch::Resnet(_) | Arch::Light(_) => 4,
+            Arch::Unet(c) => 1 << c.num_downs,
+            _ => 1,
+        }
+    }
+
+    /// Input channels (image channels, or `nz` for noise generators).
+    pub fn input_channels(&self) -> usize {
+        match self {
+            Arch::Resnet(c) => c.input_nc,
+            Arch::Unet(c) => c.input_nc,
+            Arch::Light(c) => c.input_nc,
+            Arch::NLayer(c) => c.input_nc,
+            Arch::Pixel(c) => c.input_nc,
+            Arch::BriefG(c) => c.nz,
+            Arch::BriefD(c) => c.channels,
+            Arch::Dcgan64G(c) => c.nz,
+            Arch::Dcgan64D(c) => c.nc,
+        }
+    }
+
+    /// Output channels of a generator.
+    pub fn output_channels(&self) -> usize {
+        match self {
+            Arch::Resnet(c) => c.output_nc,
+            Arch::Unet(c) => c.output_nc,
+            Arch::Light(c) => c.output_nc,
+            Arch::BriefG(c) => c.channels,
+            Arch::Dcgan64G(c) => c.nc,
+            _ => 1,
+        }
+    }
+
+    /// Whether the network has data-dependent normalization (instance norm), so that tiled
+    /// inference needs shared statistics.
+    pub fn has_instance_norm(&self) -> bool {
+        use crate::NormKind::Instance;
+        match self {
+            Arch::Resnet(c) => c.norm == Instance,
+            Arch::Unet(c) => c.norm == Instance,
+            Arch::Light(_) => true,
+            Arch::NLayer(c) => c.norm == Instance,
+            Arch::Pixel(c) => c.norm == Instance,
+            _ => false,
+        }
+    }
+
+    /// The weights this architecture expects: name → shape, in a stable order.
+    pub fn expected_shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        Network::new(*self, vb)?;
+        let data = map.data().lock().map_err(|_| Error::Arch("poisoned".into()))?;
+        Ok(data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
+            .collect())
+    }
+
+    /// Parameter count.
+    pub fn parameter_count(&self) -> Result<usize> {
+        Ok(self
+            .expected_shapes()?
+            .iter()
+            .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum())
+    }
+}
+
+/// A built network of any architecture.
+#[derive(Debug, Clone)]
+pub enum Network {
+    Resnet(ResnetGenerator),
+    Unet(UnetGenerator),
+    Light(LightGenerator),
+    NLayer(NLayerDiscriminator),
+    Pixel(PixelDiscriminator),
+    BriefG(BriefGenerator),
+    BriefD(BriefDiscriminator),
+    Dcgan64G(Dcgan64Generator),
+    Dcgan64D(Dcgan64Discriminator),
+}
+
+impl Network {
+    /// Builds the network, reading (or, with a `VarMap`, creating) its weights through `vb`.
+    pub fn new(arch: Arch, vb: VarBuilder) -> Result<Self> {
+        Ok(match arch {
+            Arch::Resnet(c) => Network::Resnet(ResnetGenerator::new(c, vb)?),
+            Arch::Unet(c) => Network::Unet(UnetGenerator::new(c, vb)?),
+            Arch::Light(c) => Network::Light(LightGenerator::new(c, vb)?),
+            Arch::NLayer(c) => Network::NLayer(NLayerDiscriminator::new(c, vb)?),
+            Arch::Pixel(c) => Network::Pixel(PixelDiscriminator::new(c, vb)?),
+            Arch::BriefG(c) => Network::BriefG(BriefGenerator::new(c, vb)?),
+            Arch::BriefD(c) => Network::BriefD(BriefDiscriminator::new(c, vb)?),
+            Arch::Dcgan64G(c) => Network::Dcgan64G(Dcgan64Generator::new(c, vb)?),
+            Arch::Dcgan64D(c) => Network::Dcgan64D(Dcgan64Discriminator::new(c, vb)?),
+        })
+    }
+
+    /// Builds the network from named tensors, checking every key and shape first so that a
+    /// wrong file fails with a message naming the weight.
+    pub fn from_tensors(
+        arch: Arch,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        device: &Device,
+    ) -> Result<Self> {
+        let expected = arch.expected_shapes()?;
+        let arch_name = arch.name();
+        for (key, shape) in &expected {
+            match tensors.get(key) {
+                None => {
+                    return Err(Error::MissingKey {
+                        key: key.clone(),
+                        arch: arch_name,
+                    })
+                }
+                Some(t) if t.dims() != shape.as_slice() => {
+                    return Err(Error::ShapeMismatch {
+                        key: key.clone(),
+                        expected: shape.clone(),
+                        found: t.dims().to_vec(),
+                        arch: arch_name,
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        let extra: Vec<&String> = tensors
+            .keys()
+            .filter(|k| !expected.contains_key(*k))
+            .collect();
+        if let Some(first) = extra.iter().min() {
+            return Err(Error::UnexpectedKeys {
+                count: extra.len(),
+                first: (*first).clone(),
+                arch: arch_name,
+            });
+        }
+        let mut converted = std::collections::HashMap::new();
+        for (k, t) in tensors {
+            converted.insert(k.clone(), t.to_dtype(DType::F32)?.to_device(device)?);
+        }
+        let vb = VarBuilder::from_tensors(converted, DType::F32, device);
+        Network::new(arch, vb)
+    }
+
+    /// Runs the network. Translators and discriminators take `(N, C, H, W)` images in [-1, 1];
+    /// noise generators take `(N, nz)`.
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match self {
+            Network::Resnet(n) => n.forward(x, ctx),
+            Network::Unet(n) => n.forward(x, ctx),
+            Network::Light(n) => n.forward(x, ctx),
+            Network::NLayer(n) => n.forward(x, ctx),
+            Network::Pixel(n) => n.forward(x, ctx),
+            Network::BriefG(n) => n.forward(x, ctx),
+            Network::BriefD(n) => n.forward(x, ctx),
+            Network::Dcgan64G(n) => n.forward(x, ctx),
+            Network::Dcgan64D(n) => n.forward(x, ctx),
+        }
+    }
+}

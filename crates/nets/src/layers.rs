@@ -1,0 +1,229 @@
+//! Basic layers with PyTorch's parameter names and semantics.
+
+use candle_core::{DType, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::Result;
+
+/// Weight initialisation of the reference (`init_weights(net, 'normal', 0.02)`).
+pub(crate) const W_INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// `nn.Conv2d` with zero padding, stride and groups; weight `(out, in/groups, k, k)`.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+}
+
+/// Hyper-parameters of a convolution.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvCfg {
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub bias: bool,
+}
+
+impl ConvCfg {
+    /// A k×k convolution with stride 1, no padding, one group, with bias.
+    pub const fn k(k: usize) -> Self {
+        Self {
+            k,
+            stride: 1,
+            padding: 0,
+            groups: 1,
+            bias: true,
+        }
+    }
+    pub const fn stride(mut self, s: usize) -> Self {
+        self.stride = s;
+        self
+    }
+    pub const fn pad(mut self, p: usize) -> Self {
+        self.padding = p;
+        self
+    }
+    pub const fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+    pub const fn bias(mut self, b: bool) -> Self {
+        self.bias = b;
+        self
+    }
+}
+
+impl Conv2d {
+    pub fn new(c_in: usize, c_out: usize, cfg: ConvCfg, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((c_out, c_in / cfg.groups, cfg.k, cfg.k), "weight", W_INIT)?;
+        let bias = if cfg.bias {
+            Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride: cfg.stride,
+            padding: cfg.padding,
+            groups: cfg.groups,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        add_bias(y, self.bias.as_ref())
+    }
+}
+
+fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    match bias {
+        Some(b) => {
+            let c = b.dim(0)?;
+            Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
+        }
+        None => Ok(y),
+    }
+}
+
+/// `nn.ConvTranspose2d`; weight `(in, out, k, k)`.
+#[derive(Debug, Clone)]
+pub struct ConvTranspose2d {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub stride: usize,
+    pub padding: usize,
+    pub output_padding: usize,
+}
+
+impl ConvTranspose2d {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        cfg: ConvCfg,
+        output_padding: usize,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let weight = vb.get_with_hints((c_in, c_out, cfg.k, cfg.k), "weight", W_INIT)?;
+        let bias = if cfg.bias {
+            Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            stride: cfg.stride,
+            padding: cfg.padding,
+            output_padding,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.conv_transpose2d(
+            &self.weight,
+            self.padding,
+            self.output_padding,
+            self.stride,
+            1,
+        )?;
+        add_bias(y, self.bias.as_ref())
+    }
+}
+
+/// `nn.Linear`; weight `(out, in)`.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn new(c_in: usize, c_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let weight = vb.get_with_hints((c_out, c_in), "weight", W_INIT)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => Ok(y.broadcast_add(&b.unsqueeze(0)?)?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Reflection padding (`nn.ReflectionPad2d(p)`) of an `(N, C, H, W)` tensor.
+pub fn reflect_pad(x: &Tensor, p: usize) -> Result<Tensor> {
+    if p == 0 {
+        return Ok(x.clone());
+    }
+    let (_, _, h, w) = x.dims4()?;
+    if p >= h || p >= w {
+        return Err(crate::Error::Input(format!(
+            "reflection padding {p} needs an input larger than {p}×{p}, got {w}×{h}"
+        )));
+    }
+    let idx = |n: usize| -> Result<Tensor> {
+        let v: Vec<u32> = (0..n + 2 * p)
+            .map(|i| {
+                let j = i as i64 - p as i64;
+                let j = if j < 0 {
+                    -j
+                } else if j >= n as i64 {
+                    2 * (n as i64 - 1) - j
+                } else {
+                    j
+                };
+                j as u32
+            })
+            .collect();
+        Ok(Tensor::from_vec(v, n + 2 * p, x.device())?)
+    };
+    let x = x.index_select(&idx(h)?, 2)?;
+    Ok(x.index_select(&idx(w)?, 3)?)
+}
+
+/// `LeakyReLU(slope)`.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    // max(x, slope*x) for 0 < slope < 1.
+    Ok(x.maximum(&(x * slope)?)?)
+}
+
+/// `Dropout(p)` in training mode, identity otherwise.
+pub fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
+    if train && p > 0.0 {
+        Ok(candle_nn::ops::dropout(x, p)?)
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// Checks that an input is `(N, C, H, W)` float with the expected channel count.
+pub fn check_input(x: &Tensor, channels: usize, what: &str) -> Result<()> {
+    let dims = x.dims();
+    if dims.len() != 4 || dims[1] != channels {
+        return Err(crate::Error::Input(format!(
+            "{what} expects a (N, {channels}, H, W) tensor, got {dims:?}"
+        )));
+    }
+    if x.dtype() != DType::F32 && x.dtype() != DType::F16 && x.dtype() != DType::BF16 {
+        return Err(crate::Error::Input(format!(
+            "{what} expects a float tensor, got {:?}",
+            x.dtype()
+        )));
+    }
+    Ok(())
+}

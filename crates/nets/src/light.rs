@@ -1,0 +1,143 @@
+//! Atelier's light generator for real-time serving.
+//!
+//! Same encoder/decoder shape as the ResNet generator but with depthwise-separable residual
+//! blocks and resize-convolution upsampling (nearest ×2, then a depthwise-separable 3×3 conv:
+//! no checkerboard artefacts). At `ngf = 32`, 6 blocks, 256×256 input: about 2.4 GMAC versus
+//! 56.7 GMAC for `resnet_9blocks` at `ngf = 64` (see [`LightGenerator::macs`]).
+//!
+//! Keys: `stem`, `down.{0,1}`, `blocks.{i}.{dw1,pw1,dw2,pw2}`, `up.{0,1}.{dw,pw}`, `head`.
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::layers::{reflect_pad, Conv2d, ConvCfg};
+use crate::norm::{Ctx, Norm};
+use crate::Result;
+
+/// Hyper-parameters of a [`LightGenerator`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LightConfig {
+    pub input_nc: usize,
+    pub output_nc: usize,
+    pub ngf: usize,
+    pub n_blocks: usize,
+}
+
+impl Default for LightConfig {
+    fn default() -> Self {
+        Self {
+            input_nc: 3,
+            output_nc: 3,
+            ngf: 32,
+            n_blocks: 6,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DsBlock {
+    dw1: Conv2d,
+    pw1: Conv2d,
+    dw2: Conv2d,
+    pw2: Conv2d,
+}
+
+#[derive(Debug, Clone)]
+struct Up {
+    dw: Conv2d,
+    pw: Conv2d,
+}
+
+#[derive(Debug, Clone)]
+pub struct LightGenerator {
+    cfg: LightConfig,
+    stem: Conv2d,
+    down: Vec<Conv2d>,
+    blocks: Vec<DsBlock>,
+    up: Vec<Up>,
+    head: Conv2d,
+    norm: Norm,
+}
+
+impl LightGenerator {
+    pub fn new(cfg: LightConfig, vb: VarBuilder) -> Result<Self> {
+        let ngf = cfg.ngf;
+        let c = ngf * 4;
+        let dw = |ch: usize| ConvCfg::k(3).groups(ch);
+        let stem = Conv2d::new(cfg.input_nc, ngf, ConvCfg::k(7), vb.pp("stem"))?;
+        let s2 = ConvCfg::k(3).stride(2).pad(1);
+        let down = vec![
+            Conv2d::new(ngf, ngf * 2, s2, vb.pp("down.0"))?,
+            Conv2d::new(ngf * 2, c, s2, vb.pp("down.1"))?,
+        ];
+        let mut blocks = Vec::new();
+        for i in 0..cfg.n_blocks {
+            let vb = vb.pp(format!("blocks.{i}"));
+            blocks.push(DsBlock {
+                dw1: Conv2d::new(c, c, dw(c), vb.pp("dw1"))?,
+                pw1: Conv2d::new(c, c, ConvCfg::k(1), vb.pp("pw1"))?,
+                dw2: Conv2d::new(c, c, dw(c), vb.pp("dw2"))?,
+                pw2: Conv2d::new(c, c, ConvCfg::k(1), vb.pp("pw2"))?,
+            });
+        }
+        let mut up = Vec::new();
+        for (j, ch) in [c, c / 2].into_iter().enumerate() {
+            let vb = vb.pp(format!("up.{j}"));
+            up.push(Up {
+                dw: Conv2d::new(ch, ch, dw(ch), vb.pp("dw"))?,
+                pw: Conv2d::new(ch, ch / 2, ConvCfg::k(1), vb.pp("pw"))?,
+            });
+        }
+        let head = Conv2d::new(ngf, cfg.output_nc, ConvCfg::k(7), vb.pp("head"))?;
+        Ok(Self {
+            cfg,
+            stem,
+            down,
+            blocks,
+            up,
+            head,
+            norm: Norm::Instance { eps: 1e-5 },
+        })
+    }
+
+    pub fn config(&self) -> &LightConfig {
+        &self.cfg
+    }
+
+    /// Multiply-accumulates of one forward pass at `h`×`w` (convolutions only).
+    pub fn macs(cfg: &LightConfig, h: usize, w: usize) -> u64 {
+        let (ngf, c) = (cfg.ngf as u64, cfg.ngf as u64 * 4);
+        let px = (h * w) as u64;
+        let (p2, p4) = (px / 4, px / 16);
+        let mut m = 49 * cfg.input_nc as u64 * ngf * px; // stem
+        m += 9 * ngf * 2 * ngf * p2 + 9 * 2 * ngf * c * p4; // down
+        m += cfg.n_blocks as u64 * 2 * (9 * c * p4 + c * c * p4); // blocks
+        m += 9 * c * p2 + c * (c / 2) * p2; // up.0
+        m += 9 * (c / 2) * px + (c / 2) * ngf * px; // up.1
+        m += 49 * ngf * cfg.output_nc as u64 * px; // head
+        m
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        crate::layers::check_input(x, self.cfg.input_nc, "LightGenerator")?;
+        let n = &self.norm;
+        let mut h = n.forward(&self.stem.forward(&reflect_pad(x, 3)?)?, ctx)?.relu()?;
+        for d in &self.down {
+            h = n.forward(&d.forward(&h)?, ctx)?.relu()?;
+        }
+        for b in &self.blocks {
+            let t = b.pw1.forward(&b.dw1.forward(&reflect_pad(&h, 1)?)?)?;
+            let t = n.forward(&t, ctx)?.relu()?;
+            let t = b.pw2.forward(&b.dw2.forward(&reflect_pad(&t, 1)?)?)?;
+            h = (h + n.forward(&t, ctx)?)?;
+        }
+        for u in &self.up {
+            let (_, _, hh, ww) = h.dims4()?;
+            let t = h.upsample_nearest2d(hh * 2, ww * 2)?;
+            let t = u.pw.forward(&u.dw.forward(&reflect_pad(&t, 1)?)?)?;
+            h = n.forward(&t, ctx)?.relu()?;
+        }
+        Ok(self.head.forward(&reflect_pad(&h, 3)?)?.tanh()?)
+    }
+}

@@ -1,0 +1,383 @@
+//! Normalization layers and the statistics context that makes tiled inference seamless.
+//!
+//! Instance normalization (and batch normalization with batch statistics) computes its
+//! statistics from the image it sees. Run on tiles, every tile would get its own mean and
+//! variance and the tiles would not match. [`Ctx`] lets the caller record the statistics of
+//! each normalization layer on one pass (e.g. a thumbnail, as in URST's thumbnail instance
+//! normalization) and replay them on the tiles, and also measure the statistics of the
+//! activations inside a region of each tile so that global full-resolution statistics can be
+//! accumulated tile by tile.
+
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::Result;
+
+/// Statistics of one normalization layer: per-channel mean and biased variance, shape (1, C, 1, 1).
+#[derive(Debug, Clone)]
+pub struct LayerStats {
+    pub mean: Tensor,
+    pub var: Tensor,
+}
+
+/// A region of the current input in image pixels: `(x, y, w, h)` inside an input of
+/// `(width, height)`. Layers scale it to their own feature-map resolution.
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    pub x: usize,
+    pub y: usize,
+    pub w: usize,
+    pub h: usize,
+    pub input_w: usize,
+    pub input_h: usize,
+}
+
+/// Running sums of activations inside a region, per normalization layer and channel.
+#[derive(Debug, Clone, Default)]
+pub struct StatsAccumulator {
+    /// Per layer: (sum, sum of squares, count) per channel.
+    layers: Vec<(Vec<f64>, Vec<f64>, f64)>,
+}
+
+impl StatsAccumulator {
+    fn add(&mut self, layer: usize, x: &Tensor, region: &Region) -> Result<()> {
+        let (_, c, h, w) = x.dims4()?;
+        // Scale the region to this layer's resolution (exact for strides dividing the tile).
+        let sx = region.input_w as f64 / w as f64;
+        let sy = region.input_h as f64 / h as f64;
+        let x0 = (region.x as f64 / sx).round() as usize;
+        let y0 = (region.y as f64 / sy).round() as usize;
+        let x1 = (((region.x + region.w) as f64) / sx).round() as usize;
+        let y1 = (((region.y + region.h) as f64) / sy).round() as usize;
+        let (x1, y1) = (x1.min(w), y1.min(h));
+        if x1 <= x0 || y1 <= y0 {
+            return Ok(());
+        }
+        let part = x.i_narrow(x0, x1, y0, y1)?.to_dtype(DType::F64)?;
+        let sum: Vec<f64> = part.sum_keepdim(3)?.sum_keepdim(2)?.sum_keepdim(0)?.flatten_all()?.to_vec1()?;
+        let sq: Vec<f64> = part
+            .sqr()?
+            .sum_keepdim(3)?
+            .sum_keepdim(2)?
+            .sum_keepdim(0)?
+            .flatten_all()?
+            .to_vec1()?;
+        let n = ((x1 - x0) * (y1 - y0) * x.dim(0)?) as f64;
+        while self.layers.len() <= layer {
+            self.layers.push((vec![0.0; c], vec![0.0; c], 0.0));
+        }
+        let entry = &mut self.layers[layer];
+        if entry.0.len() != c {
+            *entry = (vec![0.0; c], vec![0.0; c], 0.0);
+        }
+        for i in 0..c {
+            entry.0[i] += sum[i];
+            entry.1[i] += sq[i];
+        }
+        entry.2 += n;
+        Ok(())
+    }
+
+    /// Turns the sums into per-layer statistics (biased variance, like instance norm).
+    pub fn finish(&self, device: &candle_core::Device) -> Result<Vec<LayerStats>> {
+        self.layers
+            .iter()
+            .map(|(s, q, n)| {
+                let c = s.len();
+                let n = n.max(1.0);
+                let mean: Vec<f32> = s.iter().map(|v| (v / n) as f32).collect();
+                let var: Vec<f32> = s
+                    .iter()
+                    .zip(q)
+                    .map(|(s, q)| ((q / n) - (s / n) * (s / n)).max(0.0) as f32)
+                    .collect();
+                Ok(LayerStats {
+                    mean: Tensor::from_vec(mean, (1, c, 1, 1), device)?,
+                    var: Tensor::from_vec(var, (1, c, 1, 1), device)?,
+                })
+            })
+            .collect()
+    }
+}
+
+trait NarrowExt {
+    fn i_narrow(&self, x0: usize, x1: usize, y0: usize, y1: usize) -> candle_core::Result<Tensor>;
+}
+
+impl NarrowExt for Tensor {
+    fn i_narrow(&self, x0: usize, x1: usize, y0: usize, y1: usize) -> candle_core::Result<Tensor> {
+        self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)
+    }
+}
+
+/// How data-dependent normalization layers get their statistics.
+#[derive(Debug, Clone, Default)]
+enum StatsMode {
+    /// From the current input (the normal behaviour).
+    #[default]
+    Own,
+    /// From the current input, and remember them in order.
+    Record(Vec<LayerStats>),
+    /// Use previously recorded statistics, in order.
+    Replay(Vec<LayerStats>),
+}
+
+/// Forward-pass context: training flag, batch-norm statistics choice and the statistics mode.
+#[derive(Debug, Clone, Default)]
+pub struct Ctx {
+    /// Training mode: dropout is active and batch norm uses batch statistics.
+    pub train: bool,
+    /// Use batch statistics in batch norm even when not training (what the reference's
+    /// `test.py` does without `--eval`, e.g. for pix2pix).
+    pub batch_stats: bool,
+    mode: StatsMode,
+    cursor: usize,
+    measure: Option<(Region, StatsAccumulator)>,
+}
+
+impl Ctx {
+    /// Inference context (eval mode, running statistics for batch norm).
+    pub fn eval() -> Self {
+        Self::default()
+    }
+
+    /// Training context.
+    pub fn train() -> Self {
+        Self {
+            train: true,
+            ..Self::default()
+        }
+    }
+
+    /// Record the statistics of every data-dependent normalization layer.
+    pub fn recording(mut self) -> Self {
+        self.mode = StatsMode::Record(Vec::new());
+        self.cursor = 0;
+        self
+    }
+
+    /// Replay recorded statistics instead of computing them from the input.
+    pub fn replaying(mut self, stats: Vec<LayerStats>) -> Self {
+        self.mode = StatsMode::Replay(stats);
+        self.cursor = 0;
+        self
+    }
+
+    /// Also accumulate the pre-normalization activation statistics inside `region`.
+    pub fn measuring(mut self, region: Region, acc: StatsAccumulator) -> Self {
+        self.measure = Some((region, acc));
+        self
+    }
+
+    /// Resets the layer cursor before another forward pass with the same context.
+    pub fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
+    /// Changes the measuring region (keeps the accumulated sums).
+    pub fn set_region(&mut self, region: Region) {
+        if let Some((r, _)) = self.measure.as_mut() {
+            *r = region;
+        }
+    }
+
+    /// Takes the recorded statistics (after a recording pass).
+    pub fn take_recorded(&mut self) -> Vec<LayerStats> {
+        match std::mem::take(&mut self.mode) {
+            StatsMode::Record(v) | StatsMode::Replay(v) => v,
+            StatsMode::Own => Vec::new(),
+        }
+    }
+
+    /// Takes the accumulated measurements.
+    pub fn take_measured(&mut self) -> Option<StatsAccumulator> {
+        self.measure.take().map(|(_, a)| a)
+    }
+
+    /// Statistics for a data-dependent normalization: per sample (instance norm) or over the
+    /// batch (batch norm).
+    fn stats(&mut self, x: &Tensor, per_sample: bool) -> Result<(Tensor, Tensor)> {
+        let layer = self.cursor;
+        self.cursor += 1;
+        if let Some((region, acc)) = self.measure.as_mut() {
+            acc.add(layer, x, region)?;
+        }
+        if let StatsMode::Replay(stats) = &self.mode {
+            let s = stats.get(layer).ok_or_else(|| {
+                crate::Error::Input(format!(
+                    "replayed statistics have {} layers, the network has more",
+                    stats.len()
+                ))
+            })?;
+            let c = x.dim(1)?;
+            if s.mean.dim(1)? != c {
+                return Err(crate::Error::Input(format!(
+                    "replayed statistics of layer {layer} have {} channels, expected {c}",
+                    s.mean.dim(1)?
+                )));
+            }
+            return Ok((s.mean.clone(), s.var.clone()));
+        }
+        let (mean, var) = if per_sample {
+            let mean = x.mean_keepdim(D::Minus1)?.mean_keepdim(D::Minus2)?;
+            let var = x
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(D::Minus2)?;
+            (mean, var)
+        } else {
+            let mean = x
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(D::Minus2)?
+                .mean_keepdim(0)?;
+            let var = x
+                .broadcast_sub(&mean)?
+                .sqr()?
+                .mean_keepdim(D::Minus1)?
+                .mean_keepdim(D::Minus2)?
+                .mean_keepdim(0)?;
+            (mean, var)
+        };
+        if let StatsMode::Record(v) = &mut self.mode {
+            // Thumbnail statistics are shared by every tile: average over the batch.
+            v.push(LayerStats {
+                mean: mean.mean_keepdim(0)?,
+                var: var.mean_keepdim(0)?,
+            });
+        }
+        Ok((mean, var))
+    }
+}
+
+/// Which normalization a network uses (the reference's `--norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// `InstanceNorm2d(affine=False, track_running_stats=False)`.
+    Instance,
+    /// `BatchNorm2d(affine=True, track_running_stats=True)`.
+    Batch,
+    /// No normalization.
+    None,
+}
+
+impl NormKind {
+    /// The reference uses conv biases only with instance norm.
+    pub fn use_bias(self) -> bool {
+        self == NormKind::Instance
+    }
+
+    /// Parses the reference's flag value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "instance" => Some(Self::Instance),
+            "batch" => Some(Self::Batch),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for NormKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Instance => "instance",
+            Self::Batch => "batch",
+            Self::None => "none",
+        })
+    }
+}
+
+/// A 2-d (or, for batch norm, 1-d on `(N, F)` inputs) normalization layer.
+#[derive(Debug, Clone)]
+pub enum Norm {
+    Instance {
+        eps: f64,
+    },
+    Batch {
+        weight: Tensor,
+        bias: Tensor,
+        running_mean: Tensor,
+        running_var: Tensor,
+        eps: f64,
+    },
+    None,
+}
+
+impl Norm {
+    /// Builds the layer; batch norm reads `weight`, `bias`, `running_mean`, `running_var`.
+    pub fn new(kind: NormKind, channels: usize, vb: VarBuilder) -> Result<Self> {
+        Self::with_eps(kind, channels, 1e-5, vb)
+    }
+
+    /// Same as [`Norm::new`] with a chosen epsilon.
+    pub fn with_eps(kind: NormKind, channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        use candle_nn::Init;
+        Ok(match kind {
+            NormKind::Instance => Norm::Instance { eps },
+            NormKind::None => Norm::None,
+            NormKind::Batch => Norm::Batch {
+                weight: vb.get_with_hints(
+                    channels,
+                    "weight",
+                    Init::Randn {
+                        mean: 1.0,
+                        stdev: 0.02,
+                    },
+                )?,
+                bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+                running_mean: vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?,
+                running_var: vb.get_with_hints(channels, "running_var", Init::Const(1.0))?,
+                eps,
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match self {
+            Norm::None => Ok(x.clone()),
+            Norm::Instance { eps } => {
+                let (mean, var) = ctx.stats(x, true)?;
+                Ok(x.broadcast_sub(&mean)?
+                    .broadcast_div(&(var + *eps)?.sqrt()?)?)
+            }
+            Norm::Batch {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps,
+            } => {
+                let rank = x.rank();
+                if rank == 2 {
+                    // BatchNorm1d on (N, F).
+                    let (mean, var) = if ctx.train || ctx.batch_stats {
+                        let mean = x.mean_keepdim(0)?;
+                        let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
+                        (mean, var)
+                    } else {
+                        (running_mean.unsqueeze(0)?, running_var.unsqueeze(0)?)
+                    };
+                    let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + *eps)?.sqrt()?)?;
+                    return Ok(y
+                        .broadcast_mul(&weight.unsqueeze(0)?)?
+                        .broadcast_add(&bias.unsqueeze(0)?)?);
+                }
+                let c = x.dim(1)?;
+                let (mean, var) = if ctx.train || ctx.batch_stats {
+                    ctx.stats(x, false)?
+                } else {
+                    (
+                        running_mean.reshape((1, c, 1, 1))?,
+                        running_var.reshape((1, c, 1, 1))?,
+                    )
+                };
+                let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + *eps)?.sqrt()?)?;
+                Ok(y
+                    .broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
+                    .broadcast_add(&bias.reshape((1, c, 1, 1))?)?)
+            }
+        }
+    }
+}
