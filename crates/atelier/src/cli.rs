@@ -21,10 +21,20 @@ pub struct Global {
     #[arg(long, env = "ATELIER_MODELS", default_value = "models", global = true)]
     pub models_dir: PathBuf,
     /// Largest accepted image in pixels (checked before decoding).
-    #[arg(long, env = "ATELIER_MAX_PIXELS", default_value_t = 64_000_000, global = true)]
+    #[arg(
+        long,
+        env = "ATELIER_MAX_PIXELS",
+        default_value_t = 64_000_000,
+        global = true
+    )]
     pub max_pixels: u64,
     /// Largest accepted image side in pixels (checked before decoding).
-    #[arg(long, env = "ATELIER_MAX_IMAGE_SIDE", default_value_t = 16384, global = true)]
+    #[arg(
+        long,
+        env = "ATELIER_MAX_IMAGE_SIDE",
+        default_value_t = 16384,
+        global = true
+    )]
     pub max_image_side: u32,
     /// No progress bars.
     #[arg(long, short, global = true)]
@@ -47,14 +57,6 @@ pub enum OutFormat {
     Jpg,
     Png,
     Webp,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum StatsArg {
-    /// Normalization statistics from a thumbnail (fastest).
-    Thumbnail,
-    /// Thumbnail, then full-resolution statistics measured over the tiles.
-    Refined,
 }
 
 #[derive(Debug, Args)]
@@ -83,9 +85,10 @@ pub struct StylizeArgs {
     /// Overlap between tiles in pixels.
     #[arg(long, default_value_t = 64)]
     pub overlap: u32,
-    /// How tiles share normalization statistics.
-    #[arg(long, value_enum, default_value_t = StatsArg::Refined)]
-    pub stats: StatsArg,
+    /// Longer side of the image copy that gives tiles their shared normalization statistics
+    /// (exact for images up to this side).
+    #[arg(long, default_value_t = 1024)]
+    pub stats_side: u32,
 }
 
 #[derive(Debug, Subcommand)]

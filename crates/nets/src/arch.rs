@@ -133,7 +133,10 @@ impl Arch {
         let map = VarMap::new();
         let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
         Network::new(*self, vb)?;
-        let data = map.data().lock().map_err(|_| Error::Arch("poisoned".into()))?;
+        let data = map
+            .data()
+            .lock()
+            .map_err(|_| Error::Arch("poisoned".into()))?;
         Ok(data
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))

@@ -56,7 +56,12 @@ impl NLayerDiscriminator {
             let prev = mult;
             mult = (1usize << n.min(3)).min(8);
             let stride = if n == cfg.n_layers { 1 } else { 2 };
-            let conv = Conv2d::new(ndf * prev, ndf * mult, k4.stride(stride).bias(bias), vb.pp(idx))?;
+            let conv = Conv2d::new(
+                ndf * prev,
+                ndf * mult,
+                k4.stride(stride).bias(bias),
+                vb.pp(idx),
+            )?;
             let norm = Norm::new(cfg.norm, ndf * mult, vb.pp(idx + 1))?;
             mids.push((conv, norm));
             idx += 3;

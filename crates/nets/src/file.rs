@@ -39,7 +39,9 @@ pub fn read_safetensors(
         .map_err(|e| Error::io(path, e))?
         .len();
     if len > MAX_MODEL_BYTES {
-        return Err(bad(format!("{len} bytes is over the {MAX_MODEL_BYTES}-byte limit")));
+        return Err(bad(format!(
+            "{len} bytes is over the {MAX_MODEL_BYTES}-byte limit"
+        )));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     parse_safetensors(&bytes).map_err(bad)
@@ -85,14 +87,12 @@ pub fn card_from_metadata(
         path: path.display().to_string(),
         reason,
     };
-    let json = meta
-        .and_then(|m| m.get(CARD_KEY))
-        .ok_or_else(|| {
-            bad(format!(
-                "no `{CARD_KEY}` metadata: this is a plain safetensors file, not an Atelier model \
+    let json = meta.and_then(|m| m.get(CARD_KEY)).ok_or_else(|| {
+        bad(format!(
+            "no `{CARD_KEY}` metadata: this is a plain safetensors file, not an Atelier model \
                  (use `atelier models import` for pytorch-CycleGAN-and-pix2pix state dicts)"
-            ))
-        })?;
+        ))
+    })?;
     let card: ModelCard = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
     if card.format != FORMAT {
         return Err(bad(format!(
@@ -183,9 +183,15 @@ pub fn save(
 /// Writes `data` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;

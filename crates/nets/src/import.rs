@@ -54,7 +54,9 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
         path: path.display().to_string(),
         reason,
     };
-    let len = std::fs::metadata(path).map_err(|e| Error::io(path, e))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
     if len == 0 {
         return Err(bad("the file is empty".into()));
     }
@@ -81,21 +83,31 @@ pub fn read_state_dict(path: &Path) -> Result<HashMap<String, Tensor>> {
                 .into(),
         ))
     } else {
-        Err(bad("neither a PyTorch zip checkpoint nor safetensors".into()))
+        Err(bad(
+            "neither a PyTorch zip checkpoint nor safetensors".into()
+        ))
     }
 }
 
 /// Opens a zip archive. PyTorch writes plain archives that start at offset 0; the `zip`
 /// crate's automatic offset detection mis-reads some of them ("Invalid Central Directory
 /// header"), so offset 0 is tried first.
-fn open_zip(path: &Path) -> std::result::Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, String> {
-    let open = || std::fs::File::open(path).map(std::io::BufReader::new).map_err(|e| e.to_string());
+fn open_zip(
+    path: &Path,
+) -> std::result::Result<zip::ZipArchive<std::io::BufReader<std::fs::File>>, String> {
+    let open = || {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| e.to_string())
+    };
     let known = zip::read::Config {
         archive_offset: zip::read::ArchiveOffset::Known(0),
     };
     match zip::ZipArchive::with_config(known, open()?) {
         Ok(z) => Ok(z),
-        Err(_) => zip::ZipArchive::new(open()?).map_err(|e| format!("not a valid zip archive: {e}")),
+        Err(_) => {
+            zip::ZipArchive::new(open()?).map_err(|e| format!("not a valid zip archive: {e}"))
+        }
     }
 }
 
@@ -120,12 +132,16 @@ fn pth_tensor_infos(
     }
     let mut reader = std::io::BufReader::new(entry);
     let mut stack = Stack::empty();
-    stack.read_loop(&mut reader).map_err(|e| format!("pickle: {e}"))?;
+    stack
+        .read_loop(&mut reader)
+        .map_err(|e| format!("pickle: {e}"))?;
     let obj = stack.finalize().map_err(|e| format!("pickle: {e}"))?;
     let Object::Dict(items) = obj else {
-        return Err("the pickle is not a state_dict (expected a dict of tensors; save \
+        return Err(
+            "the pickle is not a state_dict (expected a dict of tensors; save \
                     `net.state_dict()`, not the module)"
-            .into());
+                .into(),
+        );
     };
     let mut infos = Vec::new();
     for (name, value) in items {
@@ -141,8 +157,9 @@ fn pth_tensor_infos(
 fn read_pth(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
     let mut zip = open_zip(path)?;
     // The pickle reader is third-party code fed with untrusted bytes: contain any panic.
-    let infos = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pth_tensor_infos(&mut zip)))
-        .map_err(|_| "the pickled state dict is malformed".to_string())??;
+    let infos =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pth_tensor_infos(&mut zip)))
+            .map_err(|_| "the pickled state dict is malformed".to_string())??;
     if infos.is_empty() {
         return Err("no tensors found (is this a state_dict?)".into());
     }
@@ -295,7 +312,10 @@ pub fn infer_arch(
     let inferred = hints.net_g.is_none() && hints.net_d.is_none();
     let arch = if family.starts_with("resnet") {
         let first = need(dims(sd, "model.1.weight"), "model.1.weight")?;
-        let n_blocks = match family.strip_prefix("resnet_").and_then(|s| s.strip_suffix("blocks")) {
+        let n_blocks = match family
+            .strip_prefix("resnet_")
+            .and_then(|s| s.strip_suffix("blocks"))
+        {
             Some(n) => n
                 .parse()
                 .map_err(|_| Error::Arch(format!("unknown --netG {family}")))?,
@@ -459,7 +479,13 @@ pub fn infer_arch(
         )));
     };
     if inferred {
-        notes.insert(0, format!("inferred the architecture {} from the weight names", arch.name()));
+        notes.insert(
+            0,
+            format!(
+                "inferred the architecture {} from the weight names",
+                arch.name()
+            ),
+        );
     }
     Ok(arch)
 }

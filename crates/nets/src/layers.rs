@@ -62,7 +62,8 @@ impl ConvCfg {
 
 impl Conv2d {
     pub fn new(c_in: usize, c_out: usize, cfg: ConvCfg, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints((c_out, c_in / cfg.groups, cfg.k, cfg.k), "weight", W_INIT)?;
+        let weight =
+            vb.get_with_hints((c_out, c_in / cfg.groups, cfg.k, cfg.k), "weight", W_INIT)?;
         let bias = if cfg.bias {
             Some(vb.get_with_hints(c_out, "bias", Init::Const(0.0))?)
         } else {

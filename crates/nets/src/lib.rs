@@ -20,4 +20,4 @@ pub use arch::{Arch, Network, Role};
 pub use card::ModelCard;
 pub use error::{Error, Result};
 pub use file::{load, save, Model, Storage};
-pub use norm::{Ctx, LayerStats, NormKind, Region, StatsAccumulator};
+pub use norm::{Ctx, LayerStats, NormKind};

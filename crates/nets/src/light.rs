@@ -122,7 +122,9 @@ impl LightGenerator {
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "LightGenerator")?;
         let n = &self.norm;
-        let mut h = n.forward(&self.stem.forward(&reflect_pad(x, 3)?)?, ctx)?.relu()?;
+        let mut h = n
+            .forward(&self.stem.forward(&reflect_pad(x, 3)?)?, ctx)?
+            .relu()?;
         for d in &self.down {
             h = n.forward(&d.forward(&h)?, ctx)?.relu()?;
         }

@@ -4,11 +4,9 @@
 //! statistics from the image it sees. Run on tiles, every tile would get its own mean and
 //! variance and the tiles would not match. [`Ctx`] lets the caller record the statistics of
 //! each normalization layer on one pass (e.g. a thumbnail, as in URST's thumbnail instance
-//! normalization) and replay them on the tiles, and also measure the statistics of the
-//! activations inside a region of each tile so that global full-resolution statistics can be
-//! accumulated tile by tile.
+//! normalization) and replay them on the tiles.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::Result;
@@ -18,96 +16,6 @@ use crate::Result;
 pub struct LayerStats {
     pub mean: Tensor,
     pub var: Tensor,
-}
-
-/// A region of the current input in image pixels: `(x, y, w, h)` inside an input of
-/// `(width, height)`. Layers scale it to their own feature-map resolution.
-#[derive(Debug, Clone, Copy)]
-pub struct Region {
-    pub x: usize,
-    pub y: usize,
-    pub w: usize,
-    pub h: usize,
-    pub input_w: usize,
-    pub input_h: usize,
-}
-
-/// Running sums of activations inside a region, per normalization layer and channel.
-#[derive(Debug, Clone, Default)]
-pub struct StatsAccumulator {
-    /// Per layer: (sum, sum of squares, count) per channel.
-    layers: Vec<(Vec<f64>, Vec<f64>, f64)>,
-}
-
-impl StatsAccumulator {
-    fn add(&mut self, layer: usize, x: &Tensor, region: &Region) -> Result<()> {
-        let (_, c, h, w) = x.dims4()?;
-        // Scale the region to this layer's resolution (exact for strides dividing the tile).
-        let sx = region.input_w as f64 / w as f64;
-        let sy = region.input_h as f64 / h as f64;
-        let x0 = (region.x as f64 / sx).round() as usize;
-        let y0 = (region.y as f64 / sy).round() as usize;
-        let x1 = (((region.x + region.w) as f64) / sx).round() as usize;
-        let y1 = (((region.y + region.h) as f64) / sy).round() as usize;
-        let (x1, y1) = (x1.min(w), y1.min(h));
-        if x1 <= x0 || y1 <= y0 {
-            return Ok(());
-        }
-        let part = x.i_narrow(x0, x1, y0, y1)?.to_dtype(DType::F64)?;
-        let sum: Vec<f64> = part.sum_keepdim(3)?.sum_keepdim(2)?.sum_keepdim(0)?.flatten_all()?.to_vec1()?;
-        let sq: Vec<f64> = part
-            .sqr()?
-            .sum_keepdim(3)?
-            .sum_keepdim(2)?
-            .sum_keepdim(0)?
-            .flatten_all()?
-            .to_vec1()?;
-        let n = ((x1 - x0) * (y1 - y0) * x.dim(0)?) as f64;
-        while self.layers.len() <= layer {
-            self.layers.push((vec![0.0; c], vec![0.0; c], 0.0));
-        }
-        let entry = &mut self.layers[layer];
-        if entry.0.len() != c {
-            *entry = (vec![0.0; c], vec![0.0; c], 0.0);
-        }
-        for i in 0..c {
-            entry.0[i] += sum[i];
-            entry.1[i] += sq[i];
-        }
-        entry.2 += n;
-        Ok(())
-    }
-
-    /// Turns the sums into per-layer statistics (biased variance, like instance norm).
-    pub fn finish(&self, device: &candle_core::Device) -> Result<Vec<LayerStats>> {
-        self.layers
-            .iter()
-            .map(|(s, q, n)| {
-                let c = s.len();
-                let n = n.max(1.0);
-                let mean: Vec<f32> = s.iter().map(|v| (v / n) as f32).collect();
-                let var: Vec<f32> = s
-                    .iter()
-                    .zip(q)
-                    .map(|(s, q)| ((q / n) - (s / n) * (s / n)).max(0.0) as f32)
-                    .collect();
-                Ok(LayerStats {
-                    mean: Tensor::from_vec(mean, (1, c, 1, 1), device)?,
-                    var: Tensor::from_vec(var, (1, c, 1, 1), device)?,
-                })
-            })
-            .collect()
-    }
-}
-
-trait NarrowExt {
-    fn i_narrow(&self, x0: usize, x1: usize, y0: usize, y1: usize) -> candle_core::Result<Tensor>;
-}
-
-impl NarrowExt for Tensor {
-    fn i_narrow(&self, x0: usize, x1: usize, y0: usize, y1: usize) -> candle_core::Result<Tensor> {
-        self.narrow(2, y0, y1 - y0)?.narrow(3, x0, x1 - x0)
-    }
 }
 
 /// How data-dependent normalization layers get their statistics.
@@ -132,7 +40,6 @@ pub struct Ctx {
     pub batch_stats: bool,
     mode: StatsMode,
     cursor: usize,
-    measure: Option<(Region, StatsAccumulator)>,
 }
 
 impl Ctx {
@@ -163,22 +70,9 @@ impl Ctx {
         self
     }
 
-    /// Also accumulate the pre-normalization activation statistics inside `region`.
-    pub fn measuring(mut self, region: Region, acc: StatsAccumulator) -> Self {
-        self.measure = Some((region, acc));
-        self
-    }
-
     /// Resets the layer cursor before another forward pass with the same context.
     pub fn rewind(&mut self) {
         self.cursor = 0;
-    }
-
-    /// Changes the measuring region (keeps the accumulated sums).
-    pub fn set_region(&mut self, region: Region) {
-        if let Some((r, _)) = self.measure.as_mut() {
-            *r = region;
-        }
     }
 
     /// Takes the recorded statistics (after a recording pass).
@@ -189,19 +83,11 @@ impl Ctx {
         }
     }
 
-    /// Takes the accumulated measurements.
-    pub fn take_measured(&mut self) -> Option<StatsAccumulator> {
-        self.measure.take().map(|(_, a)| a)
-    }
-
     /// Statistics for a data-dependent normalization: per sample (instance norm) or over the
     /// batch (batch norm).
     fn stats(&mut self, x: &Tensor, per_sample: bool) -> Result<(Tensor, Tensor)> {
         let layer = self.cursor;
         self.cursor += 1;
-        if let Some((region, acc)) = self.measure.as_mut() {
-            acc.add(layer, x, region)?;
-        }
         if let StatsMode::Replay(stats) = &self.mode {
             let s = stats.get(layer).ok_or_else(|| {
                 crate::Error::Input(format!(
@@ -359,7 +245,9 @@ impl Norm {
                     } else {
                         (running_mean.unsqueeze(0)?, running_var.unsqueeze(0)?)
                     };
-                    let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + *eps)?.sqrt()?)?;
+                    let y = x
+                        .broadcast_sub(&mean)?
+                        .broadcast_div(&(var + *eps)?.sqrt()?)?;
                     return Ok(y
                         .broadcast_mul(&weight.unsqueeze(0)?)?
                         .broadcast_add(&bias.unsqueeze(0)?)?);
@@ -373,9 +261,10 @@ impl Norm {
                         running_var.reshape((1, c, 1, 1))?,
                     )
                 };
-                let y = x.broadcast_sub(&mean)?.broadcast_div(&(var + *eps)?.sqrt()?)?;
-                Ok(y
-                    .broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
+                let y = x
+                    .broadcast_sub(&mean)?
+                    .broadcast_div(&(var + *eps)?.sqrt()?)?;
+                Ok(y.broadcast_mul(&weight.reshape((1, c, 1, 1))?)?
                     .broadcast_add(&bias.reshape((1, c, 1, 1))?)?)
             }
         }

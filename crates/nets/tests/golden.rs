@@ -47,7 +47,10 @@ fn usize_of(c: &Value, k: &str) -> Option<usize> {
 /// The flags a user would pass for this case (the reference's vocabulary).
 fn hints_for(c: &Value) -> ImportHints {
     let arch = c["arch"].as_str().unwrap();
-    let norm = c.get("norm").and_then(Value::as_str).and_then(NormKind::parse);
+    let norm = c
+        .get("norm")
+        .and_then(Value::as_str)
+        .and_then(NormKind::parse);
     let mut h = ImportHints {
         norm,
         ngf: usize_of(c, "ngf"),
@@ -79,7 +82,10 @@ fn hints_for(c: &Value) -> ImportHints {
 /// Checks that what was inferred from the weights alone agrees with the manifest.
 fn check_inferred(c: &Value, arch: &Arch) {
     let name = c["case"].as_str().unwrap();
-    let norm = c.get("norm").and_then(Value::as_str).and_then(NormKind::parse);
+    let norm = c
+        .get("norm")
+        .and_then(Value::as_str)
+        .and_then(NormKind::parse);
     match arch {
         Arch::Resnet(r) => {
             assert_eq!(format!("resnet_{}blocks", r.n_blocks), c["arch"], "{name}");
@@ -154,7 +160,10 @@ fn check_case(c: &Value, weights: &Path) -> Vec<String> {
     let mut report = Vec::new();
     let out = net.forward(&io["input"], &mut Ctx::eval()).unwrap();
     let err = max_abs(&out, &io["output"]);
-    report.push(format!("{name} ({}): eval max abs err {err:.2e}", weights.display()));
+    report.push(format!(
+        "{name} ({}): eval max abs err {err:.2e}",
+        weights.display()
+    ));
     assert!(err <= TOL, "{name}: eval output differs by {err}");
 
     if let Some(expected) = io.get("output_batchstats") {
@@ -163,7 +172,10 @@ fn check_case(c: &Value, weights: &Path) -> Vec<String> {
         let out = net.forward(&io["input"], &mut ctx).unwrap();
         let err = max_abs(&out, expected);
         report.push(format!("{name}: batch-stats max abs err {err:.2e}"));
-        assert!(err <= TOL, "{name}: batch-statistics output differs by {err}");
+        assert!(
+            err <= TOL,
+            "{name}: batch-statistics output differs by {err}"
+        );
     }
     report
 }
@@ -177,7 +189,10 @@ fn golden_outputs_match_pytorch() {
         let name = c["case"].as_str().unwrap();
         report.extend(check_case(c, &golden_dir().join(format!("{name}.pth"))));
         if c["safetensors"].as_bool() == Some(true) {
-            report.extend(check_case(c, &golden_dir().join(format!("{name}.safetensors"))));
+            report.extend(check_case(
+                c,
+                &golden_dir().join(format!("{name}.safetensors")),
+            ));
         }
     }
     eprintln!("{}", report.join("\n"));
@@ -191,12 +206,31 @@ fn every_reference_family_is_covered() {
             .iter()
             .any(|c| c["arch"] == arch && c.get("norm").and_then(Value::as_str) == Some(norm))
     };
-    for arch in ["resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256", "basic", "n_layers", "pixel"] {
+    for arch in [
+        "resnet_6blocks",
+        "resnet_9blocks",
+        "unet_128",
+        "unet_256",
+        "basic",
+        "n_layers",
+        "pixel",
+    ] {
         for norm in ["instance", "batch"] {
-            assert!(has(arch, norm), "no golden case for {arch} with {norm} norm");
+            assert!(
+                has(arch, norm),
+                "no golden case for {arch} with {norm} norm"
+            );
         }
     }
-    for arch in ["resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256", "basic", "n_layers", "pixel"] {
+    for arch in [
+        "resnet_6blocks",
+        "resnet_9blocks",
+        "unet_128",
+        "unet_256",
+        "basic",
+        "n_layers",
+        "pixel",
+    ] {
         let mut widths: Vec<u64> = cases
             .iter()
             .filter(|c| c["arch"] == arch)
@@ -204,6 +238,9 @@ fn every_reference_family_is_covered() {
             .collect();
         widths.sort();
         widths.dedup();
-        assert!(widths.len() >= 2, "{arch}: golden cases cover only widths {widths:?}");
+        assert!(
+            widths.len() >= 2,
+            "{arch}: golden cases cover only widths {widths:?}"
+        );
     }
 }

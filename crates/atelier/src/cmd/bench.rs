@@ -48,7 +48,11 @@ fn arch_of(args: &BenchArgs) -> anyhow::Result<(Arch, &'static str)> {
                 norm: NormKind::Instance,
                 ..ResnetConfig::default()
             }),
-            if args.arch == "resnet_9blocks" { "resnet_9blocks" } else { "resnet_6blocks" },
+            if args.arch == "resnet_9blocks" {
+                "resnet_9blocks"
+            } else {
+                "resnet_6blocks"
+            },
         ),
         "light" => (
             Arch::Light(LightConfig {
@@ -153,9 +157,14 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for (i, &s) in args.sizes.iter().enumerate() {
         let find = |key: &str| -> Option<f64> {
-            peers.as_ref()?.get("results")?.as_array()?.iter().find_map(|r| {
-                (r.get("size")?.as_u64()? == s as u64).then(|| r.get(key)?.as_f64())?
-            })
+            peers
+                .as_ref()?
+                .get("results")?
+                .as_array()?
+                .iter()
+                .find_map(|r| {
+                    (r.get("size")?.as_u64()? == s as u64).then(|| r.get(key)?.as_f64())?
+                })
         };
         let ort = find("onnxruntime_median_ms");
         let pt = find("pytorch_median_ms");
@@ -177,9 +186,7 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        println!(
-            "| case | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer |"
-        );
+        println!("| case | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer |");
         println!("|---|---|---|---|---|---|");
         for r in &rows {
             println!(
@@ -195,8 +202,12 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         if let Some(p) = &peers {
             println!(
                 "\npeers: torch {}, onnxruntime {}, {} threads; outputs agree with Atelier's to {}",
-                p.get("torch_version").and_then(|v| v.as_str()).unwrap_or("?"),
-                p.get("onnxruntime_version").and_then(|v| v.as_str()).unwrap_or("?"),
+                p.get("torch_version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?"),
+                p.get("onnxruntime_version")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?"),
                 args.threads,
                 p.get("atelier_max_abs_diff")
                     .and_then(|v| v.as_f64())
@@ -232,11 +243,22 @@ fn run_peers(
     }
     let check = dir.join("check.safetensors");
     let sizes: Vec<String> = args.sizes.iter().map(|s| s.to_string()).collect();
-    eprintln!("bench: running peers ({} {})", python.display(), script.display());
+    eprintln!(
+        "bench: running peers ({} {})",
+        python.display(),
+        script.display()
+    );
     let out = std::process::Command::new(&python)
         .arg(&script)
         .args(["--weights", &weights.to_string_lossy()])
-        .args(["--arch", arch_name, "--ngf", &args.ngf.to_string(), "--norm", "instance"])
+        .args([
+            "--arch",
+            arch_name,
+            "--ngf",
+            &args.ngf.to_string(),
+            "--norm",
+            "instance",
+        ])
         .args(["--sizes", &sizes.join(",")])
         .args(["--threads", &args.threads.to_string()])
         .args(["--repeat", &args.repeat.to_string()])

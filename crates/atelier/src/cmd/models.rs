@@ -28,7 +28,9 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             for name in names {
                 let path = global.models_dir.join(format!("{name}.safetensors"));
                 match atelier_nets::file::read_card(&path) {
-                    Ok(card) => println!("{name:<24} {:<16} {}", card.arch.name(), card.description),
+                    Ok(card) => {
+                        println!("{name:<24} {:<16} {}", card.arch.name(), card.description)
+                    }
                     Err(e) => println!("{name:<24} (unreadable: {e})"),
                 }
             }
@@ -62,9 +64,10 @@ fn sha256_hex(path: &Path) -> anyhow::Result<String> {
 
 fn import_cmd(global: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let norm = match &args.norm {
-        Some(n) => Some(NormKind::parse(n).with_context(|| {
-            format!("--norm must be instance, batch or none, not `{n}`")
-        })?),
+        Some(n) => Some(
+            NormKind::parse(n)
+                .with_context(|| format!("--norm must be instance, batch or none, not `{n}`"))?,
+        ),
         None => None,
     };
     let hints = ImportHints {
@@ -110,7 +113,11 @@ fn import_cmd(global: &Global, args: ImportArgs) -> anyhow::Result<ExitCode> {
         .output
         .clone()
         .unwrap_or_else(|| global.models_dir.join(format!("{name}.safetensors")));
-    let storage = if args.fp16 { Storage::F16 } else { Storage::F32 };
+    let storage = if args.fp16 {
+        Storage::F16
+    } else {
+        Storage::F32
+    };
     atelier_nets::save(&out, &card, &imported.tensors, storage)?;
     for n in &imported.notes {
         eprintln!("note: {n}");

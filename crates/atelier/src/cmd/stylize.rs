@@ -6,12 +6,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use atelier_engine::{Options, StatsMode, Stylizer};
+use atelier_engine::{Options, Stylizer};
 use atelier_imaging::Format;
 use candle_core::Device;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::cli::{Global, OutFormat, StatsArg, StylizeArgs};
+use crate::cli::{Global, OutFormat, StylizeArgs};
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
@@ -66,25 +66,27 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         tile: args.tile,
         overlap: args.overlap,
-        stats: match args.stats {
-            StatsArg::Thumbnail => StatsMode::Thumbnail,
-            StatsArg::Refined => StatsMode::Refined,
-        },
-        ..Options::default()
+        thumbnail_side: args.stats_side,
     };
     let limits = global.limits();
     let inputs = collect_inputs(&args.inputs);
     let images = inputs.iter().filter(|(_, e)| e.is_none()).count();
 
     // A single image with an image-like output name is written to that file.
-    let single_file = inputs.len() == 1 && !args.inputs[0].is_dir() && has_image_extension(&args.output);
+    let single_file =
+        inputs.len() == 1 && !args.inputs[0].is_dir() && has_image_extension(&args.output);
     if !single_file {
         std::fs::create_dir_all(&args.output)
             .with_context(|| format!("creating output folder {}", args.output.display()))?;
     }
     let out_format = format_of(args.format).or_else(|| {
         single_file
-            .then(|| args.output.extension()?.to_str().and_then(Format::from_extension))
+            .then(|| {
+                args.output
+                    .extension()?
+                    .to_str()
+                    .and_then(Format::from_extension)
+            })
             .flatten()
     });
 
@@ -94,9 +96,11 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     }
     let bar = multi.add(ProgressBar::new(images as u64));
     bar.set_style(
-        ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} images {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {pos}/{len} images {elapsed_precise} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_prefix("stylize");
     let tiles = multi.add(ProgressBar::new(0));
@@ -116,7 +120,11 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
             failed += 1;
             continue;
         }
-        bar.set_message(path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default());
+        bar.set_message(
+            path.file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+        );
         let res = stylize_one(
             &stylizer,
             path,
@@ -157,7 +165,10 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::from(1))
     } else {
         if !global.quiet {
-            eprintln!("{ok} image(s) stylized with `{}` in {secs:.1} s", stylizer.card().name);
+            eprintln!(
+                "{ok} image(s) stylized with `{}` in {secs:.1} s",
+                stylizer.card().name
+            );
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -195,7 +206,10 @@ fn stylize_one(
     let target = if single_file {
         args.output.clone()
     } else {
-        let stem = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "image".into());
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "image".into());
         args.output.join(format!("{stem}.{}", format.extension()))
     };
     atelier_nets::file::write_atomic(&target, &data)?;
