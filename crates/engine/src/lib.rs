@@ -295,4 +295,122 @@ mod tests {
             vec![1., 2., 3., 2., 1., 4., 5., 6., 5., 4., 1., 2., 3., 2., 1.]
         );
     }
+
+    use atelier_nets::resnet::ResnetConfig;
+    use atelier_nets::ModelCard;
+    use candle_core::DType;
+    use candle_nn::{VarBuilder, VarMap};
+
+    fn stylizer() -> Stylizer {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let arch = Arch::Resnet(ResnetConfig {
+            ngf: 4,
+            n_blocks: 2,
+            ..ResnetConfig::default()
+        });
+        let net = atelier_nets::Network::new(arch, vb).unwrap();
+        let model = Model {
+            card: ModelCard::new("test", arch),
+            net,
+        };
+        Stylizer::new(model, Device::Cpu).unwrap()
+    }
+
+    /// A smooth synthetic "photo" with an edge and texture, values in [-1, 1].
+    fn photo(w: u32, h: u32) -> Image {
+        let mut rgb = Vec::new();
+        for c in 0..3 {
+            for y in 0..h {
+                for x in 0..w {
+                    let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+                    let edge = if fx + 0.3 * fy > 0.6 { 0.5 } else { -0.3 };
+                    let tex = (x as f32 * 0.7 + c as f32).sin() * (y as f32 * 0.45).cos() * 0.2;
+                    rgb.push((edge + 0.4 * fy - 0.2 * c as f32 * fx + tex).clamp(-1.0, 1.0));
+                }
+            }
+        }
+        Image::new(w, h, rgb, None).unwrap()
+    }
+
+    fn psnr(a: &Image, b: &Image) -> f64 {
+        atelier_imaging::psnr(&a.rgb, &b.rgb, 2.0)
+    }
+
+    #[test]
+    fn tiles_with_shared_statistics_match_the_untiled_output() {
+        let s = stylizer();
+        let img = photo(200, 152); // not a multiple of the tile, needs padding to 4
+        let untiled = s
+            .stylize(
+                &img,
+                &Options {
+                    tile: 0,
+                    ..Options::default()
+                },
+                &mut |_| {},
+            )
+            .unwrap();
+        let opts = Options {
+            tile: 96,
+            overlap: 32,
+            ..Options::default()
+        };
+        let mut passes = 0;
+        let tiled = s.stylize(&img, &opts, &mut |p| passes = p.total).unwrap();
+        assert_eq!((tiled.width, tiled.height), (200, 152));
+        assert!(passes > 5, "expected several tiles, got {passes} passes");
+        let shared = psnr(&untiled, &tiled);
+
+        // The same tiles with their own instance-norm statistics (what naive tiling does).
+        let grid = s.plan(200, 152, &opts).unwrap().unwrap();
+        let padded = pad_reflect_chw(&img.rgb, 3, 200, 152, 0, 0);
+        let mut blender = Blender::for_grid(&grid, 3);
+        for rect in grid.rects() {
+            let tile = atelier_imaging::crop_chw(&padded, 200, 152, 3, rect);
+            let y = s
+                .run(tile, rect.w as usize, rect.h as usize, &mut s.ctx())
+                .unwrap();
+            blender.add(rect, &y).unwrap();
+        }
+        let naive = Image::new(200, 152, blender.finish(), None).unwrap();
+        let per_tile = psnr(&untiled, &naive);
+        eprintln!(
+            "tiled vs untiled PSNR: shared statistics {shared:.1} dB, per-tile {per_tile:.1} dB"
+        );
+        assert!(shared >= 40.0, "shared statistics: {shared:.1} dB");
+        assert!(
+            shared > per_tile + 3.0,
+            "shared {shared:.1} dB vs per-tile {per_tile:.1} dB"
+        );
+    }
+
+    #[test]
+    fn alpha_passes_through_and_size_is_kept() {
+        let s = stylizer();
+        let mut img = photo(37, 23);
+        img.alpha = Some((0..37 * 23).map(|i| (i % 7) as f32 / 6.0).collect());
+        let out = s.stylize(&img, &Options::default(), &mut |_| {}).unwrap();
+        assert_eq!((out.width, out.height), (37, 23));
+        assert_eq!(out.alpha, img.alpha);
+        assert!(out.rgb.iter().all(|v| v.abs() <= 1.0));
+    }
+
+    #[test]
+    fn discriminators_are_refused() {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let arch = Arch::Pixel(atelier_nets::discriminators::PixelConfig {
+            input_nc: 3,
+            ndf: 4,
+            norm: atelier_nets::NormKind::Batch,
+        });
+        let net = atelier_nets::Network::new(arch, vb).unwrap();
+        let model = Model {
+            card: ModelCard::new("d", arch),
+            net,
+        };
+        let err = Stylizer::new(model, Device::Cpu).err().unwrap().to_string();
+        assert!(err.contains("discriminator"), "{err}");
+    }
 }

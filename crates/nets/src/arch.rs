@@ -143,6 +143,25 @@ impl Arch {
             .collect())
     }
 
+    /// Multiply-accumulates of the convolutions in one forward pass at `h`×`w` (generators with
+    /// a closed form: ResNet and light), `None` otherwise.
+    pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
+        match self {
+            Arch::Light(c) => Some(LightGenerator::macs(c, h, w)),
+            Arch::Resnet(c) => {
+                let (g, px) = (c.ngf as u64, (h * w) as u64);
+                let (p2, p4) = (px / 4, px / 16);
+                let mut m = 49 * c.input_nc as u64 * g * px; // stem
+                m += 9 * g * 2 * g * p2 + 9 * 2 * g * 4 * g * p4; // downsampling
+                m += c.n_blocks as u64 * 2 * 9 * (4 * g) * (4 * g) * p4; // residual blocks
+                m += 9 * 4 * g * 2 * g * p4 + 9 * 2 * g * g * p2; // transposed convs (per input pixel)
+                m += 49 * g * c.output_nc as u64 * px; // head
+                Some(m)
+            }
+            _ => None,
+        }
+    }
+
     /// Parameter count.
     pub fn parameter_count(&self) -> Result<usize> {
         Ok(self
@@ -245,5 +264,26 @@ impl Network {
             Network::Dcgan64G(n) => n.forward(x, ctx),
             Network::Dcgan64D(n) => n.forward(x, ctx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 49.552 GMAC is what PyTorch forward hooks count for the reference resnet_9blocks
+    /// (ngf 64, 256²); 9.072 for resnet_6blocks ngf 32 (issue 5's benchmark network).
+    #[test]
+    fn resnet_macs_match_the_reference_count() {
+        let r9 = Arch::Resnet(ResnetConfig::default());
+        let g = r9.macs(256, 256).unwrap() as f64 / 1e9;
+        assert!((g - 49.552).abs() < 1e-3, "{g}");
+        let r6 = Arch::Resnet(ResnetConfig {
+            ngf: 32,
+            n_blocks: 6,
+            ..ResnetConfig::default()
+        });
+        let g = r6.macs(256, 256).unwrap() as f64 / 1e9;
+        assert!((g - 9.072).abs() < 1e-3, "{g}");
     }
 }

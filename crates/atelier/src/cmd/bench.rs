@@ -65,45 +65,6 @@ fn arch_of(args: &BenchArgs) -> anyhow::Result<(Arch, &'static str)> {
     })
 }
 
-/// Multiply-accumulates of the generator's convolutions at `s`×`s`, counted from its weights.
-fn gmac(arch: &Arch, s: u32) -> anyhow::Result<f64> {
-    if let Arch::Light(c) = arch {
-        return Ok(LightGenerator::macs(c, s as usize, s as usize) as f64 / 1e9);
-    }
-    // ResNet: every conv weight (out, in, k, k) applied at its resolution.
-    let shapes = arch.expected_shapes()?;
-    let px = (s as f64) * (s as f64);
-    let mut total = 0.0;
-    for (k, shape) in &shapes {
-        if shape.len() != 4 || !k.ends_with("weight") {
-            continue;
-        }
-        let idx: usize = k
-            .strip_prefix("model.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        let per = (shape[0] * shape[1] * shape[2] * shape[3]) as f64;
-        let n_blocks = match arch {
-            Arch::Resnet(c) => c.n_blocks,
-            _ => 0,
-        };
-        // Resolution of the layer's output (convs) / input (transposed convs).
-        let scale = match idx {
-            1 => 1.0,
-            4 => 0.25,
-            i if i == 10 + n_blocks => 1.0 / 16.0,
-            i if i == 13 + n_blocks => 0.25,
-            i if i == 17 + n_blocks => 1.0,
-            _ => 1.0 / 16.0,
-        };
-        total += per * px * scale;
-    }
-    Ok(total / 1e9)
-}
-
-use atelier_nets::light::LightGenerator;
-
 fn peers_script() -> Option<PathBuf> {
     let local = PathBuf::from("bench/peers.py");
     if local.is_file() {
@@ -175,7 +136,7 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         rows.push(Row {
             name: format!("{arch_name} ngf{} fwd {s}x{s}", args.ngf),
             size: s,
-            gmac: gmac(&arch, s)?,
+            gmac: arch.macs(s as usize, s as usize).unwrap_or(0) as f64 / 1e9,
             atelier_ms: atelier[i],
             onnxruntime_ms: ort,
             pytorch_ms: pt,
