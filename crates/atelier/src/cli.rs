@@ -44,7 +44,7 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stylize images with a model.
-    Stylize(StylizeArgs),
+    Stylize(Box<StylizeArgs>),
     /// Import, inspect and list model files.
     #[command(subcommand)]
     Models(ModelsCommand),
@@ -95,7 +95,7 @@ pub struct StylizeArgs {
 pub enum ModelsCommand {
     /// Convert a pytorch-CycleGAN-and-pix2pix checkpoint (.pth or .safetensors state dict)
     /// into an Atelier model file.
-    Import(ImportArgs),
+    Import(Box<ImportArgs>),
     /// Print a model file's card and parameter count.
     Inspect {
         /// Model file or name.

@@ -116,7 +116,7 @@ pub struct BriefDiscriminator {
 
 impl BriefDiscriminator {
     pub fn new(cfg: BriefDConfig, vb: VarBuilder) -> Result<Self> {
-        if cfg.size % 4 != 0 || cfg.size == 0 {
+        if !cfg.size.is_multiple_of(4) || cfg.size == 0 {
             return Err(crate::Error::Arch(format!(
                 "brief discriminator size must be a positive multiple of 4, got {}",
                 cfg.size

@@ -26,11 +26,14 @@ pub struct Model {
     pub net: Network,
 }
 
+/// Named tensors and the safetensors metadata of a file.
+pub type TensorsAndMeta = (HashMap<String, Tensor>, Option<HashMap<String, String>>);
+
 /// Reads a safetensors file into named tensors and its metadata. Fails cleanly on anything
 /// that is not a complete safetensors file.
 pub fn read_safetensors(
     path: &Path,
-) -> Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>)> {
+) -> Result<TensorsAndMeta> {
     let bad = |reason: String| Error::BadFile {
         path: path.display().to_string(),
         reason,
@@ -50,7 +53,7 @@ pub fn read_safetensors(
 /// Parses safetensors bytes (see [`read_safetensors`]).
 pub fn parse_safetensors(
     bytes: &[u8],
-) -> std::result::Result<(HashMap<String, Tensor>, Option<HashMap<String, String>>), String> {
+) -> std::result::Result<TensorsAndMeta, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }

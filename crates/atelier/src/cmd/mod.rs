@@ -14,7 +14,7 @@ mod stylize;
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Stylize(args) => stylize::run(&cli.global, args),
+        Command::Stylize(args) => stylize::run(&cli.global, *args),
         Command::Models(cmd) => models::run(&cli.global, cmd),
         Command::Bench(args) => bench::run(&cli.global, args),
     }

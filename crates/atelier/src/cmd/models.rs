@@ -11,7 +11,7 @@ use crate::cli::{Global, ImportArgs, ModelsCommand};
 
 pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ModelsCommand::Import(args) => import_cmd(global, args),
+        ModelsCommand::Import(args) => import_cmd(global, *args),
         ModelsCommand::Inspect { model } => {
             let path = global.model_path(&model)?;
             let card = atelier_nets::file::read_card(&path)?;
