@@ -82,9 +82,12 @@ pub struct StylizeArgs {
     /// Tile side for large images (0: never tile).
     #[arg(long, default_value_t = 512)]
     pub tile: u32,
-    /// Overlap between tiles in pixels.
-    #[arg(long, default_value_t = 64)]
+    /// Overlap between tiles in pixels (feathered blending).
+    #[arg(long, default_value_t = 32)]
     pub overlap: u32,
+    /// Extra image context around each tile in pixels (seen by the network, then cropped).
+    #[arg(long, default_value_t = 32)]
+    pub context: u32,
     /// Longer side of the image copy that gives tiles their shared normalization statistics
     /// (exact for images up to this side).
     #[arg(long, default_value_t = 1024)]

@@ -52,8 +52,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 pub struct Options {
     /// Tile side in pixels; 0 disables tiling (the whole image in one pass).
     pub tile: u32,
-    /// Overlap between neighbouring tiles in pixels.
+    /// Overlap between neighbouring tiles in pixels (blended with feathered weights).
     pub overlap: u32,
+    /// Extra image context around each tile in pixels: the network sees it, the output keeps
+    /// only the tile (so tile borders are not computed from reflection padding).
+    pub context: u32,
     /// Longer side of the copy of the image that gives the normalization statistics.
     pub thumbnail_side: u32,
 }
@@ -62,7 +65,8 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             tile: 512,
-            overlap: 64,
+            overlap: 32,
+            context: 32,
             thumbnail_side: 1024,
         }
     }
@@ -228,13 +232,22 @@ impl Stylizer {
                     None
                 };
                 let mut blender = Blender::for_grid(&grid, 3);
+                // Context is a multiple of the size multiple, so every tile keeps the
+                // untiled network's downsampling phase.
+                let margin = round_up(opts.context, m as u32);
                 for rect in grid.rects() {
-                    let tile = atelier_imaging::crop_chw(src, pw as u32, ph as u32, 3, rect);
+                    let (x0, y0) = (rect.x.saturating_sub(margin), rect.y.saturating_sub(margin));
+                    let x1 = (rect.x + rect.w + margin).min(pw as u32);
+                    let y1 = (rect.y + rect.h + margin).min(ph as u32);
+                    let outer = Rect::new(x0, y0, x1 - x0, y1 - y0);
+                    let tile = atelier_imaging::crop_chw(src, pw as u32, ph as u32, 3, outer);
                     let mut ctx = match &stats {
                         Some(s) => self.ctx().replaying(s.clone()),
                         None => self.ctx(),
                     };
-                    let y = self.run(tile, rect.w as usize, rect.h as usize, &mut ctx)?;
+                    let y = self.run(tile, outer.w as usize, outer.h as usize, &mut ctx)?;
+                    let inner = Rect::new(rect.x - x0, rect.y - y0, rect.w, rect.h);
+                    let y = atelier_imaging::crop_chw(&y, outer.w, outer.h, 3, inner);
                     blender.add(rect, &y)?;
                     tick(progress);
                 }
@@ -352,8 +365,9 @@ mod tests {
             )
             .unwrap();
         let opts = Options {
-            tile: 96,
-            overlap: 32,
+            tile: 64,
+            overlap: 16,
+            context: 16,
             ..Options::default()
         };
         let mut passes = 0;
@@ -367,10 +381,19 @@ mod tests {
         let padded = pad_reflect_chw(&img.rgb, 3, 200, 152, 0, 0);
         let mut blender = Blender::for_grid(&grid, 3);
         for rect in grid.rects() {
-            let tile = atelier_imaging::crop_chw(&padded, 200, 152, 3, rect);
+            // Same context margin as `stylize`, only the statistics differ.
+            let (x0, y0) = (rect.x.saturating_sub(16), rect.y.saturating_sub(16));
+            let (x1, y1) = (
+                (rect.x + rect.w + 16).min(200),
+                (rect.y + rect.h + 16).min(152),
+            );
+            let outer = Rect::new(x0, y0, x1 - x0, y1 - y0);
+            let tile = atelier_imaging::crop_chw(&padded, 200, 152, 3, outer);
             let y = s
-                .run(tile, rect.w as usize, rect.h as usize, &mut s.ctx())
+                .run(tile, outer.w as usize, outer.h as usize, &mut s.ctx())
                 .unwrap();
+            let inner = Rect::new(rect.x - x0, rect.y - y0, rect.w, rect.h);
+            let y = atelier_imaging::crop_chw(&y, outer.w, outer.h, 3, inner);
             blender.add(rect, &y).unwrap();
         }
         let naive = Image::new(200, 152, blender.finish(), None).unwrap();

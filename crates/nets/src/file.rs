@@ -31,9 +31,7 @@ pub type TensorsAndMeta = (HashMap<String, Tensor>, Option<HashMap<String, Strin
 
 /// Reads a safetensors file into named tensors and its metadata. Fails cleanly on anything
 /// that is not a complete safetensors file.
-pub fn read_safetensors(
-    path: &Path,
-) -> Result<TensorsAndMeta> {
+pub fn read_safetensors(path: &Path) -> Result<TensorsAndMeta> {
     let bad = |reason: String| Error::BadFile {
         path: path.display().to_string(),
         reason,
@@ -51,9 +49,7 @@ pub fn read_safetensors(
 }
 
 /// Parses safetensors bytes (see [`read_safetensors`]).
-pub fn parse_safetensors(
-    bytes: &[u8],
-) -> std::result::Result<TensorsAndMeta, String> {
+pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<TensorsAndMeta, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }

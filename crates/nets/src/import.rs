@@ -134,8 +134,10 @@ fn pth_tensor_infos(
     let mut stack = Stack::empty();
     stack
         .read_loop(&mut reader)
-        .map_err(|e| format!("pickle: {e}"))?;
-    let obj = stack.finalize().map_err(|e| format!("pickle: {e}"))?;
+        .map_err(|e| format!("pickle: {}", candle_one_line(&e)))?;
+    let obj = stack
+        .finalize()
+        .map_err(|e| format!("pickle: {}", candle_one_line(&e)))?;
     let Object::Dict(items) = obj else {
         return Err(
             "the pickle is not a state_dict (expected a dict of tensors; save \
@@ -148,10 +150,27 @@ fn pth_tensor_infos(
         match value.into_tensor_info(name, &dir) {
             Ok(Some(info)) => infos.push(info),
             Ok(None) => {}
-            Err(e) => return Err(format!("pickle: {e}")),
+            Err(e) => return Err(format!("pickle: {}", candle_one_line(&e))),
         }
     }
     Ok(infos)
+}
+
+/// A candle error as one line: candle appends a multi-line backtrace to its errors when
+/// `RUST_BACKTRACE` is set, and some variants span several lines; error messages here are
+/// shown to users on one line.
+fn candle_one_line(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_one_line(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", candle_one_line(inner))
+        }
+        other => other
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 fn read_pth(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
@@ -192,7 +211,7 @@ fn read_pth(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String>
             .read_exact(&mut data)
             .map_err(|e| format!("tensor `{}`: {e}", info.name))?;
         let t = Tensor::from_raw_buffer(&data, info.dtype, layout.dims(), &Device::Cpu)
-            .map_err(|e| format!("tensor `{}`: {e}", info.name))?;
+            .map_err(|e| format!("tensor `{}`: {}", info.name, candle_one_line(&e)))?;
         out.insert(info.name, t);
     }
     Ok(out)

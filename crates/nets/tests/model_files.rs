@@ -26,14 +26,30 @@ fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A fresh, empty folder for one test under cargo's per-target temporary directory.
-fn scratch(test: &str) -> PathBuf {
+/// A fresh, empty folder for one test under cargo's per-target temporary directory, removed
+/// when the test ends.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(test: &str) -> Scratch {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("nets_model_files")
         .join(format!("{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    Scratch(dir)
 }
 
 fn small_resnet(norm: NormKind) -> Arch {
@@ -114,7 +130,11 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// Writes tensors (as f32) with optional metadata, bypassing `atelier_nets::save` and its
 /// checks: the way to make files that are wrong on purpose.
-fn write_raw(path: &Path, tensors: &HashMap<String, Tensor>, meta: Option<HashMap<String, String>>) {
+fn write_raw(
+    path: &Path,
+    tensors: &HashMap<String, Tensor>,
+    meta: Option<HashMap<String, String>>,
+) {
     let buffers: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .iter()
         .map(|(k, t)| {
@@ -133,7 +153,12 @@ fn write_raw(path: &Path, tensors: &HashMap<String, Tensor>, meta: Option<HashMa
         .collect();
     let views: Vec<(String, TensorView<'_>)> = buffers
         .iter()
-        .map(|(k, s, b)| (k.clone(), TensorView::new(StDtype::F32, s.clone(), b).unwrap()))
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(StDtype::F32, s.clone(), b).unwrap(),
+            )
+        })
         .collect();
     let data = safetensors::tensor::serialize(views, meta).unwrap();
     std::fs::write(path, data).unwrap();
@@ -159,7 +184,9 @@ fn assert_refused(path: &Path, expect: &[&str]) -> String {
     let name = path.file_name().unwrap().to_string_lossy().to_string();
     assert!(msg.contains(&name), "message does not name the file: {msg}");
     assert!(
-        expect.iter().any(|e| msg.to_lowercase().contains(&e.to_lowercase())),
+        expect
+            .iter()
+            .any(|e| msg.to_lowercase().contains(&e.to_lowercase())),
         "message {msg:?} says none of {expect:?}"
     );
     let card_err = atelier_nets::file::read_card(path).expect_err("read_card accepted it");
@@ -174,7 +201,11 @@ fn tiny_png(w: u32, h: u32) -> Vec<u8> {
         for &b in data {
             c ^= u32::from(b);
             for _ in 0..8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
             }
         }
         !c
@@ -230,8 +261,8 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 fn zip_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
     use std::io::Write;
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, data) in entries {
         w.start_file(*name, opts).unwrap();
         w.write_all(data).unwrap();
@@ -270,7 +301,10 @@ fn f32_round_trip_keeps_card_and_outputs_exactly() {
             assert_eq!(s.dtype(), DType::F32, "{k}");
             let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = s.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} changed");
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{k} changed"
+            );
         }
 
         // Same outputs, exactly.
@@ -278,7 +312,12 @@ fn f32_round_trip_keeps_card_and_outputs_exactly() {
         let x = input(32, 24);
         let want = forward(&original, &x);
         let got = forward(&model.net, &x);
-        assert_eq!(max_abs_diff(&want, &got), 0.0, "{}: outputs differ", arch.name());
+        assert_eq!(
+            max_abs_diff(&want, &got),
+            0.0,
+            "{}: outputs differ",
+            arch.name()
+        );
         // Random weights actually produce something (the comparison is not vacuous).
         assert!(want.iter().any(|v| v.abs() > 1e-3));
     }
@@ -287,7 +326,10 @@ fn f32_round_trip_keeps_card_and_outputs_exactly() {
 #[test]
 fn f16_round_trip_is_close_and_half_the_size() {
     let dir = scratch("f16_round_trip");
-    for arch in [small_resnet(NormKind::Batch), small_resnet(NormKind::Instance)] {
+    for arch in [
+        small_resnet(NormKind::Batch),
+        small_resnet(NormKind::Instance),
+    ] {
         let tensors = random_weights(arch);
         let card = card_for(arch);
         let p32 = dir.join("m32.safetensors");
@@ -298,8 +340,14 @@ fn f16_round_trip_is_close_and_half_the_size() {
         let s32 = std::fs::metadata(&p32).unwrap().len() as f64;
         let s16 = std::fs::metadata(&p16).unwrap().len() as f64;
         let ratio = s16 / s32;
-        eprintln!("{} f16/f32 file size: {s16} / {s32} = {ratio:.3}", arch.name());
-        assert!((0.45..0.56).contains(&ratio), "f16 file is {ratio:.3} of the f32 one");
+        eprintln!(
+            "{} f16/f32 file size: {s16} / {s32} = {ratio:.3}",
+            arch.name()
+        );
+        assert!(
+            (0.45..0.56).contains(&ratio),
+            "f16 file is {ratio:.3} of the f32 one"
+        );
 
         // Weights are f16; batch-norm running statistics stay f32 (they can exceed f16's
         // precision needs and are few).
@@ -323,7 +371,10 @@ fn f16_round_trip_is_close_and_half_the_size() {
         let diff = max_abs_diff(&want, &got);
         eprintln!("{} f16 max abs output difference: {diff:e}", arch.name());
         assert!(diff < 2e-2, "f16 outputs differ by {diff}");
-        assert!(diff > 0.0, "f16 storage changed nothing: weights were not rounded");
+        assert!(
+            diff > 0.0,
+            "f16 storage changed nothing: weights were not rounded"
+        );
     }
 }
 
@@ -340,7 +391,10 @@ fn wrong_shape_is_refused_naming_the_weight() {
     let key = "model.12.conv_block.5.weight";
     let good = tensors[key].dims().to_vec();
     assert_eq!(good, vec![32, 32, 3, 3]);
-    tensors.insert(key.into(), Tensor::zeros((32, 32, 3, 1), DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        key.into(),
+        Tensor::zeros((32, 32, 3, 1), DType::F32, &Device::Cpu).unwrap(),
+    );
 
     let path = dir.join("wrong_shape.safetensors");
     write_raw(&path, &tensors, Some(card_meta(&card)));
@@ -348,7 +402,10 @@ fn wrong_shape_is_refused_naming_the_weight() {
     let msg = one_line(&err);
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err:?}");
     assert!(msg.contains(key), "message does not name `{key}`: {msg}");
-    assert!(msg.contains("[32, 32, 3, 1]") && msg.contains("[32, 32, 3, 3]"), "{msg}");
+    assert!(
+        msg.contains("[32, 32, 3, 1]") && msg.contains("[32, 32, 3, 3]"),
+        "{msg}"
+    );
     // The card alone is still readable (inspect works on such a file).
     assert_eq!(atelier_nets::file::read_card(&path).unwrap(), card);
 
@@ -366,13 +423,20 @@ fn missing_weight_is_refused_naming_the_key() {
     let card = card_for(arch);
     for key in ["model.2.running_var", "model.23.weight", "model.1.weight"] {
         let mut tensors = random_weights(arch);
-        assert!(tensors.remove(key).is_some(), "{key} is not a weight of {}", arch.name());
+        assert!(
+            tensors.remove(key).is_some(),
+            "{key} is not a weight of {}",
+            arch.name()
+        );
         let path = dir.join("missing.safetensors");
         write_raw(&path, &tensors, Some(card_meta(&card)));
         let err = atelier_nets::load(&path, &Device::Cpu).expect_err("missing key loaded");
         let msg = one_line(&err);
         assert!(matches!(err, Error::MissingKey { .. }), "{err:?}");
-        assert!(msg.contains(&format!("`{key}`")), "message does not name `{key}`: {msg}");
+        assert!(
+            msg.contains(&format!("`{key}`")),
+            "message does not name `{key}`: {msg}"
+        );
     }
 }
 
@@ -383,12 +447,18 @@ fn unexpected_weight_is_refused() {
     let card = card_for(arch);
     let mut tensors = random_weights(arch);
     let n = tensors.len();
-    tensors.insert("blocks.7.dw1.weight".into(), Tensor::ones(4, DType::F32, &Device::Cpu).unwrap());
+    tensors.insert(
+        "blocks.7.dw1.weight".into(),
+        Tensor::ones(4, DType::F32, &Device::Cpu).unwrap(),
+    );
     let path = dir.join("extra.safetensors");
     write_raw(&path, &tensors, Some(card_meta(&card)));
     let err = atelier_nets::load(&path, &Device::Cpu).expect_err("extra key loaded");
     let msg = one_line(&err);
-    assert!(matches!(err, Error::UnexpectedKeys { count: 1, .. }), "{err:?}");
+    assert!(
+        matches!(err, Error::UnexpectedKeys { count: 1, .. }),
+        "{err:?}"
+    );
     assert!(msg.contains("blocks.7.dw1.weight"), "{msg}");
 
     // Control: the same tensors without the extra one load.
@@ -467,7 +537,10 @@ fn empty_random_png_and_plain_safetensors_fail_cleanly() {
     let plain = dir.join("plain.safetensors");
     write_raw(&plain, &random_weights(arch), None);
     let msg = assert_refused(&plain, &["atelier.card"]);
-    assert!(msg.contains("models import"), "no hint at the importer: {msg}");
+    assert!(
+        msg.contains("models import"),
+        "no hint at the importer: {msg}"
+    );
 
     // Metadata present but the card is not JSON, or of another format version.
     let bad_json = dir.join("bad_json.safetensors");
@@ -501,9 +574,14 @@ fn import_refuses_broken_checkpoints_cleanly() {
         let path = dir.join(name);
         std::fs::write(&path, bytes).unwrap();
         let msg = import_err(&path, &hints);
-        assert!(msg.contains(name), "{name}: message does not name the file: {msg}");
         assert!(
-            expect.iter().any(|e| msg.to_lowercase().contains(&e.to_lowercase())),
+            msg.contains(name),
+            "{name}: message does not name the file: {msg}"
+        );
+        assert!(
+            expect
+                .iter()
+                .any(|e| msg.to_lowercase().contains(&e.to_lowercase())),
             "{name}: {msg:?} says none of {expect:?}"
         );
         msg
@@ -512,14 +590,20 @@ fn import_refuses_broken_checkpoints_cleanly() {
     check("empty.pth", b"", &["empty"]);
 
     let pth = std::fs::read(golden("G_resnet_6blocks_instance_ngf4.pth")).unwrap();
-    for (i, cut) in [pth.len() / 2, pth.len() - 30, pth.len() - 1].into_iter().enumerate() {
+    for (i, cut) in [pth.len() / 2, pth.len() - 30, pth.len() - 1]
+        .into_iter()
+        .enumerate()
+    {
         check(&format!("cut{i}.pth"), &pth[..cut], &["checkpoint"]);
     }
 
     let not_torch = zip_with(&[("readme.txt", b"hello"), ("data/0", &[0u8; 16])]);
     check("plain.zip.pth", &not_torch, &["data.pkl"]);
 
-    let bad_pickle = zip_with(&[("archive/data.pkl", &noise(200, 5)), ("archive/data/0", &[0u8; 64])]);
+    let bad_pickle = zip_with(&[
+        ("archive/data.pkl", &noise(200, 5)),
+        ("archive/data/0", &[0u8; 64]),
+    ]);
     check("bad_pickle.pth", &bad_pickle, &["pickle", "malformed"]);
 
     check("random.pth", &noise(10_000, 77), &["neither"]);
@@ -528,7 +612,11 @@ fn import_refuses_broken_checkpoints_cleanly() {
         b"this is a text file, not a checkpoint\nsecond line\n",
         &["neither"],
     );
-    check("legacy.pth", &[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46], &["legacy"]);
+    check(
+        "legacy.pth",
+        &[0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46],
+        &["legacy"],
+    );
 
     // Control: the untouched checkpoint imports.
     import(&golden("G_resnet_6blocks_instance_ngf4.pth"), &hints).unwrap();
@@ -557,7 +645,13 @@ fn contradicting_flags_name_the_first_mismatched_weight() {
     ] {
         let err = import(&path, &hints).expect_err(what);
         let msg = one_line(&err);
-        let Error::ShapeMismatch { key, expected, found, .. } = &err else {
+        let Error::ShapeMismatch {
+            key,
+            expected,
+            found,
+            ..
+        } = &err
+        else {
             panic!("{what}: expected a shape mismatch, got {err:?}");
         };
         // The weights whose shapes contradict an ngf-8 resnet_6blocks, worked out here.
@@ -613,7 +707,10 @@ fn contradicting_flags_name_the_first_mismatched_weight() {
 #[test]
 fn module_prefixed_checkpoint_imports_with_a_note() {
     let dir = scratch("module_prefix");
-    for name in ["G_resnet_9blocks_batch_ngf4.safetensors", "D_basic_batch_ndf8_in6.safetensors"] {
+    for name in [
+        "G_resnet_9blocks_batch_ngf4.safetensors",
+        "D_basic_batch_ndf8_in6.safetensors",
+    ] {
         let src = golden(name);
         let bytes = std::fs::read(&src).unwrap();
         let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -624,7 +721,11 @@ fn module_prefixed_checkpoint_imports_with_a_note() {
             .collect();
         assert!(!views.is_empty());
         let prefixed = dir.join(format!("module_{name}"));
-        std::fs::write(&prefixed, safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+        std::fs::write(
+            &prefixed,
+            safetensors::tensor::serialize(views, None).unwrap(),
+        )
+        .unwrap();
 
         // The rewritten file really carries the prefix.
         let raw = read_state_dict(&prefixed).unwrap();
@@ -641,7 +742,10 @@ fn module_prefixed_checkpoint_imports_with_a_note() {
         assert!(!plain.notes.iter().any(|n| n.contains("module.")));
         assert_eq!(got.tensors.len(), plain.tensors.len());
         for (k, t) in &plain.tensors {
-            let u = got.tensors.get(k).unwrap_or_else(|| panic!("{name}: lost `{k}`"));
+            let u = got
+                .tensors
+                .get(k)
+                .unwrap_or_else(|| panic!("{name}: lost `{k}`"));
             let a = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let b = u.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             assert_eq!(a, b, "{name}: `{k}` differs");

@@ -66,6 +66,7 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     let opts = Options {
         tile: args.tile,
         overlap: args.overlap,
+        context: args.context,
         thumbnail_side: args.stats_side,
     };
     let limits = global.limits();
