@@ -886,3 +886,40 @@ fn tiled_output_is_close_to_untiled() {
     assert!(psnr[0] > 30.0, "tile 32 overlap 8: {:.2} dB", psnr[0]);
     assert!(psnr[1] > 35.0, "tile 64 overlap 16: {:.2} dB", psnr[1]);
 }
+
+/// Regression: `a.jpg` and `a.png` stylized to PNG used to both write `a.png`, the second
+/// silently overwriting the first.
+#[test]
+fn same_stem_outputs_do_not_overwrite_each_other() {
+    let dir = TempDir::new().unwrap();
+    let model = light_model(dir.path());
+    let src = dir.path().join("in");
+    std::fs::create_dir(&src).unwrap();
+    write_image(&src.join("a.jpg"), &synthetic_rgb(32, 24), Format::Jpeg);
+    write_image(&src.join("a.png"), &synthetic_rgb(40, 28), Format::Png);
+    let out_dir = dir.path().join("out");
+    let out = atelier(&[
+        "stylize",
+        p(&src),
+        "-m",
+        p(&model),
+        "-o",
+        p(&out_dir),
+        "--format",
+        "png",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sizes: Vec<(u32, u32)> = ["a.png", "a-2.png"]
+        .iter()
+        .map(|n| {
+            let r = read_image(&out_dir.join(n));
+            (r.width, r.height)
+        })
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [(32, 24), (40, 28)]);
+}

@@ -112,6 +112,9 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     );
     tiles.set_prefix("tiles");
 
+    // Output names already used in this run: `a.jpg` and `a.png`, or same-named files from two
+    // folders, must not overwrite each other.
+    let mut used: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     let mut failed = 0usize;
     let mut ok = 0usize;
     let started = Instant::now();
@@ -135,6 +138,7 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
             single_file,
             out_format,
             &tiles,
+            &mut used,
         );
         match res {
             Ok(out) => {
@@ -185,6 +189,7 @@ fn stylize_one(
     single_file: bool,
     out_format: Option<Format>,
     tiles: &ProgressBar,
+    used: &mut std::collections::HashSet<PathBuf>,
 ) -> anyhow::Result<PathBuf> {
     let bytes = atelier_imaging::read_file(path, limits)?;
     let in_format = Format::sniff(&bytes);
@@ -211,8 +216,16 @@ fn stylize_one(
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_else(|| "image".into());
-        args.output.join(format!("{stem}.{}", format.extension()))
+        let ext = format.extension();
+        let mut target = args.output.join(format!("{stem}.{ext}"));
+        let mut n = 2;
+        while used.contains(&target) {
+            target = args.output.join(format!("{stem}-{n}.{ext}"));
+            n += 1;
+        }
+        target
     };
+    used.insert(target.clone());
     atelier_nets::file::write_atomic(&target, &data)?;
     Ok(target)
 }
