@@ -79,8 +79,41 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?;
+        let y = match self.explicit_padding(x)? {
+            Some(padded) => padded.conv2d(&self.weight, 0, self.stride, 1, self.groups)?,
+            None => x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?,
+        };
         add_bias(y, self.bias.as_ref())
+    }
+
+    /// A strided convolution whose padded input does not end exactly on a stride (e.g. 3×3,
+    /// stride 2, padding 1 on an even size) leaves the last padded rows/columns unused. candle
+    /// 0.11's conv2d backward then returns an input gradient one short along that axis and the
+    /// backward pass fails with a shape mismatch. Padding explicitly, without the unused tail
+    /// (and cutting unused input if the tail is longer than the padding), gives the same output
+    /// and a backward pass that works (see the gradient checks in `crates/train/tests`).
+    fn explicit_padding(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        let (s, p) = (self.stride, self.padding);
+        if s == 1 {
+            return Ok(None);
+        }
+        let k = self.weight.dim(2)?;
+        let (_, _, h, w) = x.dims4()?;
+        let rem = |n: usize| (n + 2 * p).checked_sub(k).map_or(0, |t| t % s);
+        if rem(h) == 0 && rem(w) == 0 {
+            return Ok(None);
+        }
+        let mut x = x.clone();
+        for axis in [2, 3] {
+            let n = x.dim(axis)?;
+            let r = rem(n);
+            let (cut, right) = if r <= p { (0, p - r) } else { (r - p, 0) };
+            if cut > 0 {
+                x = x.narrow(axis, 0, n - cut)?;
+            }
+            x = x.pad_with_zeros(axis, p, right)?;
+        }
+        Ok(Some(x))
     }
 }
 

@@ -1,0 +1,120 @@
+//! Adam (Kingma & Ba) as in `torch.optim.Adam` (no weight decay, bias-corrected moments), with
+//! the moments exposed so that a checkpoint can store them and a resumed run continues
+//! bit-for-bit.
+
+use candle_core::{Result, Tensor, Var};
+
+/// Hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    /// The GAN defaults of the reference implementations: lr 2e-4, β1 0.5.
+    fn default() -> Self {
+        Self {
+            lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+/// Adam over a fixed list of named variables.
+#[derive(Debug)]
+pub struct Adam {
+    pub config: AdamConfig,
+    vars: Vec<(String, Var)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    step: u64,
+}
+
+impl Adam {
+    pub fn new(vars: Vec<(String, Var)>, config: AdamConfig) -> Result<Self> {
+        let m = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        let v = vars
+            .iter()
+            .map(|(_, v)| v.zeros_like())
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            config,
+            vars,
+            m,
+            v,
+            step: 0,
+        })
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// One update from the gradients of `loss`.
+    pub fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step += 1;
+        let c = self.config;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for (i, (_, var)) in self.vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            self.m[i] = self.m[i]
+                .affine(c.beta1, 0.0)?
+                .add(&g.affine(1.0 - c.beta1, 0.0)?)?;
+            self.v[i] = self.v[i]
+                .affine(c.beta2, 0.0)?
+                .add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+            let denom = self.v[i]
+                .affine(1.0 / bc2, 0.0)?
+                .sqrt()?
+                .affine(1.0, c.eps)?;
+            let update = self.m[i].affine(c.lr / bc1, 0.0)?.div(&denom)?;
+            var.set(&var.as_tensor().sub(&update)?)?;
+        }
+        Ok(())
+    }
+
+    /// Named optimizer state (`<name>.m`, `<name>.v`) for a checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.vars.len());
+        for (i, (name, _)) in self.vars.iter().enumerate() {
+            out.push((format!("{name}.m"), self.m[i].clone()));
+            out.push((format!("{name}.v"), self.v[i].clone()));
+        }
+        out
+    }
+
+    /// Restores the state written by [`Adam::state`].
+    pub fn restore(
+        &mut self,
+        step: u64,
+        state: &std::collections::HashMap<String, Tensor>,
+    ) -> Result<()> {
+        for (i, (name, var)) in self.vars.iter().enumerate() {
+            for (suffix, slot) in [("m", &mut self.m[i]), ("v", &mut self.v[i])] {
+                let key = format!("{name}.{suffix}");
+                let t = state.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("optimizer state lacks `{key}`"))
+                })?;
+                if t.dims() != var.dims() {
+                    candle_core::bail!("optimizer state `{key}` has shape {:?}", t.dims());
+                }
+                *slot = t.clone();
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

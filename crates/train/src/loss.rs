@@ -1,0 +1,57 @@
+//! Adversarial and reconstruction losses.
+//!
+//! `GanLoss` follows pytorch-CycleGAN-and-pix2pix's `GANLoss`: `vanilla` is binary
+//! cross-entropy on logits (computed stably as `max(x,0) - x·t + log(1 + e^{-|x|})`), `lsgan`
+//! the mean squared error to 1 (real) or 0 (fake), and `hinge` the hinge loss of SAGAN
+//! (`relu(1 - x)` for real, `relu(1 + x)` for fake, `-x` for the generator).
+
+use candle_core::{Result, Tensor};
+
+/// Which adversarial loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GanLoss {
+    Vanilla,
+    Lsgan,
+    Hinge,
+}
+
+impl GanLoss {
+    /// Loss of the discriminator's output `pred` (logits) for real (`true`) or fake images.
+    pub fn discriminator(self, pred: &Tensor, real: bool) -> Result<Tensor> {
+        match self {
+            GanLoss::Vanilla => bce_with_logits(pred, if real { 1.0 } else { 0.0 }),
+            GanLoss::Lsgan => {
+                let t = if real { 1.0 } else { 0.0 };
+                pred.affine(1.0, -t)?.sqr()?.mean_all()
+            }
+            GanLoss::Hinge => {
+                let m = if real {
+                    pred.affine(-1.0, 1.0)?
+                } else {
+                    pred.affine(1.0, 1.0)?
+                };
+                m.relu()?.mean_all()
+            }
+        }
+    }
+
+    /// Loss of the generator given the discriminator's output on its images.
+    pub fn generator(self, pred_fake: &Tensor) -> Result<Tensor> {
+        match self {
+            GanLoss::Hinge => pred_fake.mean_all()?.neg(),
+            other => other.discriminator(pred_fake, true),
+        }
+    }
+}
+
+/// Mean binary cross-entropy of logits `x` against a constant target `t`, numerically stable.
+pub fn bce_with_logits(x: &Tensor, t: f64) -> Result<Tensor> {
+    let pos = x.relu()?;
+    let log_term = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    (pos - x.affine(t, 0.0)?)?.add(&log_term)?.mean_all()
+}
+
+/// Mean absolute error.
+pub fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.sub(b)?.abs()?.mean_all()
+}
