@@ -250,6 +250,15 @@ impl Network {
         Network::new(arch, vb)
     }
 
+    /// Like [`Network::forward`], but discriminators that end in a sigmoid (DCGAN 64) return
+    /// the logits before it, for numerically stable losses.
+    pub fn forward_logits(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        match self {
+            Network::Dcgan64D(n) => n.forward_logits(x, ctx),
+            other => other.forward(x, ctx),
+        }
+    }
+
     /// Runs the network. Translators and discriminators take `(N, C, H, W)` images in [-1, 1];
     /// noise generators take `(N, nz)`.
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

@@ -148,9 +148,9 @@ impl BriefDiscriminator {
             )));
         }
         let h = leaky_relu(&self.conv1.forward(x)?, KERAS_SLOPE)?;
-        let h = dropout(&h, 0.3, ctx.train)?;
+        let h = dropout(&h, 0.3, ctx.train, ctx)?;
         let h = leaky_relu(&self.conv2.forward(&h)?, KERAS_SLOPE)?;
-        let h = dropout(&h, 0.3, ctx.train)?;
+        let h = dropout(&h, 0.3, ctx.train, ctx)?;
         self.fc.forward(&h.reshape((n, ()))?)
     }
 }
@@ -263,6 +263,12 @@ impl Dcgan64Discriminator {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let h = self.forward_logits(x, ctx)?;
+        Ok(candle_nn::ops::sigmoid(&h)?)
+    }
+
+    /// The output before the final sigmoid, `(N,)`: what a numerically stable BCE loss takes.
+    pub fn forward_logits(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.nc, "Dcgan64Discriminator")?;
         let mut h = x.clone();
         for (conv, norm) in &self.convs {
@@ -270,6 +276,6 @@ impl Dcgan64Discriminator {
         }
         let h = self.last.forward(&h)?;
         let n = h.dim(0)?;
-        Ok(candle_nn::ops::sigmoid(&h.reshape(((), 1))?)?.reshape(n * h.elem_count() / n)?)
+        Ok(h.reshape(n)?)
     }
 }

@@ -126,29 +126,51 @@ pub fn save(
 ) -> Result<()> {
     // Refuse to write a file that would not load.
     Network::from_tensors(card.arch, tensors, &Device::Cpu)?;
+    let json = serde_json::to_string(card).map_err(|e| Error::BadCard {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let meta: HashMap<String, String> =
+        [(CARD_KEY.to_string(), json), ("format".into(), "pt".into())].into();
+    let data = encode_safetensors(tensors, storage, meta).map_err(|reason| Error::BadFile {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    write_atomic(path, &data)
+}
+
+/// Serialises named tensors (sorted by name) with `metadata` into safetensors bytes. With
+/// [`Storage::F16`] float weights are stored as f16, except batch-norm running statistics.
+pub fn encode_safetensors(
+    tensors: &HashMap<String, Tensor>,
+    storage: Storage,
+    metadata: HashMap<String, String>,
+) -> std::result::Result<Vec<u8>, String> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     let mut buffers = Vec::with_capacity(names.len());
     for name in &names {
         let t = &tensors[*name];
+        let e = |e: candle_core::Error| format!("`{name}`: {e}");
         let (t, dt) = match (storage, t.dtype()) {
             (Storage::F16, DType::F32 | DType::F16 | DType::BF16)
                 if !name.ends_with("running_var") && !name.ends_with("running_mean") =>
             {
-                (t.to_dtype(DType::F16)?, StDtype::F16)
+                (t.to_dtype(DType::F16).map_err(e)?, StDtype::F16)
             }
-            _ => (t.to_dtype(DType::F32)?, StDtype::F32),
+            _ => (t.to_dtype(DType::F32).map_err(e)?, StDtype::F32),
         };
+        let flat = t.flatten_all().map_err(e)?;
         let bytes: Vec<u8> = match dt {
-            StDtype::F16 => t
-                .flatten_all()?
-                .to_vec1::<half::f16>()?
+            StDtype::F16 => flat
+                .to_vec1::<half::f16>()
+                .map_err(e)?
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
-            _ => t
-                .flatten_all()?
-                .to_vec1::<f32>()?
+            _ => flat
+                .to_vec1::<f32>()
+                .map_err(e)?
                 .iter()
                 .flat_map(|v| v.to_le_bytes())
                 .collect(),
@@ -160,23 +182,10 @@ pub fn save(
         .map(|(n, dt, shape, b)| {
             TensorView::new(*dt, shape.clone(), b)
                 .map(|v| (n.clone(), v))
-                .map_err(|e| Error::BadFile {
-                    path: path.display().to_string(),
-                    reason: e.to_string(),
-                })
+                .map_err(|e| e.to_string())
         })
-        .collect::<Result<_>>()?;
-    let json = serde_json::to_string(card).map_err(|e| Error::BadCard {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let meta: HashMap<String, String> =
-        [(CARD_KEY.to_string(), json), ("format".into(), "pt".into())].into();
-    let data = safetensors::tensor::serialize(views, Some(meta)).map_err(|e| Error::BadFile {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    write_atomic(path, &data)
+        .collect::<std::result::Result<_, String>>()?;
+    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
 /// Writes `data` to `path` through a temporary file in the same directory and a rename.

@@ -79,9 +79,11 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match self.explicit_padding(x)? {
-            Some(padded) => padded.conv2d(&self.weight, 0, self.stride, 1, self.groups)?,
-            None => x.conv2d(&self.weight, self.padding, self.stride, 1, self.groups)?,
+        let y = match (self.explicit_padding(x)?, self.groups) {
+            (Some(padded), 1) => crate::conv::conv2d(&padded, &self.weight, 0, self.stride)?,
+            (None, 1) => crate::conv::conv2d(x, &self.weight, self.padding, self.stride)?,
+            (Some(padded), g) => padded.conv2d(&self.weight, 0, self.stride, 1, g)?,
+            (None, g) => x.conv2d(&self.weight, self.padding, self.stride, 1, g)?,
         };
         add_bias(y, self.bias.as_ref())
     }
@@ -161,12 +163,12 @@ impl ConvTranspose2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.conv_transpose2d(
+        let y = crate::conv::conv_transpose2d(
+            x,
             &self.weight,
             self.padding,
             self.output_padding,
             self.stride,
-            1,
         )?;
         add_bias(y, self.bias.as_ref())
     }
@@ -236,13 +238,21 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
     Ok(x.maximum(&(x * slope)?)?)
 }
 
-/// `Dropout(p)` in training mode, identity otherwise.
-pub fn dropout(x: &Tensor, p: f32, train: bool) -> Result<Tensor> {
-    if train && p > 0.0 {
-        Ok(candle_nn::ops::dropout(x, p)?)
-    } else {
-        Ok(x.clone())
+/// `Dropout(p)` when `active` (training), identity otherwise. The mask comes from the
+/// context's seeded generator when it has one, so training runs are reproducible.
+pub fn dropout(x: &Tensor, p: f32, active: bool, ctx: &mut crate::Ctx) -> Result<Tensor> {
+    if !active || p <= 0.0 {
+        return Ok(x.clone());
     }
+    let Some(rng) = ctx.rng.as_mut() else {
+        return Ok(candle_nn::ops::dropout(x, p)?);
+    };
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.uniform() as f32 >= p { keep } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok(x.mul(&mask)?)
 }
 
 /// Checks that an input is `(N, C, H, W)` float with the expected channel count.

@@ -5,6 +5,7 @@
 
 pub mod arch;
 pub mod card;
+pub mod conv;
 pub mod dcgan;
 pub mod discriminators;
 mod error;
@@ -14,6 +15,8 @@ pub mod layers;
 pub mod light;
 pub mod norm;
 pub mod resnet;
+pub mod rng;
+pub mod seeded;
 pub mod unet;
 
 pub use arch::{Arch, Network, Role};
@@ -21,3 +24,23 @@ pub use card::ModelCard;
 pub use error::{Error, Result};
 pub use file::{load, save, Model, Storage};
 pub use norm::{Ctx, LayerStats, NormKind};
+pub use rng::Rng;
+pub use seeded::SeededVarMap;
+
+/// Fixes the number of CPU threads candle uses (default: all available cores).
+///
+/// candle 0.11 looks its thread count up on every CPU operation and, unless
+/// `RAYON_NUM_THREADS` is set, does so by reading `/proc/cpuinfo` each time (thousands of file
+/// reads per training step). Setting the variable once, before any work, removes that cost.
+/// An explicit `RAYON_NUM_THREADS` in the environment wins over `threads`.
+pub fn init_threads(threads: Option<usize>) {
+    if std::env::var_os("RAYON_NUM_THREADS").is_some() {
+        return;
+    }
+    let n = threads.filter(|n| *n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+}

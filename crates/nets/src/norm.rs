@@ -40,7 +40,24 @@ pub struct Ctx {
     pub batch_stats: bool,
     mode: StatsMode,
     cursor: usize,
+    /// Random generator for dropout masks in training; `None` uses candle's (unseeded) one.
+    pub rng: Option<crate::Rng>,
+    /// Batch-norm running-statistics updates gathered in training mode, applied by
+    /// [`Ctx::apply_running_stats`] once the step's forward passes are done.
+    running_updates: Vec<RunningUpdate>,
 }
+
+/// One batch-norm layer's pending running-statistics update.
+#[derive(Debug, Clone)]
+struct RunningUpdate {
+    running_mean: Tensor,
+    running_var: Tensor,
+    mean: Tensor,
+    var_unbiased: Tensor,
+}
+
+/// PyTorch's default batch-norm momentum.
+const BN_MOMENTUM: f64 = 0.1;
 
 impl Ctx {
     /// Inference context (eval mode, running statistics for batch norm).
@@ -54,6 +71,63 @@ impl Ctx {
             train: true,
             ..Self::default()
         }
+    }
+
+    /// Training context whose dropout masks come from `rng` (deterministic runs).
+    pub fn train_with_rng(rng: crate::Rng) -> Self {
+        Self {
+            train: true,
+            rng: Some(rng),
+            ..Self::default()
+        }
+    }
+
+    /// Applies the batch-norm running-average updates gathered by training-mode forward passes
+    /// (`running = (1 - 0.1)·running + 0.1·batch`, unbiased variance, as PyTorch), in order.
+    /// Running statistics that are not variables (a loaded, frozen model) are left alone.
+    pub fn apply_running_stats(&mut self) -> Result<()> {
+        for u in std::mem::take(&mut self.running_updates) {
+            for (running, batch) in [
+                (&u.running_mean, &u.mean),
+                (&u.running_var, &u.var_unbiased),
+            ] {
+                if !running.is_variable() {
+                    continue;
+                }
+                let next = running
+                    .affine(1.0 - BN_MOMENTUM, 0.0)?
+                    .add(&batch.affine(BN_MOMENTUM, 0.0)?)?;
+                candle_core::Var::from_tensor(running)?.set(&next)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of pending running-statistics updates.
+    pub fn pending_running_updates(&self) -> usize {
+        self.running_updates.len()
+    }
+
+    fn push_running_update(
+        &mut self,
+        running_mean: &Tensor,
+        running_var: &Tensor,
+        mean: &Tensor,
+        var: &Tensor,
+        count: usize,
+    ) -> Result<()> {
+        if !self.train || !running_mean.is_variable() {
+            return Ok(());
+        }
+        let c = running_mean.dim(0)?;
+        let unbias = count as f64 / (count.max(2) - 1) as f64;
+        self.running_updates.push(RunningUpdate {
+            running_mean: running_mean.clone(),
+            running_var: running_var.clone(),
+            mean: mean.detach().reshape(c)?,
+            var_unbiased: var.detach().reshape(c)?.affine(unbias, 0.0)?,
+        });
+        Ok(())
     }
 
     /// Record the statistics of every data-dependent normalization layer.
@@ -241,6 +315,7 @@ impl Norm {
                     let (mean, var) = if ctx.train || ctx.batch_stats {
                         let mean = x.mean_keepdim(0)?;
                         let var = x.broadcast_sub(&mean)?.sqr()?.mean_keepdim(0)?;
+                        ctx.push_running_update(running_mean, running_var, &mean, &var, x.dim(0)?)?;
                         (mean, var)
                     } else {
                         (running_mean.unsqueeze(0)?, running_var.unsqueeze(0)?)
@@ -254,7 +329,10 @@ impl Norm {
                 }
                 let c = x.dim(1)?;
                 let (mean, var) = if ctx.train || ctx.batch_stats {
-                    ctx.stats(x, false)?
+                    let (mean, var) = ctx.stats(x, false)?;
+                    let (n, _, h, w) = x.dims4()?;
+                    ctx.push_running_update(running_mean, running_var, &mean, &var, n * h * w)?;
+                    (mean, var)
                 } else {
                     (
                         running_mean.reshape((1, c, 1, 1))?,

@@ -64,7 +64,7 @@ impl ResnetBlock {
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let h = self.conv1.forward(&reflect_pad(x, 1)?)?;
         let h = self.norm1.forward(&h, ctx)?.relu()?;
-        let h = dropout(&h, 0.5, self.use_dropout && ctx.train)?;
+        let h = dropout(&h, 0.5, self.use_dropout && ctx.train, ctx)?;
         let h = self.conv2.forward(&reflect_pad(&h, 1)?)?;
         let h = self.norm2.forward(&h, ctx)?;
         Ok((x + h)?)

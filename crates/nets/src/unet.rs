@@ -129,7 +129,7 @@ impl Block {
                 let h = self.downnorm.forward(&self.downconv.forward(&x)?, ctx)?;
                 let h = self.sub_forward(&h, ctx)?.relu()?;
                 let h = self.upnorm.forward(&self.upconv.forward(&h)?, ctx)?;
-                let h = dropout(&h, 0.5, self.use_dropout && ctx.train)?;
+                let h = dropout(&h, 0.5, self.use_dropout && ctx.train, ctx)?;
                 Ok(Tensor::cat(&[&x, &h], 1)?)
             }
         }

@@ -70,12 +70,17 @@ impl Adam {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            // candle 0.11 returns some gradients still attached to the graph that produced
+            // them; keeping those in the moments would keep every step's graph alive.
+            let g = g.detach();
             self.m[i] = self.m[i]
                 .affine(c.beta1, 0.0)?
-                .add(&g.affine(1.0 - c.beta1, 0.0)?)?;
+                .add(&g.affine(1.0 - c.beta1, 0.0)?)?
+                .detach();
             self.v[i] = self.v[i]
                 .affine(c.beta2, 0.0)?
-                .add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+                .add(&g.sqr()?.affine(1.0 - c.beta2, 0.0)?)?
+                .detach();
             let denom = self.v[i]
                 .affine(1.0 / bc2, 0.0)?
                 .sqrt()?

@@ -8,7 +8,8 @@
 use candle_core::{Result, Tensor};
 
 /// Which adversarial loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum GanLoss {
     Vanilla,
     Lsgan,
@@ -40,6 +41,27 @@ impl GanLoss {
         match self {
             GanLoss::Hinge => pred_fake.mean_all()?.neg(),
             other => other.discriminator(pred_fake, true),
+        }
+    }
+}
+
+impl GanLoss {
+    /// Parses `vanilla`, `lsgan` or `hinge`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "vanilla" => Some(Self::Vanilla),
+            "lsgan" => Some(Self::Lsgan),
+            "hinge" => Some(Self::Hinge),
+            _ => None,
+        }
+    }
+
+    /// A D loss per term (real or fake) below this means D separates real from fake almost
+    /// perfectly ("D wins"): vanilla BCE 0.01 ≈ D(x) > 0.99; LSGAN 0.001 ≈ |D − target| < 0.03.
+    pub fn d_wins_threshold(self) -> f64 {
+        match self {
+            GanLoss::Vanilla | GanLoss::Hinge => 0.01,
+            GanLoss::Lsgan => 0.001,
         }
     }
 }

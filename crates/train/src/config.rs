@@ -1,0 +1,538 @@
+//! The one description of a training run, written to `config.json` in the run directory and
+//! read back by `atelier train resume`.
+
+use std::path::PathBuf;
+
+use atelier_nets::arch::Arch;
+use atelier_nets::dcgan::{BriefDConfig, BriefGConfig, Dcgan64Config};
+use atelier_nets::discriminators::{NLayerConfig, PixelConfig};
+use atelier_nets::light::LightConfig;
+use atelier_nets::resnet::ResnetConfig;
+use atelier_nets::unet::UnetConfig;
+use atelier_nets::NormKind;
+use serde::{Deserialize, Serialize};
+
+use crate::{Augment, GanLoss, TrainError};
+
+/// Version tag of `config.json`.
+pub const CONFIG_FORMAT: &str = "atelier-train-config/1";
+
+/// The three model families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    /// Noise → image (the brief's example).
+    Dcgan,
+    /// Paired image → image with the conditional GAN objective + L1.
+    Pix2pix,
+    /// Unpaired image → image with cycle and identity losses.
+    Cyclegan,
+}
+
+impl Family {
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Dcgan => "dcgan",
+            Family::Pix2pix => "pix2pix",
+            Family::Cyclegan => "cyclegan",
+        }
+    }
+}
+
+/// DCGAN presets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DcganPreset {
+    /// The brief's network (TensorFlow DCGAN tutorial): 28×28, Adam(1e-4).
+    Brief,
+    /// pytorch/examples DCGAN: 64×64, Adam(2e-4, β1 0.5).
+    #[serde(rename = "64")]
+    D64,
+}
+
+/// pix2pix direction (the reference's `--direction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Direction {
+    #[default]
+    AtoB,
+    BtoA,
+}
+
+/// Learning-rate schedule: a factor applied to the base rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum LrPolicy {
+    /// The base rate throughout.
+    Constant,
+    /// The reference's `linear` policy: the base rate for `n_epochs` epochs, then linear decay
+    /// over `n_epochs_decay` epochs: factor `1 − max(0, e + 1 − n_epochs) / (n_epochs_decay + 1)`
+    /// for 0-based epoch `e`.
+    LinearEpochs { n_epochs: u64, n_epochs_decay: u64 },
+    /// The same rule counted in steps (used when a run is given in steps).
+    LinearSteps { constant: u64, decay: u64 },
+}
+
+impl LrPolicy {
+    /// The factor at `step` (0-based) in 0-based `epoch`.
+    pub fn factor(&self, step: u64, epoch: u64) -> f64 {
+        let rule = |t: u64, n: u64, d: u64| {
+            let over = (t + 1).saturating_sub(n) as f64;
+            (1.0 - over / (d + 1) as f64).max(0.0)
+        };
+        match *self {
+            LrPolicy::Constant => 1.0,
+            LrPolicy::LinearEpochs {
+                n_epochs,
+                n_epochs_decay,
+            } => rule(epoch, n_epochs, n_epochs_decay),
+            LrPolicy::LinearSteps { constant, decay } => rule(step, constant, decay),
+        }
+    }
+}
+
+/// Everything that defines a run. Paths are stored as given (absolute after
+/// [`TrainConfig::absolutize`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Always [`CONFIG_FORMAT`].
+    pub format: String,
+    pub family: Family,
+    /// Images (DCGAN), domain A (CycleGAN), aligned AB images or inputs (pix2pix).
+    pub data_a: PathBuf,
+    /// Domain B (CycleGAN) or targets matched by file name (pix2pix).
+    pub data_b: Option<PathBuf>,
+    /// Augmentation; `crop_size` is the training size.
+    pub augment: Augment,
+    pub batch: usize,
+    /// Total optimisation steps (one step = one D and one G update).
+    pub steps: u64,
+    /// The epochs asked for, when the run was given in epochs.
+    pub epochs: Option<u64>,
+    pub loss: GanLoss,
+    pub generator: Arch,
+    pub discriminator: Arch,
+    /// Adam for G and D.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub lr_policy: LrPolicy,
+    /// pix2pix λ_L1.
+    pub lambda_l1: f64,
+    /// CycleGAN λ_A = λ_B.
+    pub lambda_cycle: f64,
+    /// CycleGAN identity weight (relative to λ_cycle).
+    pub lambda_identity: f64,
+    /// CycleGAN image pool size (0 = off).
+    pub pool_size: usize,
+    pub direction: Direction,
+    pub seed: u64,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    pub checkpoint_every: u64,
+    pub sample_every: u64,
+    pub log_every: u64,
+    /// Periodic checkpoints kept on disk (the newest ones).
+    pub keep_checkpoints: usize,
+    /// Consecutive steps with a near-zero D loss before the "D wins" warning.
+    pub d_wins_steps: u64,
+    /// Name of the exported model(s).
+    pub name: String,
+    /// Free text about the data and its licence, copied into the model card.
+    pub data_description: String,
+    pub data_licence: String,
+}
+
+/// Choices that shape the networks; resolved into [`Arch`]s by [`TrainConfig::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetChoice {
+    /// `resnet_<N>blocks`, `unet` (depth from the size), `unet_128`, `unet_256`, `light`;
+    /// DCGAN ignores it.
+    pub net_g: Option<String>,
+    /// `basic`, `n_layers`, `pixel`.
+    pub net_d: Option<String>,
+    pub ngf: Option<usize>,
+    pub ndf: Option<usize>,
+    pub n_layers_d: usize,
+    pub norm: Option<NormKind>,
+    pub dropout: Option<bool>,
+    pub preset: DcganPreset,
+    pub nz: usize,
+}
+
+impl Default for NetChoice {
+    fn default() -> Self {
+        Self {
+            net_g: None,
+            net_d: None,
+            ngf: None,
+            ndf: None,
+            n_layers_d: 3,
+            norm: None,
+            dropout: None,
+            preset: DcganPreset::D64,
+            nz: 100,
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> TrainError {
+    TrainError::Config(msg.into())
+}
+
+impl TrainConfig {
+    /// The reference defaults of a family, with networks built from `nets` and the given size
+    /// (`None` = the family's default: 256, DCGAN 64 or 28).
+    pub fn new(
+        family: Family,
+        data_a: PathBuf,
+        data_b: Option<PathBuf>,
+        size: Option<u32>,
+        nets: &NetChoice,
+    ) -> Result<TrainConfig, TrainError> {
+        let size = size.unwrap_or(match (family, nets.preset) {
+            (Family::Dcgan, DcganPreset::Brief) => 28,
+            (Family::Dcgan, DcganPreset::D64) => 64,
+            _ => 256,
+        });
+        if !(8..=4096).contains(&size) {
+            return Err(bad(format!("size {size} is outside 8..=4096")));
+        }
+        let (generator, discriminator) = networks(family, size, nets)?;
+        let augment = match family {
+            // DCGAN: resize (pytorch/examples: Resize + CenterCrop), no flip.
+            Family::Dcgan => Augment {
+                load_size: size,
+                crop_size: size,
+                flip: false,
+                color_jitter: 0.0,
+            },
+            // The reference: load 286 for a 256 crop, i.e. ×286/256.
+            _ => Augment {
+                load_size: (size as u64 * 286).div_ceil(256) as u32,
+                crop_size: size,
+                flip: true,
+                color_jitter: 0.0,
+            },
+        };
+        let brief = family == Family::Dcgan && nets.preset == DcganPreset::Brief;
+        Ok(TrainConfig {
+            format: CONFIG_FORMAT.into(),
+            family,
+            data_a,
+            data_b,
+            augment,
+            batch: match family {
+                Family::Dcgan if brief => 256,
+                Family::Dcgan => 64,
+                Family::Pix2pix | Family::Cyclegan => 1,
+            },
+            steps: 0,
+            epochs: None,
+            loss: match family {
+                Family::Cyclegan => GanLoss::Lsgan,
+                _ => GanLoss::Vanilla,
+            },
+            generator,
+            discriminator,
+            lr: if brief { 1e-4 } else { 2e-4 },
+            beta1: if brief { 0.9 } else { 0.5 },
+            beta2: 0.999,
+            lr_policy: LrPolicy::Constant,
+            lambda_l1: 100.0,
+            lambda_cycle: 10.0,
+            lambda_identity: 0.5,
+            pool_size: 50,
+            direction: Direction::AtoB,
+            seed: 0,
+            device: "cpu".into(),
+            checkpoint_every: 1000,
+            sample_every: 200,
+            log_every: 10,
+            keep_checkpoints: 3,
+            d_wins_steps: 200,
+            name: family.name().into(),
+            data_description: String::new(),
+            data_licence: String::new(),
+        })
+    }
+
+    /// Sets the run length: `steps`, or `epochs` of `batches_per_epoch`, and the family's
+    /// default schedule (pix2pix and CycleGAN: constant for the first half, linear decay to
+    /// zero over the second half, as the reference's 100 + 100 epochs).
+    pub fn set_length(
+        &mut self,
+        steps: Option<u64>,
+        epochs: Option<u64>,
+        epochs_decay: Option<u64>,
+        batches_per_epoch: u64,
+    ) -> Result<(), TrainError> {
+        let decays = self.family != Family::Dcgan;
+        match (steps, epochs) {
+            (Some(_), Some(_)) => return Err(bad("give --steps or --epochs, not both")),
+            (Some(0), _) | (_, Some(0)) => return Err(bad("the run length must be positive")),
+            (Some(s), None) => {
+                self.steps = s;
+                self.epochs = None;
+                if decays {
+                    let decay = match epochs_decay {
+                        Some(d) => (d * batches_per_epoch).min(s),
+                        None => s / 2,
+                    };
+                    self.lr_policy = LrPolicy::LinearSteps {
+                        constant: s - decay,
+                        decay,
+                    };
+                }
+            }
+            (None, Some(e)) => {
+                let decay = if decays { epochs_decay.unwrap_or(e) } else { 0 };
+                self.epochs = Some(e + decay);
+                self.steps = (e + decay) * batches_per_epoch;
+                if decays {
+                    self.lr_policy = LrPolicy::LinearEpochs {
+                        n_epochs: e,
+                        n_epochs_decay: decay,
+                    };
+                }
+            }
+            (None, None) => return Err(bad("give --steps or --epochs")),
+        }
+        Ok(())
+    }
+
+    /// Checks consistency (sizes against architectures, positive counts).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        if self.format != CONFIG_FORMAT {
+            return Err(bad(format!(
+                "config format `{}`, expected `{CONFIG_FORMAT}`",
+                self.format
+            )));
+        }
+        self.augment
+            .validate()
+            .map_err(|e| bad(format!("augmentation: {e}")))?;
+        if self.batch == 0 || self.batch > 4096 {
+            return Err(bad(format!("batch {} is outside 1..=4096", self.batch)));
+        }
+        if self.steps == 0 {
+            return Err(bad("the run has zero steps"));
+        }
+        if self.log_every == 0 || self.checkpoint_every == 0 || self.sample_every == 0 {
+            return Err(bad(
+                "--log-every, --checkpoint-every and --sample-every must be positive",
+            ));
+        }
+        if !(self.lr > 0.0 && self.lr < 1.0) {
+            return Err(bad(format!("learning rate {} is outside (0, 1)", self.lr)));
+        }
+        let size = self.augment.crop_size as usize;
+        match self.family {
+            Family::Dcgan => {
+                let native = match self.generator {
+                    Arch::BriefG(_) => 28,
+                    _ => 64,
+                };
+                if size != native {
+                    return Err(bad(format!(
+                        "the {} generator makes {native}×{native} images; use --size {native}",
+                        self.generator.name()
+                    )));
+                }
+                if self.family == Family::Dcgan && self.data_b.is_some() {
+                    return Err(bad("DCGAN takes one image folder (--data-a)"));
+                }
+            }
+            Family::Pix2pix | Family::Cyclegan => {
+                let m = self.generator.size_multiple();
+                if !size.is_multiple_of(m) {
+                    return Err(bad(format!(
+                        "{} needs a size that is a multiple of {m}; got {size}",
+                        self.generator.name()
+                    )));
+                }
+                if self.family == Family::Cyclegan && self.data_b.is_none() {
+                    return Err(bad(
+                        "CycleGAN needs two image folders (--data-a and --data-b)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the data paths absolute so that `resume` works from any directory.
+    pub fn absolutize(&mut self) {
+        fn abs(p: &PathBuf) -> PathBuf {
+            std::path::absolute(p).unwrap_or_else(|_| p.clone())
+        }
+        self.data_a = abs(&self.data_a);
+        self.data_b = self.data_b.as_ref().map(abs);
+    }
+}
+
+fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), TrainError> {
+    if family == Family::Dcgan {
+        let ngf = c.ngf.unwrap_or(64);
+        let ndf = c.ndf.unwrap_or(64);
+        return Ok(match c.preset {
+            DcganPreset::Brief => (
+                Arch::BriefG(BriefGConfig {
+                    nz: c.nz,
+                    channels: 3,
+                    width: ngf,
+                }),
+                Arch::BriefD(BriefDConfig {
+                    channels: 3,
+                    size: size as usize,
+                    width: ndf,
+                }),
+            ),
+            DcganPreset::D64 => (
+                Arch::Dcgan64G(Dcgan64Config {
+                    nz: c.nz,
+                    width: ngf,
+                    nc: 3,
+                }),
+                Arch::Dcgan64D(Dcgan64Config {
+                    nz: c.nz,
+                    width: ndf,
+                    nc: 3,
+                }),
+            ),
+        });
+    }
+    let pix = family == Family::Pix2pix;
+    let norm = c.norm.unwrap_or(if pix {
+        NormKind::Batch
+    } else {
+        NormKind::Instance
+    });
+    let dropout = c.dropout.unwrap_or(pix);
+    let ngf = c.ngf.unwrap_or(64);
+    let default_g = if pix { "unet" } else { "resnet_9blocks" };
+    let g_name = c.net_g.as_deref().unwrap_or(default_g);
+    let generator = if let Some(n) = g_name
+        .strip_prefix("resnet_")
+        .and_then(|r| r.strip_suffix("blocks"))
+    {
+        let n_blocks: usize = n
+            .parse()
+            .map_err(|_| bad(format!("--netG {g_name}: expected resnet_<N>blocks")))?;
+        Arch::Resnet(ResnetConfig {
+            input_nc: 3,
+            output_nc: 3,
+            ngf,
+            n_blocks,
+            norm,
+            use_dropout: dropout,
+        })
+    } else if g_name == "light" {
+        Arch::Light(LightConfig {
+            ngf: c.ngf.unwrap_or(32),
+            ..LightConfig::default()
+        })
+    } else if let Some(rest) = g_name.strip_prefix("unet") {
+        let num_downs = match rest {
+            "" => (size.trailing_zeros() as usize).min(8),
+            "_128" => 7,
+            "_256" => 8,
+            _ => {
+                return Err(bad(format!(
+                    "--netG {g_name}: expected unet, unet_128 or unet_256"
+                )))
+            }
+        };
+        if num_downs < 2 {
+            return Err(bad(format!("size {size} is too small or odd for a U-Net")));
+        }
+        Arch::Unet(UnetConfig {
+            input_nc: 3,
+            output_nc: 3,
+            ngf,
+            num_downs,
+            norm,
+            use_dropout: dropout,
+        })
+    } else {
+        return Err(bad(format!(
+            "unknown --netG `{g_name}` (resnet_9blocks, resnet_6blocks, unet, unet_128, unet_256, light)"
+        )));
+    };
+    let d_in = if pix { 6 } else { 3 };
+    let ndf = c.ndf.unwrap_or(64);
+    let discriminator = match c.net_d.as_deref().unwrap_or("basic") {
+        "basic" => Arch::NLayer(NLayerConfig {
+            input_nc: d_in,
+            ndf,
+            n_layers: 3,
+            norm,
+        }),
+        "n_layers" => Arch::NLayer(NLayerConfig {
+            input_nc: d_in,
+            ndf,
+            n_layers: c.n_layers_d,
+            norm,
+        }),
+        "pixel" => Arch::Pixel(PixelConfig {
+            input_nc: d_in,
+            ndf,
+            norm,
+        }),
+        other => {
+            return Err(bad(format!(
+                "unknown --netD `{other}` (basic, n_layers, pixel)"
+            )))
+        }
+    };
+    Ok((generator, discriminator))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_policy_matches_the_reference_rule() {
+        let p = LrPolicy::LinearEpochs {
+            n_epochs: 100,
+            n_epochs_decay: 100,
+        };
+        assert_eq!(p.factor(0, 0), 1.0);
+        assert_eq!(p.factor(0, 99), 1.0);
+        assert!((p.factor(0, 100) - (1.0 - 1.0 / 101.0)).abs() < 1e-12);
+        assert!((p.factor(0, 199) - 1.0 / 101.0).abs() < 1e-12);
+        let s = LrPolicy::LinearSteps {
+            constant: 10,
+            decay: 10,
+        };
+        assert_eq!(s.factor(9, 0), 1.0);
+        assert!(s.factor(19, 0) > 0.0 && s.factor(19, 0) < 0.1);
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let c = TrainConfig::new(
+            Family::Cyclegan,
+            "a".into(),
+            Some("b".into()),
+            None,
+            &NetChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(c.loss, GanLoss::Lsgan);
+        assert_eq!(c.augment.load_size, 286);
+        assert_eq!(c.generator.name(), "resnet_9blocks");
+        assert_eq!(c.discriminator.name(), "basic");
+        let p = TrainConfig::new(
+            Family::Pix2pix,
+            "a".into(),
+            None,
+            Some(64),
+            &NetChoice::default(),
+        )
+        .unwrap();
+        assert_eq!(p.generator.name(), "unet_64");
+        assert_eq!(p.discriminator.input_channels(), 6);
+        assert_eq!(p.augment.load_size, 72);
+    }
+}

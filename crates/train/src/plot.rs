@@ -1,0 +1,109 @@
+//! The run's loss plot (`RUN/loss.png`), drawn from `metrics.jsonl`: one chart with the
+//! losses, one with the discriminator's verdicts D(x) and D(G(z)), one with the learning rate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use atelier_plot::{Chart, Series};
+
+use crate::run::RunDir;
+use crate::TrainResult;
+
+/// Renders the charts of a run's metrics.
+pub fn charts(metrics: &[serde_json::Value]) -> Vec<Chart> {
+    let mut losses: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    let mut verdict: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut lr = Vec::new();
+    let mut diversity = Vec::new();
+    for m in metrics {
+        let Some(step) = m.get("step").and_then(|s| s.as_f64()) else {
+            continue;
+        };
+        if let Some(obj) = m.get("losses").and_then(|l| l.as_object()) {
+            for (k, v) in obj {
+                if let Some(v) = v.as_f64() {
+                    if !losses.contains_key(k) {
+                        order.push(k.clone());
+                    }
+                    losses.entry(k.clone()).or_default().push((step, v));
+                }
+            }
+        }
+        for key in ["D_real", "D_fake"] {
+            if let Some(v) = m.get(key).and_then(|v| v.as_f64()) {
+                verdict.entry(key).or_default().push((step, v));
+            }
+        }
+        if let Some(v) = m.get("lr").and_then(|v| v.as_f64()) {
+            lr.push((step, v));
+        }
+        if let Some(v) = m.get("diversity").and_then(|v| v.as_f64()) {
+            diversity.push((step, v));
+        }
+    }
+    let mut charts = vec![Chart {
+        title: "Losses".into(),
+        x_label: "step".into(),
+        y_label: "loss".into(),
+        series: order
+            .iter()
+            .map(|k| Series {
+                name: k.clone(),
+                points: losses.remove(k).unwrap_or_default(),
+            })
+            .collect(),
+        ..Chart::default()
+    }];
+    let mut judged: Vec<Series> = verdict
+        .into_iter()
+        .map(|(k, points)| Series {
+            name: match k {
+                "D_real" => "D(x) real".into(),
+                _ => "D(G(z)) fake".into(),
+            },
+            points,
+        })
+        .collect();
+    if !diversity.is_empty() {
+        judged.push(Series {
+            name: "sample diversity".into(),
+            points: diversity,
+        });
+    }
+    if !judged.is_empty() {
+        charts.push(Chart {
+            title: "Discriminator verdicts (mean output on real and generated images)".into(),
+            x_label: "step".into(),
+            y_label: "D".into(),
+            series: judged,
+            ..Chart::default()
+        });
+    }
+    if !lr.is_empty() {
+        charts.push(Chart {
+            title: "Learning rate".into(),
+            x_label: "step".into(),
+            y_label: "lr".into(),
+            series: vec![Series {
+                name: "lr".into(),
+                points: lr,
+            }],
+            smoothing: atelier_plot::Smoothing::Off,
+            ..Chart::default()
+        });
+    }
+    charts
+}
+
+/// Writes `RUN/loss.png` from `RUN/metrics.jsonl`; returns its path.
+pub fn write_plot(run: &RunDir) -> TrainResult<PathBuf> {
+    let metrics = run.read_metrics()?;
+    let charts = charts(&metrics);
+    let height = 300 * charts.len() as u32 + 60;
+    let png = atelier_plot::render_png(&charts, 1000, height)
+        .map_err(|e| crate::TrainError::Config(format!("loss plot: {e}")))?;
+    let path = run.plot_path();
+    atelier_nets::file::write_atomic(&path, &png)?;
+    Ok(path)
+}
