@@ -48,8 +48,186 @@ pub enum Command {
     /// Import, inspect and list model files.
     #[command(subcommand)]
     Models(ModelsCommand),
-    /// Time a generator forward pass against onnxruntime and PyTorch.
+    /// Time a generator forward pass (and a CycleGAN training step) against onnxruntime and
+    /// PyTorch.
     Bench(BenchArgs),
+    /// Train a GAN (DCGAN, pix2pix, CycleGAN), resume a run, or plot its losses.
+    #[command(subcommand)]
+    Train(TrainCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Noise → image: the brief's DCGAN (`--preset brief`, 28×28) or the 64×64 DCGAN.
+    Dcgan(Box<TrainArgs>),
+    /// Paired image → image (`--data-a` aligned AB images, or `--data-a` inputs and
+    /// `--data-b` targets matched by file name).
+    Pix2pix(Box<TrainArgs>),
+    /// Unpaired translation between two image folders (`--data-a`, `--data-b`).
+    Cyclegan(Box<TrainArgs>),
+    /// Continue a run after Ctrl-C, `kill -9` or a crash, from its newest checkpoint.
+    Resume {
+        /// The run directory.
+        run: PathBuf,
+        /// Continue on another device (the run's own by default).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Redraw RUN/loss.png from RUN/metrics.jsonl.
+    Plot {
+        /// The run directory.
+        run: PathBuf,
+        /// Write the PNG here instead.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LossArg {
+    Vanilla,
+    Lsgan,
+    Hinge,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PresetArg {
+    /// The brief's network: z=100 → dense 7×7×256 → 5×5 transposed convs → 28×28; Adam 1e-4.
+    Brief,
+    /// pytorch/examples DCGAN at 64×64; Adam 2e-4, β1 0.5.
+    #[value(name = "64")]
+    D64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DirectionArg {
+    #[value(name = "AtoB")]
+    AtoB,
+    #[value(name = "BtoA")]
+    BtoA,
+}
+
+/// Options of a new training run; defaults are the reference implementations'.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training images (DCGAN), domain A (CycleGAN), or aligned AB images / inputs (pix2pix):
+    /// a folder or a zip.
+    #[arg(long)]
+    pub data_a: PathBuf,
+    /// Domain B (CycleGAN) or pix2pix targets matched to --data-a by file name.
+    #[arg(long)]
+    pub data_b: Option<PathBuf>,
+    /// Run directory (created): config, checkpoints, metrics, samples, loss plot, models.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training crop size (default 256; DCGAN 64, or 28 for --preset brief).
+    #[arg(long)]
+    pub size: Option<u32>,
+    /// Images are resized to this before the random crop (default size×286/256).
+    #[arg(long)]
+    pub load_size: Option<u32>,
+    /// Batch size (default 1 for pix2pix/CycleGAN, 64 for DCGAN, 256 for the brief's).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Run length in optimisation steps.
+    #[arg(long, conflicts_with = "epochs")]
+    pub steps: Option<u64>,
+    /// Run length in epochs (pix2pix/CycleGAN: then as many epochs of linear LR decay,
+    /// as the reference's 100 + 100).
+    #[arg(long)]
+    pub epochs: Option<u64>,
+    /// Epochs of linear learning-rate decay (pix2pix/CycleGAN; default: as many as --epochs
+    /// with --epochs, the second half of the run with --steps).
+    #[arg(long)]
+    pub epochs_decay: Option<u64>,
+    /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Seed of every random choice (weights, data order, augmentation, noise, dropout, pool).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Adversarial loss (default: vanilla for DCGAN/pix2pix, lsgan for CycleGAN).
+    #[arg(long)]
+    pub loss: Option<LossArg>,
+    /// Generator: resnet_9blocks (CycleGAN default), resnet_6blocks, resnet_<N>blocks, unet
+    /// (pix2pix default, depth from --size), unet_128, unet_256, light.
+    #[arg(long = "netG", alias = "netg")]
+    pub net_g: Option<String>,
+    /// Discriminator: basic (70×70 PatchGAN), n_layers, pixel.
+    #[arg(long = "netD", alias = "netd")]
+    pub net_d: Option<String>,
+    /// Generator width (filters of the first layer).
+    #[arg(long)]
+    pub ngf: Option<usize>,
+    /// Discriminator width.
+    #[arg(long)]
+    pub ndf: Option<usize>,
+    /// Layers of an n_layers discriminator.
+    #[arg(long, default_value_t = 3)]
+    pub n_layers_d: usize,
+    /// instance or batch (default: batch for pix2pix, instance for CycleGAN).
+    #[arg(long)]
+    pub norm: Option<String>,
+    /// No dropout in the generator (pix2pix uses dropout as its noise z).
+    #[arg(long)]
+    pub no_dropout: bool,
+    /// DCGAN network preset.
+    #[arg(long, value_enum, default_value = "64")]
+    pub preset: PresetArg,
+    /// DCGAN noise dimension.
+    #[arg(long, default_value_t = 100)]
+    pub nz: usize,
+    /// Adam learning rate (default 2e-4; 1e-4 for the brief's DCGAN).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Adam β1 (default 0.5; 0.9 for the brief's DCGAN).
+    #[arg(long)]
+    pub beta1: Option<f64>,
+    /// pix2pix L1 weight.
+    #[arg(long, default_value_t = 100.0)]
+    pub lambda_l1: f64,
+    /// CycleGAN cycle-consistency weight.
+    #[arg(long, default_value_t = 10.0)]
+    pub lambda_cycle: f64,
+    /// CycleGAN identity weight, relative to --lambda-cycle.
+    #[arg(long, default_value_t = 0.5)]
+    pub lambda_identity: f64,
+    /// CycleGAN image pool size (0 turns it off).
+    #[arg(long, default_value_t = 50)]
+    pub pool_size: usize,
+    /// pix2pix direction.
+    #[arg(long, value_enum, default_value = "AtoB")]
+    pub direction: DirectionArg,
+    /// No random horizontal flips.
+    #[arg(long)]
+    pub no_flip: bool,
+    /// Random brightness/contrast/saturation jitter, e.g. 0.2 (against over-fitting).
+    #[arg(long, default_value_t = 0.0)]
+    pub color_jitter: f32,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Sample grid every N steps.
+    #[arg(long, default_value_t = 200)]
+    pub sample_every: u64,
+    /// Metrics line every N steps.
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Periodic checkpoints kept on disk.
+    #[arg(long, default_value_t = 3)]
+    pub keep_checkpoints: usize,
+    /// Warn when the discriminator's loss stays near zero this many steps.
+    #[arg(long, default_value_t = 200)]
+    pub d_wins_steps: u64,
+    /// Name of the exported model file(s).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// What the data is, for the model card.
+    #[arg(long, default_value = "")]
+    pub data_description: String,
+    /// Licence of the data, for the model card.
+    #[arg(long, default_value = "")]
+    pub data_licence: String,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

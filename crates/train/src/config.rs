@@ -442,8 +442,11 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
                 )))
             }
         };
-        if num_downs < 2 {
-            return Err(bad(format!("size {size} is too small or odd for a U-Net")));
+        if num_downs < 2 || size % (1 << num_downs) != 0 {
+            return Err(bad(format!(
+                "a U-Net with {num_downs} downsamplings needs a size that is a multiple of {} (at least 4); got {size}",
+                1u32 << num_downs.max(2)
+            )));
         }
         Arch::Unet(UnetConfig {
             input_nc: 3,

@@ -96,13 +96,17 @@ pub fn charts(metrics: &[serde_json::Value]) -> Vec<Chart> {
     charts
 }
 
+/// The loss plot of `metrics` as PNG bytes.
+pub fn plot_png(metrics: &[serde_json::Value]) -> TrainResult<Vec<u8>> {
+    let charts = charts(metrics);
+    let height = 300 * charts.len() as u32 + 60;
+    atelier_plot::render_png(&charts, 1000, height)
+        .map_err(|e| crate::TrainError::Config(format!("loss plot: {e}")))
+}
+
 /// Writes `RUN/loss.png` from `RUN/metrics.jsonl`; returns its path.
 pub fn write_plot(run: &RunDir) -> TrainResult<PathBuf> {
-    let metrics = run.read_metrics()?;
-    let charts = charts(&metrics);
-    let height = 300 * charts.len() as u32 + 60;
-    let png = atelier_plot::render_png(&charts, 1000, height)
-        .map_err(|e| crate::TrainError::Config(format!("loss plot: {e}")))?;
+    let png = plot_png(&run.read_metrics()?)?;
     let path = run.plot_path();
     atelier_nets::file::write_atomic(&path, &png)?;
     Ok(path)

@@ -363,8 +363,14 @@ impl Trainer {
     /// Opens `run` and continues from its newest readable checkpoint (or from the start if it
     /// has none). Metric lines after that checkpoint are dropped; they are written again.
     pub fn resume(run: &Path) -> TrainResult<Trainer> {
+        Self::resume_on(run, None)
+    }
+
+    /// [`Trainer::resume`] on another device than the run's own (e.g. a GPU run continued on
+    /// the CPU); results are then no longer bit-identical to an uninterrupted run.
+    pub fn resume_on(run: &Path, device: Option<&str>) -> TrainResult<Trainer> {
         let (run, cfg) = RunDir::open(run)?;
-        let device = parse_device(&cfg.device)?;
+        let device = parse_device(device.unwrap_or(&cfg.device))?;
         let data = Data::open(&cfg, &device)?;
         let mut t = Self::build(cfg, run, device, data)?;
         t.resumed = true;

@@ -9,14 +9,20 @@ use crate::cli::{Cli, Command, Global};
 mod bench;
 mod models;
 mod stylize;
+mod train;
 
 /// Parses the command line and runs the command.
 pub fn run() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    atelier_nets::init_threads(match &cli.command {
+        Command::Bench(args) => Some(args.threads),
+        _ => None,
+    });
     match cli.command {
         Command::Stylize(args) => stylize::run(&cli.global, *args),
         Command::Models(cmd) => models::run(&cli.global, cmd),
         Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Train(cmd) => train::run(&cli.global, cmd),
     }
 }
 

@@ -1,0 +1,277 @@
+//! `atelier train`: start, resume and plot training runs.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use atelier_train::config::{DcganPreset, Direction, Family, NetChoice, TrainConfig};
+use atelier_train::{Event, GanLoss, Observer, TrainError, Trainer};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{DirectionArg, Global, LossArg, PresetArg, TrainArgs, TrainCommand};
+
+pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TrainCommand::Dcgan(a) => start(global, Family::Dcgan, *a),
+        TrainCommand::Pix2pix(a) => start(global, Family::Pix2pix, *a),
+        TrainCommand::Cyclegan(a) => start(global, Family::Cyclegan, *a),
+        TrainCommand::Resume { run, device } => {
+            let trainer = Trainer::resume_on(&run, device.as_deref())?;
+            train(global, trainer)
+        }
+        TrainCommand::Plot { run, output } => {
+            let (dir, _) = atelier_train::RunDir::open(&run)?;
+            let path = match output {
+                None => atelier_train::plot::write_plot(&dir)?,
+                Some(out) => {
+                    let png = atelier_train::plot::plot_png(&dir.read_metrics()?)?;
+                    std::fs::write(&out, png)
+                        .with_context(|| format!("cannot write {}", out.display()))?;
+                    out
+                }
+            };
+            println!("{}", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
+    let norm = match a.norm.as_deref() {
+        None => None,
+        Some(n) => Some(
+            atelier_nets::NormKind::parse(n)
+                .ok_or_else(|| anyhow::anyhow!("--norm {n}: expected instance, batch or none"))?,
+        ),
+    };
+    let nets = NetChoice {
+        net_g: a.net_g,
+        net_d: a.net_d,
+        ngf: a.ngf,
+        ndf: a.ndf,
+        n_layers_d: a.n_layers_d,
+        norm,
+        dropout: a.no_dropout.then_some(false),
+        preset: match a.preset {
+            PresetArg::Brief => DcganPreset::Brief,
+            PresetArg::D64 => DcganPreset::D64,
+        },
+        nz: a.nz,
+    };
+    let mut cfg = TrainConfig::new(family, a.data_a, a.data_b, a.size, &nets)?;
+    if let Some(l) = a.load_size {
+        cfg.augment.load_size = l;
+    }
+    if let Some(b) = a.batch {
+        cfg.batch = b;
+    }
+    if let Some(l) = a.loss {
+        cfg.loss = match l {
+            LossArg::Vanilla => GanLoss::Vanilla,
+            LossArg::Lsgan => GanLoss::Lsgan,
+            LossArg::Hinge => GanLoss::Hinge,
+        };
+    }
+    if let Some(lr) = a.lr {
+        cfg.lr = lr;
+    }
+    if let Some(b) = a.beta1 {
+        cfg.beta1 = b;
+    }
+    cfg.lambda_l1 = a.lambda_l1;
+    cfg.lambda_cycle = a.lambda_cycle;
+    cfg.lambda_identity = a.lambda_identity;
+    cfg.pool_size = a.pool_size;
+    cfg.direction = match a.direction {
+        DirectionArg::AtoB => Direction::AtoB,
+        DirectionArg::BtoA => Direction::BtoA,
+    };
+    if family != Family::Dcgan {
+        cfg.augment.flip = !a.no_flip;
+    }
+    cfg.augment.color_jitter = a.color_jitter;
+    cfg.seed = a.seed;
+    cfg.device = a.device;
+    cfg.checkpoint_every = a.checkpoint_every;
+    cfg.sample_every = a.sample_every;
+    cfg.log_every = a.log_every;
+    cfg.keep_checkpoints = a.keep_checkpoints;
+    cfg.d_wins_steps = a.d_wins_steps;
+    if let Some(n) = a.name {
+        cfg.name = n;
+    }
+    cfg.data_description = a.data_description;
+    cfg.data_licence = a.data_licence;
+    let bpe = atelier_train::trainer::batches_per_epoch(&cfg)?;
+    cfg.set_length(a.steps, a.epochs, a.epochs_decay, bpe)?;
+    Ok(cfg)
+}
+
+fn start(global: &Global, family: Family, args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let out = args.out.clone();
+    let cfg = config(family, args)?;
+    let trainer = Trainer::create(cfg, &out)?;
+    train(global, trainer)
+}
+
+fn train(global: &Global, mut trainer: Trainer) -> anyhow::Result<ExitCode> {
+    // First Ctrl-C: finish the step, checkpoint, stop. Second: stop now.
+    let stop = trainer.stop_flag();
+    let presses = Arc::new(AtomicUsize::new(0));
+    {
+        let (stop, presses) = (stop.clone(), presses.clone());
+        let _ = ctrlc::set_handler(move || {
+            if presses.fetch_add(1, Ordering::SeqCst) >= 1 {
+                eprintln!("\nstopping without a checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\nstopping after this step (Ctrl-C again to stop at once)…");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    let cfg = trainer.config().clone();
+    let run = trainer.run_dir().root().to_path_buf();
+    let mut progress = Progress::new(global.quiet, cfg.sample_every);
+    let started = Instant::now();
+    match trainer.run(&mut progress) {
+        Ok(done) => {
+            progress.finish();
+            eprintln!(
+                "trained {} steps in {:.0} s; run: {} (loss.png, samples/latest.png, metrics.jsonl)",
+                done.steps,
+                started.elapsed().as_secs_f64(),
+                run.display()
+            );
+            for m in &done.models {
+                println!("{}", m.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ TrainError::Interrupted { .. }) => {
+            progress.finish();
+            eprintln!("{e}");
+            Ok(ExitCode::from(130))
+        }
+        Err(e) => {
+            progress.finish();
+            Err(e.into())
+        }
+    }
+}
+
+/// Progress bar (or, with `--quiet`, a log line every `log_every` steps).
+struct Progress {
+    bar: Option<ProgressBar>,
+    log_every: u64,
+    warning: Option<String>,
+}
+
+impl Progress {
+    fn new(quiet: bool, log_every: u64) -> Self {
+        let bar = (!quiet).then(|| {
+            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:25}] {pos}/{len} steps, ETA {eta} {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            bar,
+            log_every: log_every.max(1),
+            warning: None,
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.abandon();
+        }
+    }
+}
+
+fn losses_text(losses: &[(&str, f64)]) -> String {
+    losses
+        .iter()
+        .map(|(k, v)| format!("{k} {v:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Observer for Progress {
+    fn event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Started {
+                step,
+                total,
+                resumed,
+                notes,
+            } => {
+                for n in *notes {
+                    self.line(&format!("note: {n}"));
+                }
+                if *resumed {
+                    self.line(&format!("resuming at step {step} of {total}"));
+                }
+                if let Some(bar) = &self.bar {
+                    bar.set_length(*total);
+                    bar.set_position(*step);
+                    bar.reset_eta();
+                    bar.set_prefix("train");
+                }
+            }
+            Event::Step(p) => {
+                let warn = self
+                    .warning
+                    .as_deref()
+                    .map(|w| format!(" | ⚠ {w}"))
+                    .unwrap_or_default();
+                let msg = format!(
+                    "| epoch {} | {:.2} img/s | {}{warn}",
+                    p.epoch,
+                    p.images_per_s,
+                    losses_text(&p.losses)
+                );
+                match &self.bar {
+                    Some(bar) => {
+                        bar.set_position(p.step);
+                        bar.set_message(msg);
+                    }
+                    None if p.step.is_multiple_of(self.log_every) || p.step == p.total => {
+                        eprintln!("step {}/{} {msg}", p.step, p.total);
+                    }
+                    None => {}
+                }
+            }
+            Event::Warning(w) => {
+                self.line(&format!("warning: {w}"));
+                self.warning = Some(w.split(':').next().unwrap_or("warning").to_string());
+            }
+            Event::Skipped { path, reason } => {
+                self.line(&format!("warning: skipped {}: {reason}", path.display()));
+            }
+            Event::Checkpoint { step, path } => {
+                if self.bar.is_none() {
+                    eprintln!("checkpoint at step {step}: {}", path.display());
+                }
+            }
+            Event::Sample { .. } => {}
+            Event::Finished { models } => {
+                let names: Vec<String> = models.iter().map(|m| m.display().to_string()).collect();
+                self.line(&format!("exported {}", names.join(", ")));
+            }
+        }
+    }
+}
