@@ -149,7 +149,7 @@ pub struct TrainArgs {
     /// Adversarial loss (default: vanilla for DCGAN/pix2pix, lsgan for CycleGAN).
     #[arg(long)]
     pub loss: Option<LossArg>,
-    /// Generator: resnet_9blocks (CycleGAN default), resnet_6blocks, resnet_<N>blocks, unet
+    /// Generator: resnet_9blocks (CycleGAN default), resnet_6blocks, resnet_NNblocks (any NN), unet
     /// (pix2pix default, depth from --size), unet_128, unet_256, light.
     #[arg(long = "netG", alias = "netg")]
     pub net_g: Option<String>,
@@ -372,4 +372,14 @@ pub struct BenchArgs {
     /// Print the table as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also time one CycleGAN training step (this generator, 70×70 PatchGAN D, LSGAN, pool,
+    /// Adam) at --train-size, batch 1, against PyTorch (bench/train_step.py).
+    #[arg(long)]
+    pub train: bool,
+    /// Only the training step (no forward-pass sizes).
+    #[arg(long)]
+    pub train_only: bool,
+    /// Image side of the training-step benchmark.
+    #[arg(long, default_value_t = 128)]
+    pub train_size: u32,
 }

@@ -442,7 +442,7 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
                 )))
             }
         };
-        if num_downs < 2 || size % (1 << num_downs) != 0 {
+        if num_downs < 2 || !size.is_multiple_of(1 << num_downs) {
             return Err(bad(format!(
                 "a U-Net with {num_downs} downsamplings needs a size that is a multiple of {} (at least 4); got {size}",
                 1u32 << num_downs.max(2)

@@ -93,7 +93,12 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.repeat
     );
     let mut atelier: Vec<f64> = Vec::new();
-    for &s in &args.sizes {
+    let sizes: Vec<u32> = if args.train_only {
+        Vec::new()
+    } else {
+        args.sizes.clone()
+    };
+    for &s in &sizes {
         let x = Tensor::rand(-1f32, 1f32, (1, 3, s as usize, s as usize), &Device::Cpu)?;
         net.forward(&x, &mut Ctx::eval())?; // warm-up
         let mut times = Vec::new();
@@ -108,7 +113,7 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         atelier.push(m);
     }
 
-    let peers = if args.no_peers {
+    let peers = if args.no_peers || sizes.is_empty() {
         None
     } else {
         run_peers(&args, arch_name, &weights, &dir, &net)?
@@ -116,7 +121,7 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&dir);
 
     let mut rows = Vec::new();
-    for (i, &s) in args.sizes.iter().enumerate() {
+    for (i, &s) in sizes.iter().enumerate() {
         let find = |key: &str| -> Option<f64> {
             peers
                 .as_ref()?
@@ -142,6 +147,9 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
             pytorch_ms: pt,
             ratio: best.map(|b| atelier[i] / b),
         });
+    }
+    if args.train || args.train_only {
+        rows.push(train_row(&args, arch, arch_name)?);
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -248,4 +256,140 @@ fn run_peers(
         }
     }
     Ok(Some(v))
+}
+
+/// Times `steps` CycleGAN steps through the real trainer (synthetic noise images on disk, no
+/// checkpoints or samples until the end) and returns each step's milliseconds.
+fn atelier_train_steps(arch: Arch, size: u32, steps: u64) -> anyhow::Result<Vec<f64>> {
+    use atelier_train::config::{Family, NetChoice, TrainConfig};
+    use atelier_train::{Event, Observer, Trainer};
+    let dir = std::env::temp_dir().join(format!("atelier-bench-train-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut rng = atelier_nets::Rng::new(1);
+    for d in ["A", "B"] {
+        std::fs::create_dir_all(dir.join(d))?;
+        for i in 0..4 {
+            let px: Vec<u8> = (0..size * size * 3).map(|_| rng.next_u64() as u8).collect();
+            let img = atelier_imaging::Image::from_rgb8(size, size, &px)?;
+            let png = atelier_imaging::encode(&img, atelier_imaging::Format::Png, 0)?;
+            std::fs::write(dir.join(d).join(format!("{i}.png")), png)?;
+        }
+    }
+    let mut cfg = TrainConfig::new(
+        Family::Cyclegan,
+        dir.join("A"),
+        Some(dir.join("B")),
+        Some(size),
+        &NetChoice::default(),
+    )?;
+    cfg.generator = arch;
+    cfg.augment.load_size = size;
+    cfg.augment.flip = false;
+    cfg.set_length(Some(steps), None, None, 4)?;
+    cfg.checkpoint_every = steps;
+    cfg.sample_every = steps;
+    cfg.log_every = steps;
+    struct Timer(Instant, Vec<f64>);
+    impl Observer for Timer {
+        fn event(&mut self, e: &Event<'_>) {
+            match e {
+                Event::Started { .. } => self.0 = Instant::now(),
+                Event::Step(_) => {
+                    self.1.push(self.0.elapsed().as_secs_f64() * 1e3);
+                    self.0 = Instant::now();
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut timer = Timer(Instant::now(), Vec::new());
+    let result = Trainer::create(cfg, &dir.join("run")).and_then(|mut t| t.run(&mut timer));
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    Ok(timer.1)
+}
+
+fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Row> {
+    let size = args.train_size;
+    let warmup = 2usize;
+    let repeat = args.repeat.max(1);
+    eprintln!(
+        "bench: CycleGAN step {arch_name} ngf {} at {size}x{size}, batch 1",
+        args.ngf
+    );
+    let times = atelier_train_steps(arch, size, (warmup + repeat) as u64)?;
+    let mut timed: Vec<f64> = times[warmup.min(times.len())..].to_vec();
+    let ours = median(&mut timed);
+    eprintln!("  atelier: {ours:.1} ms per step");
+    let pytorch = if args.no_peers || arch_name == "light" {
+        None
+    } else {
+        run_train_peer(args, arch, size, warmup, repeat)?
+    };
+    Ok(Row {
+        name: format!(
+            "cyclegan step {arch_name} ngf{} {size}x{size} batch 1",
+            args.ngf
+        ),
+        size,
+        gmac: 0.0,
+        atelier_ms: ours,
+        onnxruntime_ms: None,
+        pytorch_ms: pytorch,
+        ratio: pytorch.map(|p| ours / p),
+    })
+}
+
+fn run_train_peer(
+    args: &BenchArgs,
+    arch: Arch,
+    size: u32,
+    warmup: usize,
+    repeat: usize,
+) -> anyhow::Result<Option<f64>> {
+    let Some(script) = peers_script().map(|p| p.with_file_name("train_step.py")) else {
+        eprintln!("bench: bench/train_step.py not found; PyTorch skipped");
+        return Ok(None);
+    };
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench/.venv/bin/python"));
+    if !python.exists() {
+        eprintln!("bench: {} not found; PyTorch skipped", python.display());
+        return Ok(None);
+    }
+    let Arch::Resnet(c) = arch else {
+        return Ok(None);
+    };
+    let out = std::process::Command::new(&python)
+        .arg(&script)
+        .args(["--size", &size.to_string(), "--batch", "1"])
+        .args([
+            "--ngf",
+            &c.ngf.to_string(),
+            "--n-blocks",
+            &c.n_blocks.to_string(),
+        ])
+        .args(["--threads", &args.threads.to_string()])
+        .args([
+            "--warmup",
+            &warmup.to_string(),
+            "--repeat",
+            &repeat.to_string(),
+        ])
+        .arg("--json")
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("running bench/train_step.py")?;
+    if !out.status.success() {
+        bail!("bench/train_step.py failed ({})", out.status);
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing bench/train_step.py output")?;
+    let ms = v.get("median_ms").and_then(|m| m.as_f64());
+    if let Some(ms) = ms {
+        eprintln!("  pytorch: {ms:.1} ms per step");
+    }
+    Ok(ms)
 }
