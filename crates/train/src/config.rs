@@ -66,7 +66,10 @@ pub enum LrPolicy {
     Constant,
     /// The reference's `linear` policy: the base rate for `n_epochs` epochs, then linear decay
     /// over `n_epochs_decay` epochs: factor `1 − max(0, e + 1 − n_epochs) / (n_epochs_decay + 1)`
-    /// for 0-based epoch `e`.
+    /// for 0-based epoch `e`. This is the schedule of the CycleGAN paper and of the reference's
+    /// `train.py` before 2020 (scheduler stepped at the end of each epoch: constant for
+    /// `n_epochs`, the last epoch at 1/(n_epochs_decay + 1)); the current `train.py` steps it at
+    /// the start of each epoch, one epoch earlier, so its last epoch trains at rate 0.
     LinearEpochs { n_epochs: u64, n_epochs_decay: u64 },
     /// The same rule counted in steps (used when a run is given in steps).
     LinearSteps { constant: u64, decay: u64 },
@@ -199,12 +202,13 @@ impl TrainConfig {
         }
         let (generator, discriminator) = networks(family, size, nets)?;
         let augment = match family {
-            // DCGAN: resize (pytorch/examples: Resize + CenterCrop), no flip.
+            // DCGAN: pytorch/examples' Resize + CenterCrop (aspect kept), no flip.
             Family::Dcgan => Augment {
                 load_size: size,
                 crop_size: size,
                 flip: false,
                 color_jitter: 0.0,
+                center_square: true,
             },
             // The reference: load 286 for a 256 crop, i.e. ×286/256.
             _ => Augment {
@@ -212,6 +216,7 @@ impl TrainConfig {
                 crop_size: size,
                 flip: true,
                 color_jitter: 0.0,
+                center_square: false,
             },
         };
         let brief = family == Family::Dcgan && nets.preset == DcganPreset::Brief;
@@ -324,6 +329,20 @@ impl TrainConfig {
         }
         if !(self.lr > 0.0 && self.lr < 1.0) {
             return Err(bad(format!("learning rate {} is outside (0, 1)", self.lr)));
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(bad(format!("Adam {name} {b} is outside [0, 1)")));
+            }
+        }
+        for (name, l) in [
+            ("lambda-l1", self.lambda_l1),
+            ("lambda-cycle", self.lambda_cycle),
+            ("lambda-identity", self.lambda_identity),
+        ] {
+            if !(l.is_finite() && l >= 0.0) {
+                return Err(bad(format!("--{name} must be ≥ 0, got {l}")));
+            }
         }
         let size = self.augment.crop_size as usize;
         match self.family {

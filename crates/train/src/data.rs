@@ -410,6 +410,11 @@ pub struct Augment {
     /// 0 = off; otherwise brightness, contrast and saturation factors are drawn uniformly
     /// from `[1 - color_jitter, 1 + color_jitter]` (clamped at 0).
     pub color_jitter: f32,
+    /// Cut the largest centred square first, so that resizing keeps the aspect ratio
+    /// (torchvision's `Resize(n)` + `CenterCrop(n)`, as pytorch/examples' DCGAN); otherwise
+    /// the image is resized to a square (the pix2pix/CycleGAN reference).
+    #[serde(default)]
+    pub center_square: bool,
 }
 
 impl Default for Augment {
@@ -420,6 +425,7 @@ impl Default for Augment {
             crop_size: 256,
             flip: true,
             color_jitter: 0.0,
+            center_square: false,
         }
     }
 }
@@ -491,6 +497,22 @@ impl Augment {
     /// Applies given parameters: resize, crop, flip, jitter.
     pub fn apply_with(&self, img: &Image, p: &AugmentParams) -> Image {
         let (l, c) = (self.load_size, self.crop_size.min(self.load_size));
+        let squared;
+        let img = if self.center_square && img.width != img.height {
+            let side = img.width.min(img.height);
+            squared = atelier_imaging::crop(
+                img,
+                atelier_imaging::Rect {
+                    x: (img.width - side) / 2,
+                    y: (img.height - side) / 2,
+                    w: side,
+                    h: side,
+                },
+            );
+            &squared
+        } else {
+            img
+        };
         let resized;
         let src = if img.width == l && img.height == l {
             img

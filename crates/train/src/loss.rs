@@ -58,10 +58,12 @@ impl GanLoss {
 
     /// A D loss per term (real or fake) below this means D separates real from fake almost
     /// perfectly ("D wins"): vanilla BCE 0.01 ≈ D(x) > 0.99; LSGAN 0.001 ≈ |D − target| < 0.03.
+    /// Hinge: 0 (never): a zero hinge loss is normal and G still gets gradient from −D(G(z)).
     pub fn d_wins_threshold(self) -> f64 {
         match self {
-            GanLoss::Vanilla | GanLoss::Hinge => 0.01,
+            GanLoss::Vanilla => 0.01,
             GanLoss::Lsgan => 0.001,
+            GanLoss::Hinge => 0.0,
         }
     }
 }

@@ -297,6 +297,8 @@ struct Accumulator {
     sums: Vec<(&'static str, f64)>,
     steps: u64,
     images: u64,
+    /// Sums of D's mean verdict on real and on generated images.
+    verdicts: [f64; 2],
     warnings: Vec<String>,
     extra: serde_json::Map<String, serde_json::Value>,
 }
@@ -346,6 +348,7 @@ pub struct Trainer {
     skipped_seen: usize,
     notes: Vec<String>,
     resumed: bool,
+    batches_per_epoch: u64,
 }
 
 impl Trainer {
@@ -421,6 +424,7 @@ impl Trainer {
         let monitor = Monitor::new(d.len(), cfg.loss.d_wins_threshold(), cfg.d_wins_steps);
         let fixed = fixed_inputs(&cfg, &device, &mut seeds)?;
         let rng = Rng::new(seeds.next_u64());
+        let batches_per_epoch = data.batches_per_epoch() as u64;
         Ok(Trainer {
             cfg,
             run,
@@ -442,6 +446,7 @@ impl Trainer {
             skipped_seen: 0,
             notes: Vec::new(),
             resumed: false,
+            batches_per_epoch,
         })
     }
 
@@ -464,11 +469,18 @@ impl Trainer {
         self.step
     }
 
-    /// The generators' weights (model-file names), e.g. to compare runs.
-    pub fn generator_weights(&self) -> Vec<(String, HashMap<String, Tensor>)> {
+    /// A copy of the generators' weights (model-file names), e.g. to compare runs.
+    pub fn generator_weights(&self) -> TrainResult<Vec<(String, HashMap<String, Tensor>)>> {
         self.g
             .iter()
-            .map(|n| (n.name.to_string(), n.weights()))
+            .map(|n| {
+                let w = n
+                    .weights()
+                    .into_iter()
+                    .map(|(k, t)| Ok((k, t.copy()?)))
+                    .collect::<TrainResult<HashMap<_, _>>>()?;
+                Ok((n.name.to_string(), w))
+            })
             .collect()
     }
 
@@ -575,11 +587,7 @@ impl Trainer {
             step: self.step,
             path: &path,
         });
-        let grid = self.write_samples(true)?;
-        obs.event(&Event::Sample {
-            step: self.step,
-            path: &grid,
-        });
+        self.write_samples(true, obs)?;
         crate::plot::write_plot(&self.run)?;
         Ok(())
     }
@@ -612,7 +620,7 @@ impl Trainer {
                 });
             }
             let t0 = Instant::now();
-            let epoch = self.data.state().epoch;
+            let epoch = self.epoch();
             let lr = self.cfg.lr * self.cfg.lr_policy.factor(self.step, epoch);
             self.opt_g.config.lr = lr;
             self.opt_d.config.lr = lr;
@@ -647,9 +655,11 @@ impl Trainer {
                 self.acc.warnings.push(w);
             }
             self.acc.add(&out.losses, self.cfg.batch as u64);
+            self.acc.verdicts[0] += out.d_real;
+            self.acc.verdicts[1] += out.d_fake;
             let mut losses = out.losses.clone();
-            losses.push(("D_real", out.d_real));
-            losses.push(("D_fake", out.d_fake));
+            losses.push(("D(x)", out.d_real));
+            losses.push(("D(G(z))", out.d_fake));
             obs.event(&Event::Step(&Progress {
                 step: self.step,
                 total: self.cfg.steps,
@@ -658,21 +668,15 @@ impl Trainer {
                 losses,
                 lr,
             }));
-            self.acc.extra.insert("D_real".into(), json!(out.d_real));
-            self.acc.extra.insert("D_fake".into(), json!(out.d_fake));
-            if self.step.is_multiple_of(self.cfg.sample_every)
-                && !self.step.is_multiple_of(self.cfg.checkpoint_every)
-            {
-                let path = self.write_samples(false)?;
-                obs.event(&Event::Sample {
-                    step: self.step,
-                    path: &path,
-                });
+            let checkpoint =
+                self.step.is_multiple_of(self.cfg.checkpoint_every) || self.step == self.cfg.steps;
+            if self.step.is_multiple_of(self.cfg.sample_every) && !checkpoint {
+                self.write_samples(false, obs)?;
             }
-            if self.step.is_multiple_of(self.cfg.log_every) || self.step == self.cfg.steps {
+            if self.step.is_multiple_of(self.cfg.log_every) || checkpoint {
                 self.flush_metrics()?;
             }
-            if self.step.is_multiple_of(self.cfg.checkpoint_every) || self.step == self.cfg.steps {
+            if checkpoint {
                 self.checkpoint(obs)?;
             }
         }
@@ -715,7 +719,7 @@ impl Trainer {
             .iter()
             .map(|(k, s)| (k.to_string(), s / n))
             .collect();
-        let epoch = self.data.state().epoch;
+        let epoch = self.epoch();
         let mut line = json!({
             "step": self.step,
             "epoch": epoch,
@@ -725,6 +729,10 @@ impl Trainer {
             "skipped_images": self.skipped_seen,
         });
         let obj = line.as_object_mut().expect("object");
+        if acc.steps > 0 {
+            obj.insert("D_real".into(), json!(acc.verdicts[0] / n));
+            obj.insert("D_fake".into(), json!(acc.verdicts[1] / n));
+        }
         for (k, v) in acc.extra {
             obj.insert(k, v);
         }
@@ -745,6 +753,12 @@ impl Trainer {
     // ------------------------------------------------------------------------------------
     // Steps
     // ------------------------------------------------------------------------------------
+
+    /// The current epoch: steps over batches per epoch (batches may span the data's
+    /// boundaries, so the loader's own count can run ahead).
+    fn epoch(&self) -> u64 {
+        self.step / self.batches_per_epoch.max(1)
+    }
 
     fn ctx(&mut self) -> Ctx {
         Ctx::train_with_rng(self.rng.fork())
@@ -895,8 +909,8 @@ impl Trainer {
     // ------------------------------------------------------------------------------------
 
     /// Writes the sample grid to `samples/latest.png` (and `samples/step-N.png` when
-    /// `keep`), and returns the path written last.
-    fn write_samples(&mut self, keep: bool) -> TrainResult<PathBuf> {
+    /// `keep`) and reports it (and a mode-collapse warning) to `obs`.
+    fn write_samples(&mut self, keep: bool, obs: &mut dyn Observer) -> TrainResult<()> {
         let mut ctx = self.sample_ctx();
         let (grid, warning) = match &self.fixed {
             Fixed::Noise { z, real_diversity } => {
@@ -923,8 +937,14 @@ impl Trainer {
                             Direction::AtoB => (a, b),
                             Direction::BtoA => (b, a),
                         };
-                        let fake = self.g[0].net.forward(x, &mut ctx)?;
-                        vec![x.clone(), fake, y.clone()]
+                        // One image at a time, as the reference's test.py (batch norm
+                        // uses each image's own statistics).
+                        let mut fakes = Vec::new();
+                        for i in 0..x.dim(0)? {
+                            ctx.rewind();
+                            fakes.push(self.g[0].net.forward(&x.narrow(0, i, 1)?, &mut ctx)?);
+                        }
+                        vec![x.clone(), Tensor::cat(&fakes, 0)?, y.clone()]
                     }
                     _ => {
                         let fb = self.g[0].net.forward(a, &mut ctx)?;
@@ -942,21 +962,26 @@ impl Trainer {
             }
         };
         if let Some(w) = warning {
+            obs.event(&Event::Warning(&w));
             self.acc.warnings.push(w);
         }
         let png = atelier_imaging::encode(&grid, atelier_imaging::Format::Png, 0)
             .map_err(|e| TrainError::Config(format!("sample grid: {e}")))?;
         let latest = self.run.samples_dir().join("latest.png");
         atelier_nets::file::write_atomic(&latest, &png)?;
+        let mut path = latest;
         if keep {
-            let path = self
+            path = self
                 .run
                 .samples_dir()
                 .join(format!("step-{:08}.png", self.step));
             atelier_nets::file::write_atomic(&path, &png)?;
-            return Ok(path);
         }
-        Ok(latest)
+        obs.event(&Event::Sample {
+            step: self.step,
+            path: &path,
+        });
+        Ok(())
     }
 
     fn export(&mut self) -> TrainResult<Vec<PathBuf>> {
@@ -1091,6 +1116,7 @@ fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainRes
         crop_size: cfg.augment.crop_size,
         flip: false,
         color_jitter: 0.0,
+        center_square: false,
     };
     Ok(match cfg.family {
         Family::Dcgan => {

@@ -46,6 +46,7 @@ fn small() -> Augment {
         crop_size: 16,
         flip: true,
         color_jitter: 0.0,
+        center_square: false,
     }
 }
 
@@ -357,6 +358,7 @@ fn crop_and_flip_shapes() {
         crop_size: 20,
         flip: true,
         color_jitter: 0.0,
+        center_square: false,
     };
     let src = image(20, 20, 4);
     let mut p = aug.params(&mut rng);
@@ -427,4 +429,37 @@ fn unpaired_batches_are_deterministic() {
     };
     assert_eq!(run(1), run(1));
     assert_ne!(run(1), run(2));
+}
+
+/// `center_square` keeps the aspect ratio (DCGAN's Resize + CenterCrop); without it the image
+/// is squashed to a square (the pix2pix/CycleGAN reference).
+#[test]
+fn center_square_crops_before_resizing() {
+    let (w, h) = (40u32, 20u32);
+    let mut px = Vec::new();
+    for _y in 0..h {
+        for x in 0..w {
+            px.extend_from_slice(match x {
+                0..10 => &[255u8, 0, 0],
+                10..30 => &[0, 255, 0],
+                _ => &[0, 0, 255],
+            });
+        }
+    }
+    let img = Image::from_rgb8(w, h, &px).unwrap();
+    let aug = |center_square| Augment {
+        load_size: 10,
+        crop_size: 10,
+        flip: false,
+        color_jitter: 0.0,
+        center_square,
+    };
+    let out = aug(true).apply(&img, &mut Rng::new(0));
+    let n = 100;
+    let red: f32 = out.rgb[..n].iter().map(|v| (v + 1.0) / 2.0).sum();
+    let green: f32 = out.rgb[n..2 * n].iter().map(|v| (v + 1.0) / 2.0).sum();
+    assert!(red < 1.0 && green > 99.0, "red {red}, green {green}");
+    let squashed = aug(false).apply(&img, &mut Rng::new(0));
+    let red: f32 = squashed.rgb[..n].iter().map(|v| (v + 1.0) / 2.0).sum();
+    assert!(red > 15.0, "squashed image lost its red quarter: {red}");
 }

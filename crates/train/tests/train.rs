@@ -80,6 +80,7 @@ fn load_folder(dir: &Path) -> Tensor {
         crop_size: S,
         flip: false,
         color_jitter: 0.0,
+        center_square: false,
     };
     let imgs: Vec<Image> = (0..ds.len())
         .filter_map(|i| ds.sample(i, &plain, &mut Rng::new(0)))
@@ -361,7 +362,7 @@ impl Observer for StopAt {
 
 fn all_weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
     let mut out = HashMap::new();
-    for (net, w) in t.generator_weights() {
+    for (net, w) in t.generator_weights().unwrap() {
         for (k, v) in w {
             out.insert(
                 format!("{net}.{k}"),
