@@ -207,7 +207,10 @@ pub struct TrainArgs {
     /// Checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
-    /// Sample grid every N steps.
+    /// Also checkpoint after this many minutes without one (0: off).
+    #[arg(long, default_value_t = 10.0)]
+    pub checkpoint_minutes: f64,
+    /// Sample grid (and loss plot) every N steps.
     #[arg(long, default_value_t = 200)]
     pub sample_every: u64,
     /// Metrics line every N steps.

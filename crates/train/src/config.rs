@@ -132,6 +132,10 @@ pub struct TrainConfig {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     pub checkpoint_every: u64,
+    /// Also checkpoint when this many minutes passed since the last checkpoint (0 = off), so
+    /// that slow steps do not put hours of work at risk.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_minutes: f64,
     pub sample_every: u64,
     pub log_every: u64,
     /// Periodic checkpoints kept on disk (the newest ones).
@@ -176,6 +180,10 @@ impl Default for NetChoice {
             nz: 100,
         }
     }
+}
+
+fn default_checkpoint_minutes() -> f64 {
+    10.0
 }
 
 fn bad(msg: impl Into<String>) -> TrainError {
@@ -251,6 +259,7 @@ impl TrainConfig {
             seed: 0,
             device: "cpu".into(),
             checkpoint_every: 1000,
+            checkpoint_minutes: default_checkpoint_minutes(),
             sample_every: 200,
             log_every: 10,
             keep_checkpoints: 3,
@@ -321,6 +330,9 @@ impl TrainConfig {
         }
         if self.steps == 0 {
             return Err(bad("the run has zero steps"));
+        }
+        if !(self.checkpoint_minutes.is_finite() && self.checkpoint_minutes >= 0.0) {
+            return Err(bad("--checkpoint-minutes must be ≥ 0"));
         }
         if self.log_every == 0 || self.checkpoint_every == 0 || self.sample_every == 0 {
             return Err(bad(

@@ -588,7 +588,6 @@ impl Trainer {
             path: &path,
         });
         self.write_samples(true, obs)?;
-        crate::plot::write_plot(&self.run)?;
         Ok(())
     }
 
@@ -610,6 +609,7 @@ impl Trainer {
             }))?;
         }
         let mut rate = RateMeter::default();
+        let mut last_checkpoint = Instant::now();
         while self.step < self.cfg.steps {
             if self.stop.load(Ordering::SeqCst) {
                 self.flush_metrics()?;
@@ -668,8 +668,10 @@ impl Trainer {
                 losses,
                 lr,
             }));
-            let checkpoint =
-                self.step.is_multiple_of(self.cfg.checkpoint_every) || self.step == self.cfg.steps;
+            let minutes = self.cfg.checkpoint_minutes;
+            let checkpoint = self.step.is_multiple_of(self.cfg.checkpoint_every)
+                || self.step == self.cfg.steps
+                || (minutes > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= 60.0 * minutes);
             if self.step.is_multiple_of(self.cfg.sample_every) && !checkpoint {
                 self.write_samples(false, obs)?;
             }
@@ -678,6 +680,7 @@ impl Trainer {
             }
             if checkpoint {
                 self.checkpoint(obs)?;
+                last_checkpoint = Instant::now();
             }
         }
         let models = self.export()?;
@@ -981,6 +984,7 @@ impl Trainer {
             step: self.step,
             path: &path,
         });
+        crate::plot::write_plot(&self.run)?;
         Ok(())
     }
 

@@ -95,6 +95,7 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
     cfg.seed = a.seed;
     cfg.device = a.device;
     cfg.checkpoint_every = a.checkpoint_every;
+    cfg.checkpoint_minutes = a.checkpoint_minutes;
     cfg.sample_every = a.sample_every;
     cfg.log_every = a.log_every;
     cfg.keep_checkpoints = a.keep_checkpoints;
