@@ -12,6 +12,9 @@ pub struct MonitorState {
     pub d_wins_warned: Vec<bool>,
     /// Step of the last checkpoint written with finite weights.
     pub last_good: Option<u64>,
+    /// Consecutive DCGAN sample checks with collapsed diversity.
+    #[serde(default)]
+    pub collapse_streak: u32,
 }
 
 /// Tracks the discriminators' losses and reports "D wins" once per episode.
@@ -31,6 +34,7 @@ impl Monitor {
                 d_wins_streak: vec![0; n_discriminators],
                 d_wins_warned: vec![false; n_discriminators],
                 last_good: None,
+                collapse_streak: 0,
             },
             threshold,
             patience: patience.max(1),

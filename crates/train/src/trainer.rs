@@ -27,6 +27,8 @@ use crate::{
     Source, TrainError, TrainResult, UnpairedDataset,
 };
 
+/// Steps before DCGAN samples are checked for mode collapse.
+const COLLAPSE_WARMUP: u64 = 500;
 /// Fixed DCGAN sample batch (an 8×8 grid).
 const DCGAN_SAMPLES: usize = 64;
 /// Fixed image-to-image sample rows.
@@ -925,12 +927,13 @@ impl Trainer {
                 self.acc
                     .extra
                     .insert("real_diversity".into(), json!(real_diversity));
-                let warmup = (self.cfg.steps / 10).max(self.cfg.d_wins_steps);
-                let w = if self.step >= warmup {
-                    collapse_warning(div, *real_diversity)
-                } else {
-                    None
-                };
+                // Early samples are naturally alike; only a persistent drop after a warm-up
+                // (two sample checks in a row) counts as collapse.
+                let warmup = (self.cfg.steps / 10).max(COLLAPSE_WARMUP);
+                let low = collapse_warning(div, *real_diversity).filter(|_| self.step >= warmup);
+                let streak = &mut self.monitor.state.collapse_streak;
+                *streak = if low.is_some() { *streak + 1 } else { 0 };
+                let w = low.filter(|_| *streak == 2);
                 (crate::grid::grid(&fake, 8)?, w)
             }
             Fixed::Pairs { a, b } => {

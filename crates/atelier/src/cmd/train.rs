@@ -166,7 +166,9 @@ fn train(global: &Global, mut trainer: Trainer) -> anyhow::Result<ExitCode> {
 struct Progress {
     bar: Option<ProgressBar>,
     log_every: u64,
-    warning: Option<String>,
+    /// Short name of the latest warning and the step it came at (shown for 200 steps).
+    warning: Option<(String, u64)>,
+    step: u64,
 }
 
 impl Progress {
@@ -186,6 +188,7 @@ impl Progress {
             bar,
             log_every: log_every.max(1),
             warning: None,
+            step: 0,
         }
     }
 
@@ -234,11 +237,11 @@ impl Observer for Progress {
                 }
             }
             Event::Step(p) => {
-                let warn = self
-                    .warning
-                    .as_deref()
-                    .map(|w| format!(" | ⚠ {w}"))
-                    .unwrap_or_default();
+                self.step = p.step;
+                let warn = match &self.warning {
+                    Some((w, at)) if p.step < at + 200 => format!(" | ⚠ {w}"),
+                    _ => String::new(),
+                };
                 let msg = format!(
                     "| epoch {} | {:.2} img/s | {}{warn}",
                     p.epoch,
@@ -258,7 +261,8 @@ impl Observer for Progress {
             }
             Event::Warning(w) => {
                 self.line(&format!("warning: {w}"));
-                self.warning = Some(w.split(':').next().unwrap_or("warning").to_string());
+                let short = w.split(':').next().unwrap_or("warning").to_string();
+                self.warning = Some((short, self.step));
             }
             Event::Skipped { path, reason } => {
                 self.line(&format!("warning: skipped {}: {reason}", path.display()));
