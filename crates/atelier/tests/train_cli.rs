@@ -308,4 +308,56 @@ fn bad_training_requests_are_one_line_errors() {
     ]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already holds a training run"));
+
+    // pix2pix on the reference's aligned format: A and B side by side in one image.
+    let ab = tmp.path().join("AB");
+    std::fs::create_dir_all(&ab).unwrap();
+    for i in 0..3u8 {
+        let px: Vec<u8> = (0..80 * 40)
+            .flat_map(|j| {
+                let left = j % 80 < 40;
+                if left {
+                    [40 * i, 100, 200]
+                } else {
+                    [215 - 40 * i, 155, 55]
+                }
+            })
+            .collect();
+        let img = Image::from_rgb8(80, 40, &px).unwrap();
+        std::fs::write(
+            ab.join(format!("{i}.png")),
+            encode(&img, Format::Png, 0).unwrap(),
+        )
+        .unwrap();
+    }
+    let run = tmp.path().join("p2p");
+    let out = atelier(&[
+        "--quiet",
+        "train",
+        "pix2pix",
+        "--data-a",
+        p(&ab),
+        "--out",
+        p(&run),
+        "--size",
+        "32",
+        "--ngf",
+        "4",
+        "--ndf",
+        "4",
+        "--steps",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let card = atelier_nets::file::read_card(&run.join("pix2pix.safetensors")).unwrap();
+    assert_eq!(card.arch.name(), "unet_32");
+    assert!(
+        card.data.description.contains("(3 images)"),
+        "{}",
+        card.data.description
+    );
 }
