@@ -54,6 +54,30 @@ pub enum Command {
     /// Train a GAN (DCGAN, pix2pix, CycleGAN), resume a run, or plot its losses.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Serve the HTTP API (health, model list, POST /v1/stylize) with the models folder.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ATELIER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, env = "ATELIER_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Data directory.
+    #[arg(long, env = "ATELIER_DATA", default_value = "atelier-data")]
+    pub data: PathBuf,
+    /// Largest request body in bytes.
+    #[arg(long, env = "ATELIER_MAX_BODY_BYTES", default_value_t = 32 << 20)]
+    pub max_body_bytes: usize,
+    /// Longest output side of a synchronous stylize request.
+    #[arg(long, env = "ATELIER_MAX_OUTPUT_SIDE", default_value_t = 2048)]
+    pub max_output_side: u32,
+    /// Images stylized at once; more requests get 429 with Retry-After.
+    #[arg(long, env = "ATELIER_MAX_CONCURRENT", default_value_t = 1)]
+    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Subcommand)]

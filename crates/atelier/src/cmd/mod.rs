@@ -8,6 +8,7 @@ use crate::cli::{Cli, Command, Global};
 
 mod bench;
 mod models;
+mod serve;
 mod stylize;
 mod train;
 
@@ -23,6 +24,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Models(cmd) => models::run(&cli.global, cmd),
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::Train(cmd) => train::run(&cli.global, cmd),
+        Command::Serve(args) => serve::run(&cli.global, args),
     }
 }
 

@@ -1,0 +1,132 @@
+//! The one mapping from errors to HTTP responses: a stable machine code, a status and a human
+//! message. Internal details (paths, tensor errors) never reach the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// An API error as the client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable machine-readable code, e.g. `image_too_large`.
+    pub code: &'static str,
+    /// One human-readable line.
+    pub message: String,
+    /// Seconds to wait before retrying (429, 503).
+    pub retry_after: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// Overload: 429 with `Retry-After`.
+    pub fn overloaded(retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "overloaded",
+                "the server is busy with other images; retry shortly",
+            )
+        }
+    }
+
+    /// An unexpected failure; the detail goes to the log, not to the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        eprintln!("internal error: {detail}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; it has been logged",
+        )
+    }
+}
+
+impl From<atelier_imaging::Error> for ApiError {
+    fn from(e: atelier_imaging::Error) -> Self {
+        use atelier_imaging::Error as E;
+        let (status, code) = match &e {
+            E::Empty => (StatusCode::BAD_REQUEST, "empty_image"),
+            E::UnsupportedFormat { .. } => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_image_format",
+            ),
+            E::InputTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            E::TooManyPixels { .. } | E::SideTooLong { .. } | E::MemoryLimit { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "image_too_large")
+            }
+            E::Encode { .. } | E::Io { .. } => return ApiError::internal(e),
+            _ => (StatusCode::BAD_REQUEST, "invalid_image"),
+        };
+        // Imaging messages are written for users and carry no paths for in-memory input.
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<atelier_engine::Error> for ApiError {
+    fn from(e: atelier_engine::Error) -> Self {
+        match e {
+            atelier_engine::Error::Imaging(e) => e.into(),
+            atelier_engine::Error::NotATranslator { name, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "model_cannot_stylize",
+                format!("model `{name}` is not an image-to-image style model"),
+            ),
+            atelier_engine::Error::Options(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+            },
+        })
+        .unwrap_or_default();
+        let mut resp = (
+            self.status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response();
+        if let Some(s) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
