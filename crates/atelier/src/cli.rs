@@ -97,6 +97,12 @@ pub enum TrainCommand {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Export the generator(s) of a run's newest checkpoint as model files (RUN/NAME.safetensors),
+    /// without training; works while the run is still going.
+    Export {
+        /// The run directory.
+        run: PathBuf,
+    },
     /// Redraw RUN/loss.png from RUN/metrics.jsonl.
     Plot {
         /// The run directory.

@@ -132,6 +132,22 @@ fn killed_run_resumes_to_the_same_weights_and_the_model_stylizes() {
         "the run finished before the kill"
     );
 
+    // A run's newest checkpoint can be exported without training (and without touching it).
+    let metrics_before = std::fs::read(killed.join("metrics.jsonl")).unwrap();
+    let out = atelier(&["train", "export", p(&killed)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let card = atelier_nets::file::read_card(&killed.join("cyclegan.safetensors")).unwrap();
+    let step = card.provenance.steps.unwrap();
+    assert!(step >= 6 && step.is_multiple_of(3), "exported step {step}");
+    assert_eq!(
+        std::fs::read(killed.join("metrics.jsonl")).unwrap(),
+        metrics_before
+    );
+
     let out = atelier(&["--quiet", "train", "resume", p(&killed)]);
     assert!(
         out.status.success(),

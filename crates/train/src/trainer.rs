@@ -374,6 +374,14 @@ impl Trainer {
     /// [`Trainer::resume`] on another device than the run's own (e.g. a GPU run continued on
     /// the CPU); results are then no longer bit-identical to an uninterrupted run.
     pub fn resume_on(run: &Path, device: Option<&str>) -> TrainResult<Trainer> {
+        let t = Self::load_latest(run, device)?;
+        t.run.truncate_metrics(t.step)?;
+        Ok(t)
+    }
+
+    /// The state of `run`'s newest readable checkpoint, without touching the run's files
+    /// (safe while the run is still training elsewhere); for [`Trainer::export_now`].
+    pub fn load_latest(run: &Path, device: Option<&str>) -> TrainResult<Trainer> {
         let (run, cfg) = RunDir::open(run)?;
         let device = parse_device(device.unwrap_or(&cfg.device))?;
         let data = Data::open(&cfg, &device)?;
@@ -388,7 +396,6 @@ impl Trainer {
                 .notes
                 .push("no checkpoint yet: starting from step 0".to_string()),
         }
-        t.run.truncate_metrics(t.step)?;
         Ok(t)
     }
 
@@ -989,6 +996,27 @@ impl Trainer {
         });
         crate::plot::write_plot(&self.run)?;
         Ok(())
+    }
+
+    /// Exports the generator(s) of the current state (after [`Trainer::resume`]: the newest
+    /// checkpoint) without training, e.g. to try a run that is still going. The cards carry
+    /// the latest logged losses.
+    pub fn export_now(&mut self) -> TrainResult<Vec<PathBuf>> {
+        if self.last_losses.is_empty() {
+            let metrics = self.run.read_metrics()?;
+            if let Some(losses) = metrics
+                .iter()
+                .rev()
+                .filter(|m| m["step"].as_u64().is_some_and(|s| s <= self.step))
+                .find_map(|m| m.get("losses").and_then(|l| l.as_object()))
+            {
+                self.last_losses = losses
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                    .collect();
+            }
+        }
+        self.export()
     }
 
     fn export(&mut self) -> TrainResult<Vec<PathBuf>> {

@@ -21,6 +21,17 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
             let trainer = Trainer::resume_on(&run, device.as_deref())?;
             train(global, trainer)
         }
+        TrainCommand::Export { run } => {
+            let mut trainer = Trainer::load_latest(&run, Some("cpu"))?;
+            if trainer.step() == 0 {
+                anyhow::bail!("{}: no checkpoint to export yet", run.display());
+            }
+            for m in trainer.export_now()? {
+                println!("{}", m.display());
+            }
+            eprintln!("exported the generator(s) at step {}", trainer.step());
+            Ok(ExitCode::SUCCESS)
+        }
         TrainCommand::Plot { run, output } => {
             let (dir, _) = atelier_train::RunDir::open(&run)?;
             let path = match output {
