@@ -299,6 +299,8 @@ struct Accumulator {
     sums: Vec<(&'static str, f64)>,
     steps: u64,
     images: u64,
+    /// Training seconds of these steps.
+    seconds: f64,
     /// Sums of D's mean verdict on real and on generated images.
     verdicts: [f64; 2],
     warnings: Vec<String>,
@@ -657,6 +659,7 @@ impl Trainer {
             }
             let dt = t0.elapsed().as_secs_f64();
             self.elapsed_s += dt;
+            self.acc.seconds += dt;
             rate.push(dt, self.cfg.batch);
             let names: Vec<&str> = self.d.iter().map(|n| n.name).collect();
             if let Some(w) = self.monitor.observe_d(&names, &out.d_terms) {
@@ -748,10 +751,11 @@ impl Trainer {
         for (k, v) in acc.extra {
             obj.insert(k, v);
         }
+        // Over this interval's steps (data loading included).
         obj.insert(
             "images_per_s".into(),
-            json!(if self.elapsed_s > 0.0 {
-                (self.step * self.cfg.batch as u64) as f64 / self.elapsed_s
+            json!(if acc.seconds > 0.0 {
+                acc.images as f64 / acc.seconds
             } else {
                 0.0
             }),
