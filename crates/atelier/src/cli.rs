@@ -51,7 +51,7 @@ pub enum Command {
     /// Time a generator forward pass (and a CycleGAN training step) against onnxruntime and
     /// PyTorch.
     Bench(BenchArgs),
-    /// Train a GAN (DCGAN, pix2pix, CycleGAN), resume a run, or plot its losses.
+    /// Train a GAN (DCGAN, pix2pix, CycleGAN); resume, export or plot a run.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Serve the HTTP API (health, model list, POST /v1/stylize) with the models folder.
