@@ -62,62 +62,15 @@ except ImportError as e:
     fail("PyTorch is not importable (%s); run with a Python that has torch installed, "
          "e.g. /work/pyref/bin/python or bench/.venv (pip install -r bench/requirements.txt)" % e)
 
-# Network definitions and CycleGAN pieces: from the reference trainer when it
-# imports (it also needs numpy and pillow), else straight from refnets.py.
+# Network definitions and CycleGAN pieces come from the reference trainer (one copy).
 try:
     sys.path.insert(0, HERE)
     import reference_cyclegan as _ref  # noqa: E402
-    refnets = _ref.refnets
-    ImagePool, LSGANLoss, set_requires_grad = _ref.ImagePool, _ref.LSGANLoss, _ref.set_requires_grad
-    PIECES_FROM = "bench/reference_cyclegan.py"
 except ImportError as e:
-    log("note: bench/reference_cyclegan.py not importable (%s); using tests/reference/refnets.py" % e)
-    sys.path.insert(0, os.path.normpath(os.path.join(HERE, "..", "tests", "reference")))
-    try:
-        import refnets  # noqa: E402
-    except ImportError as e2:
-        fail("cannot import tests/reference/refnets.py (%s)" % e2)
-    PIECES_FROM = "tests/reference/refnets.py"
-
-    class ImagePool:
-        """The reference's image buffer (same as bench/reference_cyclegan.py)."""
-
-        def __init__(self, pool_size, rng):
-            self.pool_size, self.rng, self.images = pool_size, rng, []
-
-        def query(self, images):
-            if self.pool_size == 0:
-                return images
-            out = []
-            for image in images:
-                image = image.detach().unsqueeze(0)
-                if len(self.images) < self.pool_size:
-                    self.images.append(image)
-                    out.append(image)
-                elif self.rng.uniform(0, 1) > 0.5:
-                    rid = self.rng.randint(0, self.pool_size - 1)
-                    tmp = self.images[rid].clone()
-                    self.images[rid] = image
-                    out.append(tmp)
-                else:
-                    out.append(image)
-            return torch.cat(out, 0)
-
-    class LSGANLoss(nn.Module):
-        """GANLoss('lsgan'): MSE against 1.0 (real) / 0.0 (fake)."""
-
-        def __init__(self):
-            super().__init__()
-            self.mse = nn.MSELoss()
-
-        def forward(self, prediction, target_is_real):
-            target = torch.full_like(prediction, 1.0 if target_is_real else 0.0)
-            return self.mse(prediction, target)
-
-    def set_requires_grad(nets, flag):
-        for net in nets:
-            for p in net.parameters():
-                p.requires_grad = flag
+    fail("cannot import bench/reference_cyclegan.py (%s); install bench/requirements.txt" % e)
+refnets = _ref.refnets
+ImagePool, LSGANLoss, set_requires_grad = _ref.ImagePool, _ref.LSGANLoss, _ref.set_requires_grad
+PIECES_FROM = "bench/reference_cyclegan.py"
 
 
 NETG_BLOCKS = {"resnet_6blocks": 6, "resnet_9blocks": 9}
