@@ -188,6 +188,22 @@ pub fn encode_safetensors(
     safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 
+/// Names (file stems) of the model files (`*.safetensors`) in `dir`, sorted; empty when the
+/// folder does not exist.
+pub fn model_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+                .filter_map(|p| Some(p.file_stem()?.to_string_lossy().to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Writes `data` to `path` through a temporary file in the same directory and a rename.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;

@@ -30,17 +30,7 @@ impl AppState {
 
     /// Names of the model files in the models folder, sorted.
     pub fn model_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.config.models_dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                    .filter_map(|p| Some(p.file_stem()?.to_string_lossy().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
+        atelier_nets::file::model_names(&self.config.models_dir)
     }
 
     /// The file of model `name`, if the name is well-formed and the file exists.

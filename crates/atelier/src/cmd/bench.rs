@@ -187,6 +187,23 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The Python of the peers (`--python`, default `bench/.venv/bin/python`), if it exists.
+fn peer_python(args: &BenchArgs) -> Option<PathBuf> {
+    let python = args
+        .python
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench/.venv/bin/python"));
+    if !python.exists() {
+        eprintln!(
+            "bench: {} not found; peers skipped. Create it with: python3 -m venv bench/.venv && \
+             bench/.venv/bin/pip install -r bench/requirements.txt",
+            python.display()
+        );
+        return None;
+    }
+    Some(python)
+}
+
 fn run_peers(
     args: &BenchArgs,
     arch_name: &str,
@@ -198,18 +215,9 @@ fn run_peers(
         eprintln!("bench: bench/peers.py not found; peers skipped (run from the repository root)");
         return Ok(None);
     };
-    let python = args
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("bench/.venv/bin/python"));
-    if !python.exists() {
-        eprintln!(
-            "bench: {} not found; peers skipped. Create it with: python3 -m venv bench/.venv && \
-             bench/.venv/bin/pip install -r bench/requirements.txt",
-            python.display()
-        );
+    let Some(python) = peer_python(args) else {
         return Ok(None);
-    }
+    };
     let check = dir.join("check.safetensors");
     let sizes: Vec<String> = args.sizes.iter().map(|s| s.to_string()).collect();
     eprintln!(
@@ -351,14 +359,9 @@ fn run_train_peer(
         eprintln!("bench: bench/train_step.py not found; PyTorch skipped");
         return Ok(None);
     };
-    let python = args
-        .python
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("bench/.venv/bin/python"));
-    if !python.exists() {
-        eprintln!("bench: {} not found; PyTorch skipped", python.display());
+    let Some(python) = peer_python(args) else {
         return Ok(None);
-    }
+    };
     let Arch::Resnet(c) = arch else {
         return Ok(None);
     };

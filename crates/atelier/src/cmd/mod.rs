@@ -47,7 +47,7 @@ impl Global {
         if named.is_file() {
             return Ok(named);
         }
-        let available = models::list_names(&self.models_dir);
+        let available = atelier_nets::file::model_names(&self.models_dir);
         anyhow::bail!(
             "no model file `{model}` and no model named `{model}` in {} (available: {})",
             self.models_dir.display(),

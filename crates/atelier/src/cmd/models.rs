@@ -21,7 +21,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ModelsCommand::List => {
-            let names = list_names(&global.models_dir);
+            let names = atelier_nets::file::model_names(&global.models_dir);
             if names.is_empty() {
                 eprintln!("no models in {}", global.models_dir.display());
             }
@@ -40,20 +40,6 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Names of the `*.safetensors` files in a folder, sorted.
-pub fn list_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-                .filter_map(|p| Some(p.file_stem()?.to_string_lossy().to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn sha256_hex(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
