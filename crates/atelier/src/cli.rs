@@ -54,30 +54,100 @@ pub enum Command {
     /// Train a GAN (DCGAN, pix2pix, CycleGAN); resume, export or plot a run.
     #[command(subcommand)]
     Train(TrainCommand),
-    /// Serve the HTTP API (health, model list, POST /v1/stylize) with the models folder.
-    Serve(ServeArgs),
+    /// Run the platform: web page, HTTP API and job workers, on SQLite + a local data folder.
+    Serve(Box<ServeArgs>),
+    /// Manage the server's API keys.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
+}
+
+/// `atelier serve`: each flag overrides its environment variable, which overrides the
+/// `--config` file, which overrides the defaults (`ServerConfig`).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as in `ServerConfig`, e.g. `port = 8080`, `[worker]`).
+    #[arg(long, env = "ATELIER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long, env = "ATELIER_HOST")]
+    pub host: Option<String>,
+    /// Port to listen on [default: 8080].
+    #[arg(long, env = "ATELIER_PORT")]
+    pub port: Option<u16>,
+    /// Data directory: database, uploads, results, models, training runs [default: ./atelier-data].
+    #[arg(long, env = "ATELIER_DATA")]
+    pub data: Option<PathBuf>,
+    /// Allow key-less use as the user `local` [default: only when listening on loopback].
+    #[arg(long, env = "ATELIER_OPEN", conflicts_with = "require_keys")]
+    pub open: bool,
+    /// Require an API key for every request, also on loopback.
+    #[arg(long)]
+    pub require_keys: bool,
+    /// Largest request body of POST /v1/stylize and model uploads [default: 32 MiB].
+    #[arg(long, env = "ATELIER_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Largest multipart upload (datasets, stylize jobs) [default: 256 MiB].
+    #[arg(long, env = "ATELIER_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<usize>,
+    /// Longest output side of POST /v1/stylize (jobs go up to worker.max_job_side) [default: 2048].
+    #[arg(long, env = "ATELIER_MAX_OUTPUT_SIDE")]
+    pub max_output_side: Option<u32>,
+    /// Images stylized at once by POST /v1/stylize; more get 429 + Retry-After [default: 1].
+    #[arg(long, env = "ATELIER_MAX_CONCURRENT")]
+    pub max_concurrent: Option<usize>,
+    /// Requests per minute per key [default: 600].
+    #[arg(long, env = "ATELIER_RATE_LIMIT")]
+    pub rate_limit_per_minute: Option<u32>,
+    /// Unfinished jobs per key [default: 4].
+    #[arg(long, env = "ATELIER_MAX_ACTIVE_JOBS")]
+    pub max_active_jobs: Option<i64>,
+    /// Training jobs run at once by this process (0: none; another process works) [default: 1].
+    #[arg(long, env = "ATELIER_TRAIN_WORKERS")]
+    pub train_workers: Option<usize>,
+    /// Stylize jobs run at once by this process [default: 1].
+    #[arg(long, env = "ATELIER_STYLIZE_WORKERS")]
+    pub stylize_workers: Option<usize>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "ATELIER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an API key and print it (shown once; only its argon2 hash is stored).
+    CreateKey {
+        /// The account the key acts for; keys of one owner share datasets, jobs and models.
+        #[arg(long, default_value = "default")]
+        owner: String,
+        /// A note to recognise the key by.
+        #[arg(long, default_value = "")]
+        label: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// List API keys (ids, owners, labels; never secrets).
+    ListKeys {
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// Revoke an API key by its id (`k…`).
+    RevokeKey {
+        id: String,
+        #[command(flatten)]
+        data: DataArg,
+    },
 }
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "ATELIER_HOST", default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on.
-    #[arg(long, env = "ATELIER_PORT", default_value_t = 8080)]
-    pub port: u16,
-    /// Data directory.
+pub struct DataArg {
+    /// The server's data directory.
     #[arg(long, env = "ATELIER_DATA", default_value = "atelier-data")]
     pub data: PathBuf,
-    /// Largest request body in bytes.
-    #[arg(long, env = "ATELIER_MAX_BODY_BYTES", default_value_t = 32 << 20)]
-    pub max_body_bytes: usize,
-    /// Longest output side of a synchronous stylize request.
-    #[arg(long, env = "ATELIER_MAX_OUTPUT_SIDE", default_value_t = 2048)]
-    pub max_output_side: u32,
-    /// Images stylized at once; more requests get 429 with Retry-After.
-    #[arg(long, env = "ATELIER_MAX_CONCURRENT", default_value_t = 1)]
-    pub max_concurrent: usize,
 }
 
 #[derive(Debug, Subcommand)]

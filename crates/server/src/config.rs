@@ -1,31 +1,51 @@
-//! The server's one configuration struct. The binary layers it: defaults, then environment
-//! variables and flags (`atelier serve --help`).
+//! The server's one configuration struct. Layers, each overriding the one before: built-in
+//! defaults, a TOML file (`--config`, env `ATELIER_CONFIG`), environment variables and flags
+//! (`atelier serve --help` lists them; the binary applies the last two).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use atelier_jobs::worker::WorkerConfig;
+
 /// Everything the server needs to start.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Address to listen on.
     pub host: String,
     pub port: u16,
-    /// Data directory (created on first start).
+    /// Data directory: the SQLite database, blobs (uploads, results, models), training runs.
+    /// Created with its schema on first start.
     pub data_dir: PathBuf,
-    /// Folder of model files (`NAME.safetensors`) served as styles.
-    pub models_dir: PathBuf,
-    /// Largest request body in bytes.
+    /// Extra folder of model files (`NAME.safetensors`) served as built-in styles beside
+    /// the ones compiled into the binary.
+    pub models_dir: Option<PathBuf>,
+    /// Key-less use as the local user `local`. Unset: on when listening on a loopback
+    /// address, off otherwise.
+    pub open: Option<bool>,
+    /// Largest request body of `POST /v1/stylize` and model uploads, in bytes.
     pub max_body_bytes: usize,
+    /// Largest multipart upload (datasets, stylize jobs), in bytes.
+    pub max_upload_bytes: usize,
     /// Largest image in pixels, checked before decoding.
     pub max_pixels: u64,
     /// Longest accepted image side, checked before decoding.
     pub max_image_side: u32,
-    /// Images larger than this (longer side) are downscaled before stylizing unless the
-    /// request asks for less; bounds the work of one synchronous request.
+    /// `POST /v1/stylize` downscales larger images to this longer side (jobs go further).
     pub max_output_side: u32,
-    /// Images stylized at the same time; more requests get 429 with `Retry-After`.
+    /// Images stylized at the same time by `POST /v1/stylize`; more get 429 + Retry-After.
     pub max_concurrent: usize,
+    /// Requests per minute per key (token bucket; also the burst size).
+    pub rate_limit_per_minute: u32,
+    /// Unfinished (queued or running) jobs per key.
+    pub max_active_jobs: i64,
+    /// Images per dataset.
+    pub max_dataset_images: usize,
+    /// `text` or `json` log lines.
+    pub log_format: String,
+    /// The in-process workers.
+    pub worker: WorkerConfig,
 }
 
 impl Default for ServerConfig {
@@ -34,23 +54,134 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             data_dir: PathBuf::from("atelier-data"),
-            models_dir: PathBuf::from("models"),
+            models_dir: None,
+            open: None,
             max_body_bytes: 32 << 20,
+            max_upload_bytes: 256 << 20,
             max_pixels: 64_000_000,
             max_image_side: 16384,
             max_output_side: 2048,
             max_concurrent: 1,
+            rate_limit_per_minute: 600,
+            max_active_jobs: 4,
+            max_dataset_images: 5000,
+            log_format: "text".into(),
+            worker: WorkerConfig::default(),
         }
     }
 }
 
+/// A configuration file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
 impl ServerConfig {
+    /// Defaults overlaid with the TOML file at `path`, if given.
+    pub fn load(path: Option<&Path>) -> Result<ServerConfig, ConfigError> {
+        let Some(path) = path else {
+            return Ok(ServerConfig::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks values that would fail later in less clear ways.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.into()));
+        if self.max_concurrent == 0 {
+            return bad("max_concurrent must be at least 1");
+        }
+        if self.max_body_bytes < 1024 || self.max_upload_bytes < 1024 {
+            return bad("max_body_bytes and max_upload_bytes must be at least 1024");
+        }
+        if self.rate_limit_per_minute == 0 {
+            return bad("rate_limit_per_minute must be at least 1");
+        }
+        if self.max_active_jobs < 1 {
+            return bad("max_active_jobs must be at least 1");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("log_format: expected text or json");
+        }
+        if self.worker.lease_s <= self.worker.heartbeat_s {
+            return bad("worker.lease_s must be longer than worker.heartbeat_s");
+        }
+        Ok(())
+    }
+
+    /// Whether key-less requests are allowed.
+    pub fn is_open(&self) -> bool {
+        self.open.unwrap_or_else(|| is_loopback(&self.host))
+    }
+
     /// Image limits for uploads.
     pub fn limits(&self) -> atelier_imaging::Limits {
         atelier_imaging::Limits {
             max_pixels: self.max_pixels,
             max_side: self.max_image_side,
-            max_bytes: self.max_body_bytes as u64,
+            max_bytes: self.max_body_bytes.max(self.max_upload_bytes) as u64,
         }
+    }
+
+    /// Limits for dataset uploads.
+    pub fn ingest_limits(&self) -> atelier_jobs::datasets::IngestLimits {
+        let d = atelier_jobs::datasets::IngestLimits::default();
+        atelier_jobs::datasets::IngestLimits {
+            max_images: self.max_dataset_images,
+            image: atelier_imaging::Limits {
+                max_pixels: self.max_pixels.min(d.image.max_pixels),
+                max_side: self.max_image_side.min(d.image.max_side),
+                max_bytes: d.max_image_bytes,
+            },
+            ..d
+        }
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_layer_and_open_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("atelier.toml");
+        std::fs::write(
+            &p,
+            "port = 9000\nhost = \"0.0.0.0\"\n[worker]\ntrain_workers = 2\n",
+        )
+        .unwrap();
+        let c = ServerConfig::load(Some(&p)).unwrap();
+        assert_eq!((c.port, c.worker.train_workers), (9000, 2));
+        assert_eq!(c.max_concurrent, 1);
+        assert!(!c.is_open());
+        assert!(ServerConfig::default().is_open());
+        std::fs::write(&p, "prot = 9000\n").unwrap();
+        let e = ServerConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("prot"), "{e}");
     }
 }

@@ -58,9 +58,34 @@ impl ApiError {
         }
     }
 
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    /// 429 with a code and `Retry-After`.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u32) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
+    /// The body of a request was over its limit.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over the limit of {limit} bytes"),
+        )
+    }
+
     /// An unexpected failure; the detail goes to the log, not to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        eprintln!("internal error: {detail}");
+        tracing::error!("internal error: {detail}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -100,6 +125,46 @@ impl From<atelier_engine::Error> for ApiError {
                 format!("model `{name}` is not an image-to-image style model"),
             ),
             atelier_engine::Error::Options(m) => ApiError::bad_request(m),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<atelier_store::StoreError> for ApiError {
+    fn from(e: atelier_store::StoreError) -> Self {
+        use atelier_store::StoreError as E;
+        match e {
+            E::Conflict(m) => ApiError::conflict("conflict", m),
+            E::QuotaExceeded(m) => ApiError::too_many("quota_exceeded", m, 30),
+            E::InvalidKey(_) => ApiError::bad_request("invalid name"),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<atelier_jobs::JobsError> for ApiError {
+    fn from(e: atelier_jobs::JobsError) -> Self {
+        use atelier_jobs::JobsError as E;
+        match e {
+            E::BadRequest(m) => ApiError::bad_request(m),
+            E::NameTaken(n) => ApiError::conflict(
+                "name_taken",
+                format!("you already have a model named `{n}`"),
+            ),
+            E::InvalidModel(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_model_file",
+                format!("not a usable model file: {m}"),
+            ),
+            E::InvalidArchive(m) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_archive",
+                format!("invalid archive: {m}"),
+            ),
+            E::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+            E::Imaging(e) => e.into(),
+            E::Engine(e) => e.into(),
+            E::Store(e) => e.into(),
             other => ApiError::internal(other),
         }
     }

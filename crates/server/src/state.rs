@@ -1,67 +1,92 @@
-//! Shared server state: configuration, loaded models and the admission semaphore.
+//! Shared server state: configuration, storage, the model catalog, admission, limits and
+//! metrics. Cheap to clone; everything behind `Arc`s. No globals: tests build as many as
+//! they like.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use atelier_engine::Stylizer;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
-use crate::{ApiError, ServerConfig};
+use atelier_jobs::Catalog;
+use atelier_store::db::Db;
+use atelier_store::Blobs;
 
-/// Cheap to clone; everything behind `Arc`s.
+use crate::auth::KeyCache;
+use crate::metrics::Metrics;
+use crate::ratelimit::RateLimiter;
+use crate::ServerConfig;
+
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<ServerConfig>,
-    /// Permits for stylizing; none left → 429.
+    pub db: Db,
+    pub blobs: Blobs,
+    pub catalog: Arc<Catalog>,
+    /// Permits for `POST /v1/stylize`; none left → 429.
     pub permits: Arc<Semaphore>,
-    models: Arc<Mutex<HashMap<String, Arc<Stylizer>>>>,
+    pub limiter: Arc<RateLimiter>,
+    pub keys: Arc<KeyCache>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the workers when a job is queued.
+    pub wake: Arc<Notify>,
+}
+
+/// The server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] atelier_store::StoreError),
+    #[error(transparent)]
+    Jobs(#[from] atelier_jobs::JobsError),
 }
 
 impl AppState {
-    pub fn new(config: ServerConfig) -> Self {
-        let permits = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        Self {
+    /// Opens (creating on first start) the data directory: `atelier.db` (SQLite, migrated),
+    /// `blobs/`, `builtin/`, `cache/`, `runs/`.
+    pub async fn open(config: ServerConfig) -> Result<AppState, StartError> {
+        config.validate()?;
+        let data = &config.data_dir;
+        let db = Db::open_sqlite(&data.join("atelier.db")).await?;
+        let blobs = Blobs::local(data.join("blobs"))?;
+        let catalog = Catalog::open(
+            db.clone(),
+            blobs.clone(),
+            data,
+            config.models_dir.as_deref(),
+        )?;
+        Ok(AppState {
+            permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute)),
+            keys: Arc::new(KeyCache::default()),
+            metrics: Arc::new(Metrics::default()),
+            wake: Arc::new(Notify::new()),
+            catalog: Arc::new(catalog),
             config: Arc::new(config),
-            permits,
-            models: Arc::new(Mutex::new(HashMap::new())),
+            db,
+            blobs,
+        })
+    }
+
+    /// The worker context for in-process workers.
+    pub fn worker_context(
+        &self,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> atelier_jobs::worker::Context {
+        atelier_jobs::worker::Context {
+            db: self.db.clone(),
+            blobs: self.blobs.clone(),
+            catalog: self.catalog.clone(),
+            data_dir: self.config.data_dir.clone(),
+            config: self.config.worker.clone(),
+            image_limits: self.config.limits(),
+            wake: self.wake.clone(),
+            shutdown,
+            id: format!(
+                "{}-{}",
+                std::process::id(),
+                atelier_store::db::new_id("", 6)
+            ),
         }
-    }
-
-    /// Names of the model files in the models folder, sorted.
-    pub fn model_names(&self) -> Vec<String> {
-        atelier_nets::file::model_names(&self.config.models_dir)
-    }
-
-    /// The file of model `name`, if the name is well-formed and the file exists.
-    pub fn model_path(&self, name: &str) -> Option<PathBuf> {
-        let ok = !name.is_empty()
-            && name.len() <= 100
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-            && !name.starts_with('.');
-        let path = self.config.models_dir.join(format!("{name}.safetensors"));
-        (ok && path.is_file()).then_some(path)
-    }
-
-    /// Loads (once) and returns the stylizer of model `name`. Blocking: call it off the
-    /// async runtime.
-    pub fn stylizer(&self, name: &str) -> Result<Arc<Stylizer>, ApiError> {
-        if let Some(s) = self.models.lock().map_err(ApiError::internal)?.get(name) {
-            return Ok(s.clone());
-        }
-        let path = self.model_path(name).ok_or_else(|| {
-            ApiError::not_found("model_not_found", format!("no model named `{name}`"))
-        })?;
-        let model = atelier_nets::load(&path, &candle_core::Device::Cpu)
-            .map_err(|e| ApiError::internal(format!("loading {}: {e}", path.display())))?;
-        let stylizer =
-            Arc::new(Stylizer::new(model, candle_core::Device::Cpu).map_err(ApiError::from)?);
-        self.models
-            .lock()
-            .map_err(ApiError::internal)?
-            .insert(name.to_string(), stylizer.clone());
-        Ok(stylizer)
     }
 }

@@ -3,6 +3,10 @@
 //! (`object_store::local::LocalFileSystem`, which writes through a temporary file and a rename,
 //! so a blob is never half-written) and any S3-compatible store for scale-out. Keys are
 //! validated here so that no request can name a path outside the store.
+//!
+//! Metadata (keys, models, datasets, the job queue) lives in [`db::Db`].
+
+pub mod db;
 
 use std::sync::Arc;
 
@@ -30,6 +34,21 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The database failed.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// The database schema could not be brought up to date.
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not parse (a bug or a hand-edited database).
+    #[error("corrupt database value: {0}")]
+    Corrupt(String),
+    /// The change conflicts with the current state (e.g. deleting a dataset in use).
+    #[error("{0}")]
+    Conflict(String),
+    /// The owner has too many unfinished jobs.
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 /// Result alias of this crate.

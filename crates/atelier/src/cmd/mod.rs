@@ -24,7 +24,15 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Models(cmd) => models::run(&cli.global, cmd),
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::Train(cmd) => train::run(&cli.global, cmd),
-        Command::Serve(args) => serve::run(&cli.global, args),
+        Command::Serve(args) => serve::run(&cli.global, *args),
+        Command::Admin(cmd) => serve::admin(cmd),
+        Command::Openapi => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&atelier_server::openapi_document())?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

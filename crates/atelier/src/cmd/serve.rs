@@ -1,29 +1,124 @@
-//! `atelier serve`: the HTTP API on the models folder.
+//! `atelier serve` and `atelier admin`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use atelier_server::{AppState, ServerConfig};
 
-use crate::cli::{Global, ServeArgs};
+use crate::cli::{AdminCommand, Global, ServeArgs};
+
+/// Defaults → `--config` file → environment → flags (clap resolves the last two).
+fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut c = ServerConfig::load(a.config.as_deref())?;
+    macro_rules! set {
+        ($($field:ident).+ = $value:expr) => {
+            if let Some(v) = $value {
+                c.$($field).+ = v;
+            }
+        };
+    }
+    set!(host = a.host);
+    set!(port = a.port);
+    set!(data_dir = a.data);
+    set!(max_body_bytes = a.max_body_bytes);
+    set!(max_upload_bytes = a.max_upload_bytes);
+    set!(max_output_side = a.max_output_side);
+    set!(max_concurrent = a.max_concurrent);
+    set!(rate_limit_per_minute = a.rate_limit_per_minute);
+    set!(max_active_jobs = a.max_active_jobs);
+    set!(worker.train_workers = a.train_workers);
+    set!(worker.stylize_workers = a.stylize_workers);
+    set!(log_format = a.log_format);
+    if a.open {
+        c.open = Some(true);
+    }
+    if a.require_keys {
+        c.open = Some(false);
+    }
+    if c.models_dir.is_none() && global.models_dir.is_dir() {
+        c.models_dir = Some(global.models_dir.clone());
+    }
+    c.max_pixels = global.max_pixels;
+    c.max_image_side = global.max_image_side;
+    c.validate()?;
+    Ok(c)
+}
+
+fn init_logs(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
 
 pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = ServerConfig {
-        host: args.host,
-        port: args.port,
-        data_dir: args.data,
-        models_dir: global.models_dir.clone(),
-        max_body_bytes: args.max_body_bytes,
-        max_pixels: global.max_pixels,
-        max_image_side: global.max_image_side,
-        max_output_side: args.max_output_side,
-        max_concurrent: args.max_concurrent,
-    };
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let print = args.print_config;
+    let config = config(global, args)?;
+    if print {
+        print!("{}", toml::to_string_pretty(&config)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    init_logs(&config.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime
-        .block_on(atelier_server::serve(AppState::new(config)))
-        .context("serving")?;
+    runtime.block_on(async move {
+        let data = config.data_dir.clone();
+        let state = AppState::open(config)
+            .await
+            .with_context(|| format!("opening the data directory {}", data.display()))?;
+        atelier_server::serve(state).await.context("serving")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn admin(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let open = |dir: std::path::PathBuf| async move {
+            atelier_store::db::Db::open_sqlite(&dir.join("atelier.db"))
+                .await
+                .with_context(|| format!("opening the database in {}", dir.display()))
+        };
+        match cmd {
+            AdminCommand::CreateKey { owner, label, data } => {
+                if !atelier_server::auth::valid_owner(&owner) {
+                    anyhow::bail!("--owner: 1–64 letters, digits, `-` or `_` (not `builtin`)");
+                }
+                let db = open(data.data).await?;
+                let key = atelier_server::auth::create_key(&db, &owner, &label)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e))?;
+                eprintln!(
+                    "API key for `{owner}` (shown once; send it as `Authorization: Bearer <key>`):"
+                );
+                println!("{key}");
+            }
+            AdminCommand::ListKeys { data } => {
+                let db = open(data.data).await?;
+                for k in db.keys().await? {
+                    println!(
+                        "{:<14} {:<20} {:<8} {}",
+                        k.id,
+                        k.owner,
+                        if k.revoked { "revoked" } else { "active" },
+                        k.label
+                    );
+                }
+            }
+            AdminCommand::RevokeKey { id, data } => {
+                let db = open(data.data).await?;
+                if !db.revoke_key(&id).await? {
+                    anyhow::bail!("no key `{id}`");
+                }
+                eprintln!("revoked {id} (a running server stops accepting it within a minute)");
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,19 @@
+//! The built-in styles, compiled into the binary so that a fresh `atelier serve` has
+//! something to show. Each is a model file in `models/` trained by `atelier train`; its card
+//! (data, licence, steps, hardware) is inside the file and `models/README.md` tells how it was
+//! made.
+
+/// `(name, title, file)` of every embedded model.
+pub const EMBEDDED: &[(&str, &str, &[u8])] = &[(
+    "ukiyoe",
+    "Ukiyo-e",
+    include_bytes!("../../../models/ukiyoe.safetensors"),
+)];
+
+/// The display title of built-in model `name`, if it has one.
+pub fn title(name: &str) -> Option<&'static str> {
+    EMBEDDED
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, t, _)| *t)
+}

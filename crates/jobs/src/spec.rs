@@ -1,0 +1,242 @@
+//! What a job is asked to do: the JSON a client posts to `POST /v1/jobs`, checked here so the
+//! server rejects bad requests before queueing and the worker reads the same types back.
+
+use serde::{Deserialize, Serialize};
+
+use atelier_imaging::Format;
+
+use crate::JobsError;
+
+/// A job request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum JobSpec {
+    Stylize(StylizeSpec),
+    Train(TrainSpec),
+}
+
+/// Stylize uploaded images at full resolution (tiled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StylizeSpec {
+    pub model: String,
+    /// `jpg`, `png` or `webp`; default: each input's own format.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// 0 = the original, 1 = fully stylized.
+    #[serde(default = "one")]
+    pub strength: f32,
+    /// Downscale so the longer side is at most this (capped by the server's limit).
+    #[serde(default)]
+    pub max_side: Option<u32>,
+    /// JPEG quality.
+    #[serde(default = "quality")]
+    pub quality: u8,
+    /// Number of input images (set by the server from the upload).
+    #[serde(default)]
+    pub inputs: usize,
+}
+
+fn one() -> f32 {
+    1.0
+}
+fn quality() -> u8 {
+    92
+}
+
+/// Train a new style on a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// Dataset id (`d_…`), owned by the caller.
+    pub dataset: String,
+    /// Name of the model it makes (the caller's private model).
+    pub name: String,
+    /// `cyclegan` (default), `pix2pix` or `dcgan`.
+    #[serde(default = "cyclegan")]
+    pub family: String,
+    /// Optimisation steps.
+    #[serde(default = "steps")]
+    pub steps: u64,
+    /// Training crop size (default 128; DCGAN 64).
+    #[serde(default)]
+    pub size: Option<u32>,
+    /// Generator: `light`, `resnet_6blocks`, `resnet_9blocks`, `unet`, … (default: light for
+    /// CycleGAN, unet for pix2pix).
+    #[serde(default)]
+    pub net_g: Option<String>,
+    #[serde(default)]
+    pub ngf: Option<usize>,
+    #[serde(default)]
+    pub ndf: Option<usize>,
+    #[serde(default)]
+    pub batch: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    /// `vanilla`, `lsgan` or `hinge`.
+    #[serde(default)]
+    pub loss: Option<String>,
+    /// A sample grid every this many steps (default 100).
+    #[serde(default)]
+    pub sample_every: Option<u64>,
+    /// A checkpoint every this many steps (default 200; also every 5 minutes).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+    #[serde(default)]
+    pub seed: u64,
+    /// Description shown on the model page.
+    #[serde(default)]
+    pub description: String,
+}
+
+fn cyclegan() -> String {
+    "cyclegan".into()
+}
+fn steps() -> u64 {
+    2000
+}
+
+/// Longest training run a request may ask for.
+pub const MAX_STEPS: u64 = 1_000_000;
+
+/// Is `name` usable as a model name (also a file and URL segment)?
+pub fn valid_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+}
+
+fn bad(m: impl Into<String>) -> JobsError {
+    JobsError::BadRequest(m.into())
+}
+
+impl StylizeSpec {
+    /// Checks the fields (not the model's existence).
+    pub fn validate(&self) -> Result<(), JobsError> {
+        if !(0.0..=1.0).contains(&self.strength) {
+            return Err(bad("strength must be between 0 and 1"));
+        }
+        if !(1..=100).contains(&self.quality) {
+            return Err(bad("quality must be between 1 and 100"));
+        }
+        self.output_format(Format::Png)?;
+        if self.max_side == Some(0) {
+            return Err(bad("max_side must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The output format for an input of format `input`.
+    pub fn output_format(&self, input: Format) -> Result<Format, JobsError> {
+        match self.format.as_deref() {
+            None => Ok(input),
+            Some(f) => Format::from_extension(f)
+                .ok_or_else(|| bad(format!("format `{f}`: expected jpg, png or webp"))),
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Checks the fields that do not need the dataset.
+    pub fn validate(&self) -> Result<(), JobsError> {
+        if !valid_model_name(&self.name) {
+            return Err(bad(
+                "name: 1–64 letters, digits, `-` or `_`, starting with a letter or digit",
+            ));
+        }
+        if !matches!(self.family.as_str(), "cyclegan" | "pix2pix" | "dcgan") {
+            return Err(bad(format!(
+                "family `{}`: expected cyclegan, pix2pix or dcgan",
+                self.family
+            )));
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return Err(bad(format!("steps must be in 1..={MAX_STEPS}")));
+        }
+        if let Some(s) = self.size {
+            if !(16..=512).contains(&s) {
+                return Err(bad("size must be in 16..=512"));
+            }
+        }
+        if let Some(b) = self.batch {
+            if !(1..=64).contains(&b) {
+                return Err(bad("batch must be in 1..=64"));
+            }
+        }
+        for (what, v) in [("ngf", self.ngf), ("ndf", self.ndf)] {
+            if let Some(v) = v {
+                if !(1..=256).contains(&v) {
+                    return Err(bad(format!("{what} must be in 1..=256")));
+                }
+            }
+        }
+        if let Some(lr) = self.lr {
+            if !(lr > 0.0 && lr < 1.0) {
+                return Err(bad("lr must be in (0, 1)"));
+            }
+        }
+        if let Some(l) = &self.loss {
+            if atelier_train::GanLoss::parse(l).is_none() {
+                return Err(bad(format!("loss `{l}`: expected vanilla, lsgan or hinge")));
+            }
+        }
+        if self.sample_every == Some(0) || self.checkpoint_every == Some(0) {
+            return Err(bad("sample_every and checkpoint_every must be positive"));
+        }
+        if self.description.len() > 2000 {
+            return Err(bad("description: at most 2000 characters"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let s: JobSpec =
+            serde_json::from_str(r#"{"type":"train","dataset":"d_1","name":"my-style"}"#).unwrap();
+        let JobSpec::Train(t) = s else { panic!() };
+        assert_eq!((t.family.as_str(), t.steps), ("cyclegan", 2000));
+        t.validate().unwrap();
+        for bad in [
+            r#"{"type":"train","dataset":"d","name":"../x"}"#,
+            r#"{"type":"train","dataset":"d","name":"x","steps":0}"#,
+            r#"{"type":"train","dataset":"d","name":"x","family":"vae"}"#,
+            r#"{"type":"train","dataset":"d","name":"x","size":4}"#,
+            r#"{"type":"train","dataset":"d","name":"x","loss":"wgan"}"#,
+        ] {
+            let JobSpec::Train(t) = serde_json::from_str(bad).unwrap() else {
+                panic!()
+            };
+            assert!(t.validate().is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<JobSpec>(
+            r#"{"type":"train","dataset":"d","name":"x","stepz":3}"#
+        )
+        .is_err());
+        let JobSpec::Stylize(s) =
+            serde_json::from_str(r#"{"type":"stylize","model":"m","strength":1.5}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert!(s.validate().is_err());
+    }
+
+    #[test]
+    fn model_names() {
+        for ok in ["monet", "my-style_2", "A1"] {
+            assert!(valid_model_name(ok), "{ok}");
+        }
+        for bad in ["", "-x", "a/b", "a.b", "é", &"x".repeat(65)] {
+            assert!(!valid_model_name(bad), "{bad}");
+        }
+    }
+}

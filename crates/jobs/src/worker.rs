@@ -1,0 +1,764 @@
+//! The worker: lanes that claim jobs from the queue and run them, a heartbeat per running job
+//! (renews the lease, carries cancel requests back) and a reaper that returns jobs of dead
+//! workers to the queue.
+//!
+//! Stopping: a cancel request stops a training run at the end of its step, after a checkpoint
+//! (the job ends `cancelled` and can be resumed); a shutdown does the same but hands the job
+//! back to the queue, so the next start continues it. A stylize job stops between images and
+//! continues with the images not done yet. A process that dies without either (kill -9, power
+//! loss) leaves its jobs `running` until their lease runs out (or, for the single-node
+//! SQLite setup, until the next start), then they run again from their last checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::runtime::Handle;
+use tokio::sync::{watch, Notify};
+
+use atelier_imaging::Limits;
+use atelier_store::db::{Db, JobKind, JobRow, Lease, Outcome};
+use atelier_store::Blobs;
+use atelier_train::config::{Family, NetChoice, TrainConfig};
+use atelier_train::{Event, Observer, TrainError, Trainer};
+
+use crate::catalog::{stylize_image_with, Catalog};
+use crate::spec::{JobSpec, StylizeSpec, TrainSpec};
+use crate::JobsError;
+
+/// Worker settings (a section of the server's configuration).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Training jobs run at the same time.
+    pub train_workers: usize,
+    /// Stylize jobs run at the same time.
+    pub stylize_workers: usize,
+    /// A job whose worker has not renewed its lease for this long runs again elsewhere.
+    pub lease_s: u64,
+    /// Lease renewals (and cancel checks) every this many seconds.
+    pub heartbeat_s: u64,
+    /// Attempts before a job whose worker keeps dying is failed.
+    pub max_attempts: i64,
+    /// Longest side a stylize job produces.
+    pub max_job_side: u32,
+    /// Training checkpoints at least this often, in minutes (and every `checkpoint_every`).
+    pub checkpoint_minutes: f64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            train_workers: 1,
+            stylize_workers: 1,
+            lease_s: 30,
+            heartbeat_s: 3,
+            max_attempts: 5,
+            max_job_side: 8192,
+            checkpoint_minutes: 5.0,
+        }
+    }
+}
+
+/// What a worker needs.
+pub struct Context {
+    pub db: Db,
+    pub blobs: Blobs,
+    pub catalog: Arc<Catalog>,
+    /// Local working space: training runs live in `data_dir/runs/{job}`.
+    pub data_dir: PathBuf,
+    pub config: WorkerConfig,
+    /// Limits for decoding job inputs.
+    pub image_limits: Limits,
+    /// Wakes idle lanes when a job is queued.
+    pub wake: Arc<Notify>,
+    /// Becomes true on shutdown.
+    pub shutdown: watch::Receiver<bool>,
+    /// This process's worker id prefix.
+    pub id: String,
+}
+
+/// Largest stored input or result a worker reads back.
+const MAX_BLOB: u64 = 512 << 20;
+
+/// Why a job was told to stop.
+const GO: u8 = 0;
+const CANCEL: u8 = 1;
+const SHUTDOWN: u8 = 2;
+const LOST: u8 = 3;
+
+/// Starts the worker lanes and the reaper; they end after `shutdown` turns true (running
+/// jobs are checkpointed and handed back first).
+pub fn spawn(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for i in 0..ctx.config.train_workers {
+        let c = ctx.clone();
+        handles.push(tokio::spawn(lane(c, JobKind::Train, format!("train-{i}"))));
+    }
+    for i in 0..ctx.config.stylize_workers {
+        let c = ctx.clone();
+        handles.push(tokio::spawn(lane(
+            c,
+            JobKind::Stylize,
+            format!("stylize-{i}"),
+        )));
+    }
+    handles.push(tokio::spawn(reaper(ctx)));
+    handles
+}
+
+async fn reaper(ctx: Arc<Context>) {
+    let mut shutdown = ctx.shutdown.clone();
+    let every = Duration::from_secs((ctx.config.lease_s / 2).max(1));
+    loop {
+        match ctx.db.reap_expired(ctx.config.max_attempts).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!("requeued {n} job(s) whose worker stopped renewing its lease");
+                ctx.wake.notify_waiters();
+            }
+            Err(e) => tracing::error!("reaper: {e}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+async fn lane(ctx: Arc<Context>, kind: JobKind, name: String) {
+    let worker = format!("{}/{name}", ctx.id);
+    let mut shutdown = ctx.shutdown.clone();
+    let lease = Duration::from_secs(ctx.config.lease_s);
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match ctx.db.claim(&[kind], &worker, lease).await {
+            Ok(Some(job)) => run_job(&ctx, job, &worker).await,
+            Ok(None) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = ctx.wake.notified() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            Err(e) => {
+                tracing::error!("{worker}: claiming a job: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Shared between a running job and its heartbeat.
+struct Control {
+    reason: AtomicU8,
+    stop: AtomicBool,
+}
+
+impl Control {
+    fn stop(&self, why: u8) {
+        let _ = self
+            .reason
+            .compare_exchange(GO, why, Ordering::SeqCst, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// The error a job returns when it was told to stop.
+fn stopped() -> JobsError {
+    JobsError::Internal("stopped".into())
+}
+
+async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
+    let id = job.id.clone();
+    tracing::info!(job = %id, kind = job.kind.as_str(), attempt = job.attempts, "job started");
+    let control = Arc::new(Control {
+        reason: AtomicU8::new(GO),
+        stop: AtomicBool::new(false),
+    });
+    let beat = {
+        let (ctx, control, id, worker) =
+            (ctx.clone(), control.clone(), id.clone(), worker.to_string());
+        tokio::spawn(async move {
+            let mut shutdown = ctx.shutdown.clone();
+            let lease = Duration::from_secs(ctx.config.lease_s);
+            let every = Duration::from_secs(ctx.config.heartbeat_s.max(1));
+            loop {
+                if *shutdown.borrow() {
+                    control.stop(SHUTDOWN);
+                }
+                match ctx.db.heartbeat(&id, &worker, lease).await {
+                    Ok(Lease::Held) => {}
+                    Ok(Lease::CancelRequested) => control.stop(CANCEL),
+                    Ok(Lease::Lost) => {
+                        control.stop(LOST);
+                        return;
+                    }
+                    Err(e) => tracing::warn!(job = %id, "heartbeat: {e}"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        })
+    };
+    let started = Instant::now();
+    let result = {
+        let (ctx, control, job, worker) = (
+            ctx.clone(),
+            control.clone(),
+            job.clone(),
+            worker.to_string(),
+        );
+        let handle = Handle::current();
+        tokio::task::spawn_blocking(move || execute(&ctx, &handle, &job, &worker, &control))
+            .await
+            .unwrap_or_else(|e| Err(JobsError::Internal(format!("the job panicked: {e}"))))
+    };
+    beat.abort();
+    let reason = control.reason.load(Ordering::SeqCst);
+    let secs = started.elapsed().as_secs_f64();
+    let db = &ctx.db;
+    let ended = match result {
+        Ok(results) => db.finish(&id, worker, &Outcome::Succeeded, &results).await,
+        Err(_) if reason == LOST => Ok(false),
+        Err(_) if reason == SHUTDOWN => {
+            tracing::info!(job = %id, "handed back to the queue for the next start");
+            db.release(&id, worker).await
+        }
+        Err(_) if reason == CANCEL => {
+            let results = db.job_any(&id).await.ok().flatten().map(|j| j.results);
+            db.finish(
+                &id,
+                worker,
+                &Outcome::Cancelled,
+                &results.unwrap_or_default(),
+            )
+            .await
+        }
+        Err(e) => {
+            let msg = public_message(&e);
+            tracing::warn!(job = %id, "job failed: {e}");
+            let results = db.job_any(&id).await.ok().flatten().map(|j| j.results);
+            db.finish(
+                &id,
+                worker,
+                &Outcome::Failed(msg),
+                &results.unwrap_or_default(),
+            )
+            .await
+        }
+    };
+    match ended {
+        Ok(true) => tracing::info!(job = %id, seconds = secs, "job ended"),
+        Ok(false) => tracing::warn!(job = %id, "the job's lease was lost; another worker has it"),
+        Err(e) => tracing::error!(job = %id, "recording the job's end: {e}"),
+    }
+    ctx.wake.notify_waiters();
+}
+
+/// A message for the job's owner: user-facing errors as they are, internal ones generic.
+fn public_message(e: &JobsError) -> String {
+    match e {
+        JobsError::BadRequest(m) | JobsError::TooLarge(m) => m.clone(),
+        JobsError::Imaging(e) => e.to_string(),
+        JobsError::Train(
+            t @ (TrainError::Diverged { .. } | TrainError::Config(_) | TrainError::Data(_)),
+        ) => t.to_string(),
+        JobsError::Engine(atelier_engine::Error::NotATranslator { .. }) => e.to_string(),
+        _ => "internal error while running the job; it has been logged".into(),
+    }
+}
+
+fn execute(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    worker: &str,
+    control: &Control,
+) -> Result<Vec<String>, JobsError> {
+    let spec: JobSpec = serde_json::from_value(job.spec.clone())
+        .map_err(|e| JobsError::BadRequest(format!("job spec: {e}")))?;
+    match spec {
+        JobSpec::Stylize(s) => stylize_job(ctx, rt, job, worker, control, &s),
+        JobSpec::Train(t) => train_job(ctx, rt, job, worker, control, &t),
+    }
+}
+
+/// Blob key of a job's file.
+pub fn job_blob(job: &str, name: &str) -> String {
+    format!("jobs/{job}/{name}")
+}
+
+/// Blob key prefix of a stylize job's uploaded inputs.
+pub fn input_prefix(job: &str) -> String {
+    format!("jobs/{job}/input")
+}
+
+fn stylize_job(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    worker: &str,
+    control: &Control,
+    spec: &StylizeSpec,
+) -> Result<Vec<String>, JobsError> {
+    let model = rt
+        .block_on(ctx.catalog.resolve(&job.owner, &spec.model))?
+        .ok_or_else(|| JobsError::BadRequest(format!("model `{}` no longer exists", spec.model)))?;
+    let stylizer = rt.block_on(ctx.catalog.stylizer(&model))?;
+    let inputs = rt.block_on(ctx.blobs.list(&input_prefix(&job.id)))?;
+    let total = inputs.len();
+    let mut results = job.results.clone();
+    let mut errors: Vec<Value> = Vec::new();
+    let max_side = spec
+        .max_side
+        .unwrap_or(ctx.config.max_job_side)
+        .min(ctx.config.max_job_side);
+    for (n, key) in inputs.iter().enumerate() {
+        if control.stopped() {
+            return Err(stopped());
+        }
+        let stem = n.to_string();
+        if results
+            .iter()
+            .any(|r| r.split('.').next() == Some(stem.as_str()))
+        {
+            continue;
+        }
+        let bytes = rt
+            .block_on(ctx.blobs.get(key, MAX_BLOB))?
+            .ok_or_else(|| JobsError::Internal(format!("input {key} is missing")))?;
+        let one = (|| -> Result<(Vec<u8>, &'static str), JobsError> {
+            let (in_format, _, _) = atelier_imaging::probe(&bytes, &ctx.image_limits)?;
+            let img = atelier_imaging::decode(&bytes, &ctx.image_limits)?;
+            let (w, h) = atelier_imaging::fit_max_side(img.width, img.height, max_side);
+            let img = if (w, h) != (img.width, img.height) {
+                atelier_imaging::resize(&img, w, h)
+            } else {
+                img
+            };
+            let mut last = Instant::now();
+            let mut on_progress = |p: atelier_engine::Progress| {
+                if last.elapsed() >= Duration::from_millis(500) {
+                    last = Instant::now();
+                    let frac = (n as f64 + p.done as f64 / p.total.max(1) as f64) / total as f64;
+                    let _ = rt.block_on(ctx.db.set_progress(
+                        &job.id,
+                        worker,
+                        &json!({"done": n, "total": total, "fraction": frac}),
+                        None,
+                    ));
+                }
+            };
+            let out = stylize_image_with(&stylizer, &img, spec.strength, &mut on_progress)?;
+            let format = spec.output_format(in_format)?;
+            Ok((
+                atelier_imaging::encode(&out, format, spec.quality)?,
+                format.extension(),
+            ))
+        })();
+        match one {
+            Ok((encoded, ext)) => {
+                let name = format!("{n}.{ext}");
+                rt.block_on(
+                    ctx.blobs
+                        .put(&job_blob(&job.id, &name), Bytes::from(encoded)),
+                )?;
+                results.push(name);
+            }
+            Err(e @ (JobsError::Imaging(_) | JobsError::BadRequest(_))) => {
+                errors.push(json!({"input": n, "error": e.to_string()}));
+            }
+            Err(e) => return Err(e),
+        }
+        let progress = json!({
+            "done": n + 1, "total": total, "fraction": (n + 1) as f64 / total.max(1) as f64,
+            "errors": errors,
+        });
+        if rt.block_on(
+            ctx.db
+                .set_progress(&job.id, worker, &progress, Some(&results)),
+        )? == Lease::Lost
+        {
+            control.stop(LOST);
+            return Err(stopped());
+        }
+    }
+    if results.is_empty() && !errors.is_empty() {
+        return Err(JobsError::BadRequest(format!(
+            "no input could be stylized: {}",
+            errors[0]["error"].as_str().unwrap_or("")
+        )));
+    }
+    Ok(results)
+}
+
+/// Builds the trainer's configuration from a job's spec and its local data folders.
+fn train_config(
+    spec: &TrainSpec,
+    data_a: PathBuf,
+    data_b: Option<PathBuf>,
+    checkpoint_minutes: f64,
+) -> Result<TrainConfig, JobsError> {
+    let family = match spec.family.as_str() {
+        "pix2pix" => Family::Pix2pix,
+        "dcgan" => Family::Dcgan,
+        _ => Family::Cyclegan,
+    };
+    let net_g = spec.net_g.clone().or(match family {
+        Family::Cyclegan => Some("light".to_string()),
+        _ => None,
+    });
+    let nets = NetChoice {
+        ngf: spec
+            .ngf
+            .or((net_g.as_deref() == Some("light")).then_some(32)),
+        net_g,
+        ndf: spec.ndf,
+        ..NetChoice::default()
+    };
+    let size = spec.size.or(match family {
+        Family::Dcgan => None,
+        _ => Some(128),
+    });
+    let mut cfg = TrainConfig::new(family, data_a, data_b, size, &nets)?;
+    if let Some(b) = spec.batch {
+        cfg.batch = b;
+    }
+    if let Some(lr) = spec.lr {
+        cfg.lr = lr;
+    }
+    if let Some(l) = &spec.loss {
+        cfg.loss = atelier_train::GanLoss::parse(l)
+            .ok_or_else(|| JobsError::BadRequest(format!("loss `{l}`")))?;
+    }
+    cfg.seed = spec.seed;
+    cfg.sample_every = spec.sample_every.unwrap_or(100);
+    cfg.checkpoint_every = spec.checkpoint_every.unwrap_or(200);
+    cfg.checkpoint_minutes = checkpoint_minutes;
+    cfg.log_every = cfg.sample_every.clamp(1, 10);
+    cfg.name = spec.name.clone();
+    cfg.set_length(Some(spec.steps), None, None, 1)?;
+    Ok(cfg)
+}
+
+fn train_job(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    worker: &str,
+    control: &Control,
+    spec: &TrainSpec,
+) -> Result<Vec<String>, JobsError> {
+    let root = ctx.data_dir.join("runs").join(&job.id);
+    let run_dir = root.join("run");
+    let mut trainer = if run_dir.join("config.json").is_file() {
+        Trainer::resume_on(&run_dir, None)?
+    } else {
+        let dataset = rt
+            .block_on(ctx.db.dataset(&job.owner, &spec.dataset))?
+            .ok_or_else(|| {
+                JobsError::BadRequest(format!("dataset {} no longer exists", spec.dataset))
+            })?;
+        let max = 64 << 20;
+        let a = root.join("data").join("a");
+        let n_a = rt.block_on(crate::datasets::materialize(
+            &ctx.blobs,
+            &dataset.id,
+            'a',
+            &a,
+            max,
+        ))?;
+        let b = if spec.family == "dcgan" {
+            None
+        } else {
+            let b = root.join("data").join("b");
+            let n_b = rt.block_on(crate::datasets::materialize(
+                &ctx.blobs,
+                &dataset.id,
+                'b',
+                &b,
+                max,
+            ))?;
+            // pix2pix with side-by-side AB images keeps everything in domain A.
+            (n_b > 0 || spec.family == "cyclegan").then_some(b)
+        };
+        if n_a == 0 {
+            return Err(JobsError::BadRequest(format!(
+                "dataset {} has no images in domain A",
+                dataset.id
+            )));
+        }
+        let mut cfg = train_config(spec, a, b, ctx.config.checkpoint_minutes)?;
+        cfg.data_description = format!(
+            "dataset `{}` ({}) uploaded by {}: {} images in A, {} in B",
+            dataset.name, dataset.id, job.owner, dataset.count_a, dataset.count_b
+        );
+        cfg.data_licence = "as stated by the uploader".into();
+        Trainer::create(cfg, &run_dir)?
+    };
+    if control.stopped() {
+        return Err(stopped());
+    }
+    let mut obs = JobObserver {
+        ctx,
+        rt,
+        job: &job.id,
+        worker,
+        control,
+        trainer_stop: trainer.stop_flag(),
+        last_write: None,
+        progress: job.progress.clone(),
+        results: job.results.clone(),
+        run_dir: run_dir.clone(),
+        started: Instant::now(),
+        start_step: trainer.step(),
+    };
+    let outcome = trainer.run(&mut obs);
+    let mut results = obs.results.clone();
+    match outcome {
+        Ok(done) => {
+            obs.upload_samples();
+            let model_path = done
+                .models
+                .first()
+                .ok_or_else(|| JobsError::Internal("the run exported no model".into()))?;
+            let bytes = Bytes::from(
+                std::fs::read(model_path)
+                    .map_err(|e| JobsError::Internal(format!("{}: {e}", model_path.display())))?,
+            );
+            let name = register_model(ctx, rt, job, spec, bytes.clone())?;
+            rt.block_on(
+                ctx.blobs
+                    .put(&job_blob(&job.id, "model.safetensors"), bytes),
+            )?;
+            push_unique(&mut results, "model.safetensors");
+            if let Some(rev) = done.models.get(1) {
+                if let Ok(b) = std::fs::read(rev) {
+                    rt.block_on(
+                        ctx.blobs
+                            .put(&job_blob(&job.id, "reverse.safetensors"), Bytes::from(b)),
+                    )?;
+                    push_unique(&mut results, "reverse.safetensors");
+                }
+            }
+            let mut progress = obs.progress.clone();
+            progress["model"] = json!(name);
+            progress["fraction"] = json!(1.0);
+            rt.block_on(
+                ctx.db
+                    .set_progress(&job.id, worker, &progress, Some(&results)),
+            )?;
+            // The run folder (checkpoints, local data) is no longer needed.
+            let _ = std::fs::remove_dir_all(&root);
+            Ok(results)
+        }
+        Err(TrainError::Interrupted { .. }) => Err(stopped()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn push_unique(v: &mut Vec<String>, name: &str) {
+    if !v.iter().any(|x| x == name) {
+        v.push(name.to_string());
+    }
+}
+
+/// Registers the trained model under the requested name, or, if the owner took that name
+/// meanwhile, under `name-<job>`: a finished run is never thrown away.
+fn register_model(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    spec: &TrainSpec,
+    bytes: Bytes,
+) -> Result<String, JobsError> {
+    let bytes = with_description(bytes, &spec.description);
+    let mut name = spec.name.clone();
+    for attempt in 0..2 {
+        match rt.block_on(
+            ctx.catalog
+                .add(&job.owner, &name, bytes.clone(), Some(job.id.clone())),
+        ) {
+            Ok(_) => return Ok(name),
+            Err(JobsError::NameTaken(_)) if attempt == 0 => {
+                name = format!("{}-{}", spec.name, job.id.trim_start_matches("j_"));
+                name.truncate(64);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(JobsError::NameTaken(name))
+}
+
+/// Puts the job's description into the model card (the file is rewritten in memory).
+fn with_description(bytes: Bytes, description: &str) -> Bytes {
+    if description.is_empty() {
+        return bytes;
+    }
+    let Ok((tensors, Some(mut meta))) = atelier_nets::file::parse_safetensors(&bytes) else {
+        return bytes;
+    };
+    let Some(card) = meta.get(atelier_nets::card::CARD_KEY).cloned() else {
+        return bytes;
+    };
+    let Ok(mut card) = serde_json::from_str::<Value>(&card) else {
+        return bytes;
+    };
+    card["description"] = json!(description);
+    meta.insert(atelier_nets::card::CARD_KEY.into(), card.to_string());
+    match atelier_nets::file::encode_safetensors(&tensors, atelier_nets::Storage::F32, meta) {
+        Ok(b) => Bytes::from(b),
+        Err(_) => bytes,
+    }
+}
+
+/// Turns trainer events into job progress, sample uploads and stop requests.
+struct JobObserver<'a> {
+    ctx: &'a Context,
+    rt: &'a Handle,
+    job: &'a str,
+    worker: &'a str,
+    control: &'a Control,
+    trainer_stop: Arc<AtomicBool>,
+    last_write: Option<Instant>,
+    progress: Value,
+    results: Vec<String>,
+    run_dir: PathBuf,
+    started: Instant,
+    start_step: u64,
+}
+
+impl JobObserver<'_> {
+    fn write(&mut self, results: bool) {
+        self.last_write = Some(Instant::now());
+        let res = results.then_some(self.results.as_slice());
+        match self.rt.block_on(
+            self.ctx
+                .db
+                .set_progress(self.job, self.worker, &self.progress, res),
+        ) {
+            Ok(Lease::Lost) => self.control.stop(LOST),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job = %self.job, "recording progress: {e}"),
+        }
+    }
+
+    fn upload(&mut self, file: &Path, name: &str) -> bool {
+        let Ok(bytes) = std::fs::read(file) else {
+            return false;
+        };
+        match self.rt.block_on(
+            self.ctx
+                .blobs
+                .put(&job_blob(self.job, name), Bytes::from(bytes)),
+        ) {
+            Ok(()) => {
+                push_unique(&mut self.results, name);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(job = %self.job, "uploading {name}: {e}");
+                false
+            }
+        }
+    }
+
+    fn upload_samples(&mut self) {
+        let run = self.run_dir.clone();
+        self.upload(&run.join("samples").join("latest.png"), "sample.png");
+        self.upload(&run.join("loss.png"), "loss.png");
+        let _ = self.upload(&run.join("metrics.jsonl"), "metrics.jsonl");
+    }
+}
+
+impl Observer for JobObserver<'_> {
+    fn event(&mut self, event: &Event<'_>) {
+        if self.control.stopped() {
+            self.trainer_stop.store(true, Ordering::SeqCst);
+        }
+        match event {
+            Event::Started { step, total, .. } => {
+                self.progress["step"] = json!(step);
+                self.progress["total"] = json!(total);
+                self.progress["fraction"] = json!(*step as f64 / (*total).max(1) as f64);
+                self.write(false);
+            }
+            Event::Step(p) => {
+                let losses: serde_json::Map<String, Value> = p
+                    .losses
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), json!(v)))
+                    .collect();
+                let done_here = p.step.saturating_sub(self.start_step) as f64;
+                let eta = (done_here > 0.0).then(|| {
+                    self.started.elapsed().as_secs_f64() / done_here
+                        * (p.total.saturating_sub(p.step)) as f64
+                });
+                self.progress["step"] = json!(p.step);
+                self.progress["total"] = json!(p.total);
+                self.progress["fraction"] = json!(p.step as f64 / p.total.max(1) as f64);
+                self.progress["epoch"] = json!(p.epoch);
+                self.progress["images_per_s"] = json!(p.images_per_s);
+                self.progress["eta_s"] = json!(eta.map(|e| e.round()));
+                self.progress["lr"] = json!(p.lr);
+                self.progress["losses"] = Value::Object(losses);
+                let due = self
+                    .last_write
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(700));
+                if due || p.step == p.total {
+                    self.write(false);
+                }
+            }
+            Event::Warning(w) => {
+                self.progress["warning"] = json!(w);
+                self.write(false);
+            }
+            Event::Skipped { .. } | Event::Finished { .. } => {}
+            Event::Checkpoint { step, .. } => {
+                self.progress["checkpoint_step"] = json!(step);
+                let _ = self.upload(&self.run_dir.join("metrics.jsonl"), "metrics.jsonl");
+                self.write(true);
+            }
+            Event::Sample { step, path } => {
+                let path = path.to_path_buf();
+                if self.upload(&path, "sample.png") {
+                    self.progress["sample_step"] = json!(step);
+                }
+                let loss = self.run_dir.join("loss.png");
+                self.upload(&loss, "loss.png");
+                let _ = self.upload(&self.run_dir.join("metrics.jsonl"), "metrics.jsonl");
+                self.write(true);
+            }
+        }
+        if self.control.stopped() {
+            self.trainer_stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_from_spec() {
+        let spec: TrainSpec =
+            serde_json::from_value(json!({"dataset": "d", "name": "x", "steps": 50})).unwrap();
+        let cfg = train_config(&spec, "/a".into(), Some("/b".into()), 5.0).unwrap();
+        assert_eq!(cfg.steps, 50);
+        assert_eq!(cfg.augment.crop_size, 128);
+        assert_eq!(cfg.name, "x");
+        assert_eq!(cfg.generator.name(), "light");
+    }
+}

@@ -1,0 +1,224 @@
+//! `/v1/datasets`: upload images or zips into domain A/B, list, show, delete.
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use atelier_jobs::datasets::Ingest;
+use atelier_store::db::{new_id, now, DatasetKind, DatasetRow, Skipped};
+
+use super::{is_multipart, multipart, next_field, query, read_field};
+use crate::auth::Caller;
+use crate::{ApiError, AppState};
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("dataset_not_found", format!("no dataset `{id}`"))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    pub name: String,
+    /// `unpaired` (default), `paired` or `single`.
+    pub kind: Option<String>,
+}
+
+/// Reads the multipart parts named in `domains` into the dataset; returns (added A, added
+/// B, bytes, skipped).
+async fn ingest(
+    state: &AppState,
+    req: Request,
+    row: &DatasetRow,
+    fixed: Option<char>,
+) -> Result<(i64, i64, i64, Vec<Skipped>), ApiError> {
+    if !is_multipart(&req) {
+        return Err(ApiError::bad_request(
+            "send multipart/form-data with image or .zip files in parts `a` and `b`",
+        ));
+    }
+    let limit = state.config.max_upload_bytes;
+    let limits = state.config.ingest_limits();
+    let mut m = multipart(req, state).await?;
+    let mut total = (row.count_a + row.count_b) as usize;
+    let (mut add_a, mut add_b, mut bytes) = (0i64, 0i64, 0i64);
+    let mut skipped = Vec::new();
+    while let Some(f) = next_field(&mut m, limit).await? {
+        let part = f.name().unwrap_or("").to_ascii_lowercase();
+        let domain = match (fixed, part.as_str()) {
+            (Some(d), _) => d,
+            (None, "a") => 'a',
+            (None, "b") => 'b',
+            (None, other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown part `{other}`: files go in parts `a` and `b`"
+                )))
+            }
+        };
+        if domain == 'b' && row.kind == DatasetKind::Single {
+            return Err(ApiError::bad_request(
+                "a `single` dataset has only domain A",
+            ));
+        }
+        let file = f.file_name().unwrap_or("upload").to_string();
+        let data = read_field(f, limit, limit).await?;
+        let mut ing = Ingest::new(&state.blobs, &row.id, domain, total, limits).await?;
+        match ing.add_file(&file, data).await {
+            Ok(()) => {}
+            // One unusable archive is reported like an unusable image.
+            Err(atelier_jobs::JobsError::InvalidArchive(reason)) => ing.out.skipped.push(Skipped {
+                file: file.clone(),
+                reason,
+            }),
+            Err(e) => return Err(e.into()),
+        }
+        total = ing.total;
+        let out = ing.out;
+        if domain == 'a' {
+            add_a += out.added as i64;
+        } else {
+            add_b += out.added as i64;
+        }
+        bytes += out.bytes as i64;
+        skipped.extend(out.skipped);
+    }
+    Ok((add_a, add_b, bytes, skipped))
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<CreateQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let name = q.name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("name: 1–100 printable characters"));
+    }
+    let kind = match q.kind.as_deref() {
+        None => DatasetKind::Unpaired,
+        Some(k) => DatasetKind::parse(k)
+            .ok_or_else(|| ApiError::bad_request("kind: expected unpaired, paired or single"))?,
+    };
+    let mut row = DatasetRow {
+        id: new_id("d_", 10),
+        owner: caller.owner.clone(),
+        name,
+        kind,
+        count_a: 0,
+        count_b: 0,
+        bytes: 0,
+        skipped: vec![],
+        created: now(),
+    };
+    let result = ingest(&state, req, &row, None).await;
+    let (a, b, bytes, skipped) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing half-made stays behind.
+            for d in ['a', 'b'] {
+                for k in state
+                    .blobs
+                    .list(&atelier_jobs::datasets::prefix(&row.id, d))
+                    .await
+                    .unwrap_or_default()
+                {
+                    let _ = state.blobs.delete(&k).await;
+                }
+            }
+            return Err(e);
+        }
+    };
+    row.count_a = a;
+    row.count_b = b;
+    row.bytes = bytes;
+    row.skipped = skipped;
+    state.db.insert_dataset(&row).await?;
+    Ok((StatusCode::CREATED, Json(row)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddQuery {
+    /// `a` or `b`.
+    pub domain: String,
+}
+
+pub async fn add_images(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    q: Result<Query<AddQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Json<DatasetRow>, ApiError> {
+    let q = query(q)?;
+    let domain = match q.domain.to_ascii_lowercase().as_str() {
+        "a" => 'a',
+        "b" => 'b',
+        _ => return Err(ApiError::bad_request("domain: expected a or b")),
+    };
+    let row = state
+        .db
+        .dataset(&caller.owner, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let (a, b, bytes, skipped) = ingest(&state, req, &row, Some(domain)).await?;
+    state.db.add_to_dataset(&id, a, b, bytes, &skipped).await?;
+    let mut row = state
+        .db
+        .dataset(&caller.owner, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    // This request's skips first, so the caller sees them.
+    row.skipped = skipped;
+    Ok(Json(row))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(
+        json!({ "datasets": state.db.datasets(&caller.owner).await? }),
+    ))
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<DatasetRow>, ApiError> {
+    Ok(Json(
+        state
+            .db
+            .dataset(&caller.owner, &id)
+            .await?
+            .ok_or_else(|| not_found(&id))?,
+    ))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let row = state
+        .db
+        .delete_dataset(&caller.owner, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    for d in ['a', 'b'] {
+        for k in state
+            .blobs
+            .list(&atelier_jobs::datasets::prefix(&row.id, d))
+            .await?
+        {
+            state.blobs.delete(&k).await?;
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}

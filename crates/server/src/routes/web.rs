@@ -1,0 +1,39 @@
+//! The web page and the API docs page, compiled into the binary (no CDN, works offline).
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+const INDEX: &str = include_str!("../../assets/index.html");
+const APP_JS: &str = include_str!("../../assets/app.js");
+const APP_CSS: &str = include_str!("../../assets/app.css");
+const DOCS: &str = include_str!("../../assets/docs.html");
+
+const SECURITY: &str = "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'";
+
+fn page(body: &'static str, ctype: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, ctype),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, SECURITY),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+}
+
+pub async fn index() -> impl IntoResponse {
+    page(INDEX, "text/html; charset=utf-8")
+}
+
+pub async fn app_js() -> impl IntoResponse {
+    page(APP_JS, "text/javascript; charset=utf-8")
+}
+
+pub async fn app_css() -> impl IntoResponse {
+    page(APP_CSS, "text/css; charset=utf-8")
+}
+
+pub async fn docs() -> impl IntoResponse {
+    page(DOCS, "text/html; charset=utf-8")
+}

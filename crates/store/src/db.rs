@@ -1,0 +1,900 @@
+//! Metadata in SQL (SQLite through sqlx; the public API of [`Db`] is the seam for Postgres):
+//! API keys, models, datasets and the durable job queue.
+//!
+//! The job queue follows the lease pattern: a worker claims the oldest queued job in one
+//! transaction (`UPDATE … WHERE id = (SELECT … LIMIT 1) AND status = 'queued'`, which SQLite
+//! serialises; Postgres would use `FOR UPDATE SKIP LOCKED`), renews its lease with heartbeats
+//! that also carry the cancel flag back, and a reaper returns jobs whose lease ran out to the
+//! queue. A job that was running when its worker died therefore runs again; training jobs
+//! resume from their checkpoint.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::{Result, StoreError};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A random identifier: `prefix` + `n` lowercase base-32 characters from the OS generator.
+pub fn new_id(prefix: &str, n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz23456789";
+    let mut bytes = vec![0u8; n];
+    getrandom::fill(&mut bytes).expect("the operating system's random generator failed");
+    let mut s = String::with_capacity(prefix.len() + n);
+    s.push_str(prefix);
+    s.extend(bytes.iter().map(|b| ALPHABET[(*b as usize) % 32] as char));
+    s
+}
+
+/// An API key row (the secret itself is never stored, only its argon2 hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct KeyRow {
+    pub id: String,
+    pub owner: String,
+    pub hash: String,
+    pub label: String,
+    pub created: i64,
+    pub revoked: bool,
+}
+
+/// Who may see a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    Private,
+    Public,
+}
+
+impl Visibility {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Public => "public",
+        }
+    }
+}
+
+/// A user's model (built-in models are not rows; they ship with the binary).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRow {
+    pub owner: String,
+    pub name: String,
+    pub visibility: Visibility,
+    pub blob: String,
+    /// The model card as JSON.
+    pub card: serde_json::Value,
+    pub size: i64,
+    pub job: Option<String>,
+    pub created: i64,
+}
+
+/// Dataset layouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatasetKind {
+    /// Two unpaired domains (CycleGAN).
+    Unpaired,
+    /// Pairs matched by file name, or side-by-side AB images in domain A (pix2pix).
+    Paired,
+    /// One domain (DCGAN).
+    Single,
+}
+
+impl DatasetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetKind::Unpaired => "unpaired",
+            DatasetKind::Paired => "paired",
+            DatasetKind::Single => "single",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "unpaired" => Some(Self::Unpaired),
+            "paired" => Some(Self::Paired),
+            "single" => Some(Self::Single),
+            _ => None,
+        }
+    }
+}
+
+/// A skipped upload file and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub file: String,
+    pub reason: String,
+}
+
+/// A dataset; its images are blobs under `datasets/{id}/a/` and `datasets/{id}/b/`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DatasetRow {
+    pub id: String,
+    pub owner: String,
+    pub name: String,
+    pub kind: DatasetKind,
+    pub count_a: i64,
+    pub count_b: i64,
+    pub bytes: i64,
+    pub skipped: Vec<Skipped>,
+    pub created: i64,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Stylize,
+    Train,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Stylize => "stylize",
+            JobKind::Train => "train",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "stylize" => Ok(Self::Stylize),
+            "train" => Ok(Self::Train),
+            _ => Err(StoreError::Corrupt(format!("job kind `{s}`"))),
+        }
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            _ => return Err(StoreError::Corrupt(format!("job status `{s}`"))),
+        })
+    }
+    /// No further change will come.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    pub id: String,
+    pub owner: String,
+    pub kind: JobKind,
+    pub status: JobStatus,
+    pub spec: serde_json::Value,
+    pub progress: serde_json::Value,
+    /// Names of the result files (blobs `jobs/{id}/{name}`).
+    pub results: Vec<String>,
+    pub error: Option<String>,
+    pub model: Option<String>,
+    pub dataset: Option<String>,
+    pub attempts: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub cancel_requested: bool,
+    pub created: i64,
+    pub updated: i64,
+    pub finished: Option<i64>,
+}
+
+/// What a heartbeat learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// Still ours; keep going.
+    Held,
+    /// Still ours, and the owner asked to cancel.
+    CancelRequested,
+    /// No longer ours (reaped, or the job was deleted): stop without writing.
+    Lost,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+/// The metadata database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: SqlitePool,
+}
+
+fn corrupt(e: serde_json::Error) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+    Ok(JobRow {
+        id: r.try_get("id")?,
+        owner: r.try_get("owner")?,
+        kind: JobKind::parse(r.try_get("kind")?)?,
+        status: JobStatus::parse(r.try_get("status")?)?,
+        spec: serde_json::from_str(r.try_get("spec")?).map_err(corrupt)?,
+        progress: serde_json::from_str(r.try_get("progress")?).map_err(corrupt)?,
+        results: serde_json::from_str(r.try_get("results")?).map_err(corrupt)?,
+        error: r.try_get("error")?,
+        model: r.try_get("model")?,
+        dataset: r.try_get("dataset")?,
+        attempts: r.try_get("attempts")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_until: r.try_get("lease_until")?,
+        cancel_requested: r.try_get("cancel_requested")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+        finished: r.try_get("finished")?,
+    })
+}
+
+fn model_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ModelRow> {
+    let vis: String = r.try_get("visibility")?;
+    Ok(ModelRow {
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        visibility: if vis == "public" {
+            Visibility::Public
+        } else {
+            Visibility::Private
+        },
+        blob: r.try_get("blob")?,
+        card: serde_json::from_str(r.try_get("card")?).map_err(corrupt)?,
+        size: r.try_get("size")?,
+        job: r.try_get("job")?,
+        created: r.try_get("created")?,
+    })
+}
+
+fn dataset_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DatasetRow> {
+    let kind: String = r.try_get("kind")?;
+    Ok(DatasetRow {
+        id: r.try_get("id")?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        kind: DatasetKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("dataset kind `{kind}`")))?,
+        count_a: r.try_get("count_a")?,
+        count_b: r.try_get("count_b")?,
+        bytes: r.try_get("bytes")?,
+        skipped: serde_json::from_str(r.try_get("skipped")?).map_err(corrupt)?,
+        created: r.try_get("created")?,
+    })
+}
+
+impl Db {
+    /// Opens (creating if missing) the SQLite database at `path` and applies the migrations.
+    pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let opts = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Db { pool })
+    }
+
+    /// Is the database answering?
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool (waits for connections to be returned).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    // ---- API keys ----
+
+    pub async fn insert_key(&self, key: &KeyRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, owner, hash, label, created, revoked) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&key.id)
+        .bind(&key.owner)
+        .bind(&key.hash)
+        .bind(&key.label)
+        .bind(key.created)
+        .bind(key.revoked)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn key(&self, id: &str) -> Result<Option<KeyRow>> {
+        Ok(
+            sqlx::query_as::<_, KeyRow>("SELECT * FROM api_keys WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn keys(&self) -> Result<Vec<KeyRow>> {
+        Ok(
+            sqlx::query_as::<_, KeyRow>("SELECT * FROM api_keys ORDER BY created, id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Revokes a key; false if there is no such key.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    // ---- models ----
+
+    /// Inserts a model; false if the owner already has one of that name.
+    pub async fn insert_model(&self, m: &ModelRow) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO models (owner, name, visibility, blob, card, size, job, created)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO NOTHING",
+        )
+        .bind(&m.owner)
+        .bind(&m.name)
+        .bind(m.visibility.as_str())
+        .bind(&m.blob)
+        .bind(m.card.to_string())
+        .bind(m.size)
+        .bind(&m.job)
+        .bind(m.created)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn model(&self, owner: &str, name: &str) -> Result<Option<ModelRow>> {
+        sqlx::query("SELECT * FROM models WHERE owner = ? AND name = ?")
+            .bind(owner)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| model_from_row(&r))
+            .transpose()
+    }
+
+    /// The public model called `name`, if any.
+    pub async fn public_model(&self, name: &str) -> Result<Option<ModelRow>> {
+        sqlx::query("SELECT * FROM models WHERE visibility = 'public' AND name = ? LIMIT 1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| model_from_row(&r))
+            .transpose()
+    }
+
+    /// The owner's models and every public one, by name.
+    pub async fn visible_models(&self, owner: &str) -> Result<Vec<ModelRow>> {
+        sqlx::query(
+            "SELECT * FROM models WHERE owner = ? OR visibility = 'public' ORDER BY name, owner",
+        )
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(model_from_row)
+        .collect()
+    }
+
+    /// Makes the owner's model public, unless another public model already has that name.
+    /// Returns false if the name is taken.
+    pub async fn publish_model(&self, owner: &str, name: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let taken: Option<String> = sqlx::query_scalar(
+            "SELECT owner FROM models WHERE visibility = 'public' AND name = ? AND owner != ?",
+        )
+        .bind(name)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken.is_some() {
+            return Ok(false);
+        }
+        sqlx::query("UPDATE models SET visibility = 'public' WHERE owner = ? AND name = ?")
+            .bind(owner)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Deletes the owner's model; returns its row.
+    pub async fn delete_model(&self, owner: &str, name: &str) -> Result<Option<ModelRow>> {
+        sqlx::query("DELETE FROM models WHERE owner = ? AND name = ? RETURNING *")
+            .bind(owner)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| model_from_row(&r))
+            .transpose()
+    }
+
+    // ---- datasets ----
+
+    pub async fn insert_dataset(&self, d: &DatasetRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO datasets (id, owner, name, kind, count_a, count_b, bytes, skipped, created)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&d.id)
+        .bind(&d.owner)
+        .bind(&d.name)
+        .bind(d.kind.as_str())
+        .bind(d.count_a)
+        .bind(d.count_b)
+        .bind(d.bytes)
+        .bind(serde_json::to_string(&d.skipped).map_err(corrupt)?)
+        .bind(d.created)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds images to a dataset's counts and skipped list.
+    pub async fn add_to_dataset(
+        &self,
+        id: &str,
+        add_a: i64,
+        add_b: i64,
+        bytes: i64,
+        skipped: &[Skipped],
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let old: String = sqlx::query_scalar("SELECT skipped FROM datasets WHERE id = ?")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut all: Vec<Skipped> = serde_json::from_str(&old).map_err(corrupt)?;
+        all.extend_from_slice(skipped);
+        // Keep the list bounded: the newest 200 reasons are enough to act on.
+        let drop = all.len().saturating_sub(200);
+        all.drain(..drop);
+        sqlx::query(
+            "UPDATE datasets SET count_a = count_a + ?, count_b = count_b + ?, bytes = bytes + ?,
+             skipped = ? WHERE id = ?",
+        )
+        .bind(add_a)
+        .bind(add_b)
+        .bind(bytes)
+        .bind(serde_json::to_string(&all).map_err(corrupt)?)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The dataset `id` if `owner` owns it.
+    pub async fn dataset(&self, owner: &str, id: &str) -> Result<Option<DatasetRow>> {
+        sqlx::query("SELECT * FROM datasets WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| dataset_from_row(&r))
+            .transpose()
+    }
+
+    pub async fn datasets(&self, owner: &str) -> Result<Vec<DatasetRow>> {
+        sqlx::query("SELECT * FROM datasets WHERE owner = ? ORDER BY created DESC, id")
+            .bind(owner)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(dataset_from_row)
+            .collect()
+    }
+
+    /// Deletes a dataset unless an unfinished job reads it. `Ok(None)`: no such dataset;
+    /// `Err(Conflict)`: in use.
+    pub async fn delete_dataset(&self, owner: &str, id: &str) -> Result<Option<DatasetRow>> {
+        let mut tx = self.pool.begin().await?;
+        let busy: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE dataset = ? AND status IN ('queued', 'running')",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT * FROM datasets WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| dataset_from_row(&r))
+            .transpose()?;
+        if row.is_some() && busy > 0 {
+            return Err(StoreError::Conflict(format!(
+                "dataset {id} is used by {busy} unfinished job(s)"
+            )));
+        }
+        sqlx::query("DELETE FROM datasets WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    // ---- jobs ----
+
+    /// Queues a job, unless the owner already has `max_active` unfinished jobs
+    /// (`Err(QuotaExceeded)`); the check and the insert are one transaction.
+    pub async fn enqueue(&self, job: &JobRow, max_active: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+        )
+        .bind(&job.owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= max_active {
+            return Err(StoreError::QuotaExceeded(format!(
+                "{active} unfinished jobs (at most {max_active} at a time)"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO jobs (id, owner, kind, status, spec, progress, results, model, dataset,
+             created, updated) VALUES (?, ?, ?, 'queued', ?, ?, '[]', ?, ?, ?, ?)",
+        )
+        .bind(&job.id)
+        .bind(&job.owner)
+        .bind(job.kind.as_str())
+        .bind(job.spec.to_string())
+        .bind(job.progress.to_string())
+        .bind(&job.model)
+        .bind(&job.dataset)
+        .bind(job.created)
+        .bind(job.created)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The job `id` if `owner` owns it.
+    pub async fn job(&self, owner: &str, id: &str) -> Result<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ? AND owner = ?")
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| job_from_row(&r))
+            .transpose()
+    }
+
+    /// The job `id`, whoever owns it (workers).
+    pub async fn job_any(&self, id: &str) -> Result<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| job_from_row(&r))
+            .transpose()
+    }
+
+    /// The owner's newest jobs.
+    pub async fn jobs(&self, owner: &str, limit: i64) -> Result<Vec<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE owner = ? ORDER BY created DESC, id DESC LIMIT ?")
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(job_from_row)
+            .collect()
+    }
+
+    /// `(kind, status, count)` of all jobs (metrics).
+    pub async fn job_counts(&self) -> Result<Vec<(String, String, i64)>> {
+        let rows =
+            sqlx::query("SELECT kind, status, COUNT(*) AS n FROM jobs GROUP BY kind, status")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("kind")?, r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Claims the oldest queued job of one of `kinds` for `worker` with a lease of `lease`.
+    pub async fn claim(
+        &self,
+        kinds: &[JobKind],
+        worker: &str,
+        lease: Duration,
+    ) -> Result<Option<JobRow>> {
+        if kinds.is_empty() {
+            return Ok(None);
+        }
+        let placeholders = vec!["?"; kinds.len()].join(", ");
+        let sql = format!(
+            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,
+                 attempts = attempts + 1, updated = ?
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND kind IN ({placeholders})
+                         ORDER BY created, id LIMIT 1)
+               AND status = 'queued'
+             RETURNING *"
+        );
+        let t = now();
+        // `placeholders` is only `?`s; the kinds are bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(worker)
+            .bind(t + lease.as_secs() as i64)
+            .bind(t);
+        for k in kinds {
+            q = q.bind(k.as_str());
+        }
+        q.fetch_optional(&self.pool)
+            .await?
+            .map(|r| job_from_row(&r))
+            .transpose()
+    }
+
+    /// Renews `worker`'s lease on job `id` and reports whether to go on.
+    pub async fn heartbeat(&self, id: &str, worker: &str, lease: Duration) -> Result<Lease> {
+        let t = now();
+        let row = sqlx::query(
+            "UPDATE jobs SET lease_until = ?, updated = updated
+             WHERE id = ? AND lease_owner = ? AND status = 'running'
+             RETURNING cancel_requested",
+        )
+        .bind(t + lease.as_secs() as i64)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            None => Lease::Lost,
+            Some(r) if r.try_get::<bool, _>("cancel_requested")? => Lease::CancelRequested,
+            Some(_) => Lease::Held,
+        })
+    }
+
+    /// Records progress (and optionally the result list) of a job `worker` holds.
+    pub async fn set_progress(
+        &self,
+        id: &str,
+        worker: &str,
+        progress: &serde_json::Value,
+        results: Option<&[String]>,
+    ) -> Result<Lease> {
+        let r = match results {
+            Some(res) => sqlx::query(
+                "UPDATE jobs SET progress = ?, results = ?, updated = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            )
+            .bind(progress.to_string())
+            .bind(serde_json::to_string(res).map_err(corrupt)?),
+            None => sqlx::query(
+                "UPDATE jobs SET progress = ?, updated = ?
+                     WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            )
+            .bind(progress.to_string()),
+        }
+        .bind(now())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(if r.rows_affected() == 0 {
+            Lease::Lost
+        } else {
+            Lease::Held
+        })
+    }
+
+    /// Ends a job `worker` holds. False if the lease was lost meanwhile.
+    pub async fn finish(
+        &self,
+        id: &str,
+        worker: &str,
+        outcome: &Outcome,
+        results: &[String],
+    ) -> Result<bool> {
+        let (status, error) = match outcome {
+            Outcome::Succeeded => ("succeeded", None),
+            Outcome::Failed(e) => ("failed", Some(e.as_str())),
+            Outcome::Cancelled => ("cancelled", None),
+        };
+        let t = now();
+        let r = sqlx::query(
+            "UPDATE jobs SET status = ?, error = ?, results = ?, lease_owner = NULL,
+                 lease_until = NULL, cancel_requested = 0, updated = ?, finished = ?
+             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(status)
+        .bind(error)
+        .bind(serde_json::to_string(results).map_err(corrupt)?)
+        .bind(t)
+        .bind(t)
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Hands a job `worker` holds back to the queue (shutdown): it runs again later,
+    /// without counting the attempt.
+    pub async fn release(&self, id: &str, worker: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,
+                 attempts = MAX(attempts - 1, 0), updated = ?
+             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(worker)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    /// Cancels: a queued job ends at once; a running one gets its flag set and ends at its
+    /// worker's next heartbeat. Returns the job after the change, `None` if not the owner's.
+    pub async fn request_cancel(&self, owner: &str, id: &str) -> Result<Option<JobRow>> {
+        let t = now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE jobs SET status = 'cancelled', updated = ?, finished = ?
+             WHERE id = ? AND owner = ? AND status = 'queued'",
+        )
+        .bind(t)
+        .bind(t)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE jobs SET cancel_requested = 1, updated = ?
+             WHERE id = ? AND owner = ? AND status = 'running'",
+        )
+        .bind(t)
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.job(owner, id).await
+    }
+
+    /// Puts a cancelled or failed job back in the queue (training resumes from its
+    /// checkpoint). `Ok(None)`: no such job; `Err(Conflict)`: not in a resumable state.
+    pub async fn requeue(&self, owner: &str, id: &str, max_active: i64) -> Result<Option<JobRow>> {
+        let Some(job) = self.job(owner, id).await? else {
+            return Ok(None);
+        };
+        if !matches!(job.status, JobStatus::Cancelled | JobStatus::Failed) {
+            return Err(StoreError::Conflict(format!(
+                "job {id} is {}; only cancelled or failed jobs can be resumed",
+                job.status.as_str()
+            )));
+        }
+        let mut tx = self.pool.begin().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+        )
+        .bind(owner)
+        .fetch_one(&mut *tx)
+        .await?;
+        if active >= max_active {
+            return Err(StoreError::QuotaExceeded(format!(
+                "{active} unfinished jobs (at most {max_active} at a time)"
+            )));
+        }
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', error = NULL, attempts = 0, cancel_requested = 0,
+                 finished = NULL, updated = ?
+             WHERE id = ? AND owner = ? AND status IN ('cancelled', 'failed')",
+        )
+        .bind(now())
+        .bind(id)
+        .bind(owner)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.job(owner, id).await
+    }
+
+    /// Returns running jobs whose lease ran out to the queue (their worker died), or fails
+    /// them once they have used `max_attempts`. Returns how many were requeued.
+    pub async fn reap_expired(&self, max_attempts: i64) -> Result<u64> {
+        self.reap(Some(now()), max_attempts).await
+    }
+
+    /// Returns every running job to the queue regardless of its lease: for a single-node
+    /// start, where no other worker can hold one. Returns how many.
+    pub async fn requeue_orphans(&self, max_attempts: i64) -> Result<u64> {
+        self.reap(None, max_attempts).await
+    }
+
+    async fn reap(&self, before: Option<i64>, max_attempts: i64) -> Result<u64> {
+        let t = now();
+        let cond = if before.is_some() {
+            "status = 'running' AND lease_until < ?"
+        } else {
+            "status = 'running' AND ? IS NULL"
+        };
+        // `cond` is one of two constant strings.
+        let failed = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_until = NULL,
+                 error = 'the worker stopped during every attempt', updated = ?, finished = ?
+             WHERE {cond} AND attempts >= ?"
+        )))
+        .bind(t)
+        .bind(t)
+        .bind(before)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?;
+        let _ = failed;
+        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
+                 finished = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END,
+                 lease_owner = NULL, lease_until = NULL, updated = ?
+             WHERE {cond}"
+        )))
+        .bind(t)
+        .bind(t)
+        .bind(before)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+}
