@@ -159,8 +159,9 @@ impl TrainSpec {
             return Err(bad(format!("steps must be in 1..={MAX_STEPS}")));
         }
         if let Some(s) = self.size {
-            if !(16..=512).contains(&s) {
-                return Err(bad("size must be in 16..=512"));
+            // 32: the smallest the 70×70 PatchGAN's five 4×4 convolutions can look at.
+            if !(32..=512).contains(&s) {
+                return Err(bad("size must be in 32..=512"));
             }
         }
         if let Some(b) = self.batch {

@@ -168,7 +168,7 @@ fn schemas() -> Value {
             "dataset": {"type": "string"}, "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
             "family": {"type": "string", "enum": ["cyclegan", "pix2pix", "dcgan"], "default": "cyclegan"},
             "steps": {"type": "integer", "default": 2000, "minimum": 1},
-            "size": {"type": "integer", "default": 128, "minimum": 16, "maximum": 512},
+            "size": {"type": "integer", "default": 128, "minimum": 32, "maximum": 512},
             "net_g": {"type": "string", "description": "light (CycleGAN default), resnet_6blocks, resnet_9blocks, unet (pix2pix default), …"},
             "ngf": {"type": "integer"}, "ndf": {"type": "integer"}, "batch": {"type": "integer"},
             "lr": {"type": "number"}, "loss": {"type": "string", "enum": ["vanilla", "lsgan", "hinge"]},

@@ -1,5 +1,8 @@
-//! The API through `tower::ServiceExt::oneshot` (and one test on a real socket): health,
-//! model list, stylization, limits, overload and the error codes.
+//! The API through `tower::ServiceExt::oneshot` (and one test on a real socket): every
+//! endpoint, auth isolation between keys, limits, overload, rate limits, bad uploads and their
+//! error codes, and jobs run by real in-process workers.
+
+use std::time::Duration;
 
 use atelier_imaging::{encode, Format, Image};
 use atelier_nets::arch::Arch;
@@ -9,10 +12,11 @@ use atelier_server::{app, AppState, ServerConfig};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use serde_json::{json, Value};
 use tower::ServiceExt;
 
-/// A models folder with one small random-weight ResNet generator called `tiny`.
-fn models() -> tempfile::TempDir {
+/// A small random-weight ResNet generator as model-file bytes.
+fn tiny_model_bytes(name: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let arch = Arch::Resnet(ResnetConfig {
         ngf: 4,
@@ -27,24 +31,144 @@ fn models() -> tempfile::TempDir {
     );
     Network::new(arch, vb).unwrap();
     let tensors = atelier_nets::file::tensors_of(&map).unwrap();
-    let mut card = ModelCard::new("tiny", arch);
+    let mut card = ModelCard::new(name, arch);
     card.description = "test model".into();
-    atelier_nets::save(
-        &dir.path().join("tiny.safetensors"),
-        &card,
-        &tensors,
-        Storage::F32,
-    )
-    .unwrap();
-    dir
+    let path = dir.path().join("m.safetensors");
+    atelier_nets::save(&path, &card, &tensors, Storage::F32).unwrap();
+    std::fs::read(path).unwrap()
 }
 
-fn state(models: &std::path::Path) -> AppState {
-    AppState::new(ServerConfig {
-        models_dir: models.to_path_buf(),
+struct Harness {
+    st: AppState,
+    _dir: tempfile::TempDir,
+}
+
+/// A server on a fresh data directory whose models folder holds `tiny`.
+async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::write(models.join("tiny.safetensors"), tiny_model_bytes("tiny")).unwrap();
+    let mut config = ServerConfig {
+        data_dir: dir.path().join("data"),
+        models_dir: Some(models),
         max_body_bytes: 1 << 20,
+        max_upload_bytes: 4 << 20,
         ..ServerConfig::default()
-    })
+    };
+    config.worker.heartbeat_s = 1;
+    config.worker.lease_s = 5;
+    tweak(&mut config);
+    Harness {
+        st: AppState::open(config).await.unwrap(),
+        _dir: dir,
+    }
+}
+
+impl Harness {
+    async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let resp = app(self.st.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, headers, body)
+    }
+
+    async fn get(&self, uri: &str, key: Option<&str>) -> (StatusCode, Vec<u8>) {
+        let (s, _, b) = self.call(with_key(Request::get(uri), key).body(Body::empty()).unwrap()).await;
+        (s, b)
+    }
+
+    async fn json(&self, uri: &str, key: Option<&str>) -> Value {
+        let (s, b) = self.get(uri, key).await;
+        assert_eq!(s, StatusCode::OK, "{uri}: {}", String::from_utf8_lossy(&b));
+        serde_json::from_slice(&b).unwrap()
+    }
+
+    async fn post(&self, uri: &str, key: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+        let (s, _, b) = self.call(with_key(Request::post(uri), key).body(Body::from(body)).unwrap()).await;
+        (s, b)
+    }
+
+    async fn post_json(&self, uri: &str, key: Option<&str>, v: Value) -> (StatusCode, Value) {
+        let req = with_key(Request::post(uri), key)
+            .header("content-type", "application/json")
+            .body(Body::from(v.to_string()))
+            .unwrap();
+        let (s, _, b) = self.call(req).await;
+        (s, serde_json::from_slice(&b).unwrap_or(Value::Null))
+    }
+
+    async fn post_multipart(
+        &self,
+        uri: &str,
+        key: Option<&str>,
+        parts: &[(&str, Option<&str>, Vec<u8>)],
+    ) -> (StatusCode, Value) {
+        let (ct, body) = multipart(parts);
+        let req = with_key(Request::post(uri), key)
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .unwrap();
+        let (s, _, b) = self.call(req).await;
+        (
+            s,
+            serde_json::from_slice(&b)
+                .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&b)})),
+        )
+    }
+
+    async fn delete(&self, uri: &str, key: Option<&str>) -> (StatusCode, Vec<u8>) {
+        let (s, _, b) = self.call(with_key(Request::delete(uri), key).body(Body::empty()).unwrap()).await;
+        (s, b)
+    }
+
+    /// Runs the in-process workers until the returned sender is dropped or sent `true`.
+    fn workers(&self) -> tokio::sync::watch::Sender<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        atelier_jobs::worker::spawn(std::sync::Arc::new(self.st.worker_context(rx)));
+        tx
+    }
+
+    async fn wait_job(&self, id: &str, key: Option<&str>, secs: u64) -> Value {
+        let t0 = std::time::Instant::now();
+        loop {
+            let j = self.json(&format!("/v1/jobs/{id}"), key).await;
+            let s = j["status"].as_str().unwrap().to_string();
+            if !matches!(s.as_str(), "queued" | "running") {
+                return j;
+            }
+            assert!(t0.elapsed().as_secs() < secs, "job {id} still {s} after {secs} s: {j}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn with_key(b: axum::http::request::Builder, key: Option<&str>) -> axum::http::request::Builder {
+    match key {
+        Some(k) => b.header("authorization", format!("Bearer {k}")),
+        None => b,
+    }
+}
+
+fn multipart(parts: &[(&str, Option<&str>, Vec<u8>)]) -> (String, Vec<u8>) {
+    let boundary = "atelier-test-boundary-7f3a";
+    let mut body = Vec::new();
+    for (name, file, data) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match file {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
 fn png(w: u32, h: u32) -> Vec<u8> {
@@ -52,90 +176,31 @@ fn png(w: u32, h: u32) -> Vec<u8> {
     encode(&Image::from_rgb8(w, h, &px).unwrap(), Format::Png, 0).unwrap()
 }
 
-async fn call(
-    state: &AppState,
-    req: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
+/// A solid-colour image with a little noise.
+fn colour_png(w: u32, h: u32, rgb: [u8; 3], seed: u32) -> Vec<u8> {
+    let mut px = Vec::with_capacity((w * h * 3) as usize);
+    for i in 0..w * h {
+        for (c, v) in rgb.iter().enumerate() {
+            let n = ((i.wrapping_mul(2654435761).wrapping_add(seed * 97 + c as u32)) >> 27) as u8;
+            px.push(v.saturating_add(n));
+        }
+    }
+    encode(&Image::from_rgb8(w, h, &px).unwrap(), Format::Png, 0).unwrap()
 }
 
-fn post(uri: &str, body: Vec<u8>) -> Request<Body> {
-    Request::post(uri).body(Body::from(body)).unwrap()
+fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in files {
+        w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        std::io::Write::write_all(&mut w, data).unwrap();
+    }
+    w.finish().unwrap().into_inner()
 }
 
 fn code(body: &[u8]) -> String {
-    let v: serde_json::Value = serde_json::from_slice(body)
+    let v: Value = serde_json::from_slice(body)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)));
     v["error"]["code"].as_str().unwrap().to_string()
-}
-
-#[tokio::test]
-async fn health_ready_and_model_list() {
-    let empty = tempfile::tempdir().unwrap();
-    let (s, _, _) = call(
-        &state(empty.path()),
-        Request::get("/healthz").body(Body::empty()).unwrap(),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _, b) = call(
-        &state(empty.path()),
-        Request::get("/readyz").body(Body::empty()).unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (s, code(&b).as_str()),
-        (StatusCode::SERVICE_UNAVAILABLE, "no_models")
-    );
-    let dir = models();
-    let st = state(dir.path());
-    let (s, _, _) = call(&st, Request::get("/readyz").body(Body::empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _, b) = call(&st, Request::get("/v1/models").body(Body::empty()).unwrap()).await;
-    assert_eq!(s, StatusCode::OK);
-    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-    assert_eq!(v["models"][0]["name"], "tiny");
-    assert_eq!(v["models"][0]["arch"], "resnet_1blocks");
-    let (s, _, b) = call(&st, Request::get("/nope").body(Body::empty()).unwrap()).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::NOT_FOUND, "not_found"));
-}
-
-#[tokio::test]
-async fn stylize_returns_an_image_of_the_same_size() {
-    let dir = models();
-    let st = state(dir.path());
-    let (s, h, b) = call(&st, post("/v1/stylize?model=tiny", png(37, 21))).await;
-    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    assert_eq!(h["content-type"], "image/png");
-    let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
-    assert_eq!((img.width, img.height), (37, 21));
-    // Other format, downscaling, and strength 0 = the (resized) original.
-    let (s, h, b) = call(
-        &st,
-        post(
-            "/v1/stylize?model=tiny&format=webp&max_side=16&strength=0",
-            png(32, 32),
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK);
-    assert_eq!(h["content-type"], "image/webp");
-    let out = atelier_imaging::decode(&b, &Default::default()).unwrap();
-    assert_eq!((out.width, out.height), (16, 16));
-    let src = atelier_imaging::decode(&png(32, 32), &Default::default()).unwrap();
-    let expect = atelier_imaging::resize(&src, 16, 16);
-    let p = atelier_imaging::psnr(&out.rgb, &expect.rgb, 2.0);
-    assert!(p > 45.0, "{p}");
 }
 
 /// PNG's CRC-32 (over a chunk's type and data).
@@ -144,133 +209,620 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
         }
     }
     !c
 }
 
-#[tokio::test]
-async fn bad_requests_get_stable_codes() {
-    let dir = models();
-    let st = state(dir.path());
-    // A PNG header declaring 20000×20000: rejected from the header, nothing decoded.
+/// A PNG whose header declares 20000×20000: rejected from the header, nothing decoded.
+fn bomb() -> Vec<u8> {
     let mut bomb = png(1, 1);
     bomb[16..20].copy_from_slice(&20000u32.to_be_bytes());
     bomb[20..24].copy_from_slice(&20000u32.to_be_bytes());
     let crc = crc32(&bomb[12..29]);
     bomb[29..33].copy_from_slice(&crc.to_be_bytes());
-    let cases: Vec<(String, Vec<u8>, StatusCode, &str)> = vec![
-        (
-            "/v1/stylize?model=nope".into(),
-            png(8, 8),
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-        ),
-        (
-            "/v1/stylize?model=../tiny".into(),
-            png(8, 8),
-            StatusCode::NOT_FOUND,
-            "model_not_found",
-        ),
-        (
-            "/v1/stylize".into(),
-            png(8, 8),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            Vec::new(),
-            StatusCode::BAD_REQUEST,
-            "empty_image",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            b"GIF89a....".to_vec(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_image_format",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            b"hello, not an image".to_vec(),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_image_format",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            png(8, 8)[..40].to_vec(),
-            StatusCode::BAD_REQUEST,
-            "invalid_image",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            bomb,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "image_too_large",
-        ),
-        (
-            "/v1/stylize?model=tiny".into(),
-            vec![0u8; 2 << 20],
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-        ),
-        (
-            "/v1/stylize?model=tiny&strength=2".into(),
-            png(8, 8),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
-        (
-            "/v1/stylize?model=tiny&format=gif".into(),
-            png(8, 8),
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        ),
+    bomb
+}
+
+async fn key(h: &Harness, owner: &str) -> String {
+    atelier_server::auth::create_key(&h.st.db, owner, "test").await.unwrap()
+}
+
+#[tokio::test]
+async fn health_ready_metrics_me_and_pages() {
+    let h = harness(|_| {}).await;
+    assert_eq!(h.get("/healthz", None).await, (StatusCode::OK, b"ok".to_vec()));
+    assert_eq!(h.get("/readyz", None).await, (StatusCode::OK, b"ready".to_vec()));
+    assert_eq!(h.json("/v1/me", None).await, json!({"owner": "local", "open": true}));
+    let (s, b) = h.get("/nope", None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, hd, b) = h.call(Request::get("/").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(hd["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(String::from_utf8_lossy(&b).contains("/assets/app.js"));
+    let (_, hd, _) = h.call(Request::get("/assets/app.js").body(Body::empty()).unwrap()).await;
+    assert!(hd["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let (_, hd, _) = h.call(Request::get("/assets/app.css").body(Body::empty()).unwrap()).await;
+    assert!(hd["content-type"].to_str().unwrap().starts_with("text/css"));
+    let (s, b) = h.get("/docs", None).await;
+    assert!(s == StatusCode::OK && String::from_utf8_lossy(&b).contains("openapi.json"));
+    // Metrics count what happened.
+    let (s, b) = h.get("/metrics", None).await;
+    let text = String::from_utf8(b).unwrap();
+    assert_eq!(s, StatusCode::OK);
+    assert!(text.contains("atelier_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"} 1"), "{text}");
+    assert!(text.contains("# TYPE atelier_http_request_duration_seconds histogram"));
+}
+
+#[tokio::test]
+async fn openapi_matches_the_snapshot_and_the_router() {
+    let h = harness(|_| {}).await;
+    let doc = h.json("/openapi.json", None).await;
+    let snapshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&snapshot, &text).unwrap();
+    }
+    let committed = std::fs::read_to_string(&snapshot).unwrap_or_default();
+    assert!(
+        committed == text,
+        "the API changed: review it, then run `UPDATE_OPENAPI=1 cargo test -p atelier-server --test api openapi` (or `atelier openapi > crates/server/openapi.json`)"
+    );
+    // Every documented operation is routed (no fallback 404, no 405).
+    let paths = doc["paths"].as_object().unwrap();
+    let mut n = 0;
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let uri = path
+                .replace("{name}", "zz")
+                .replace("{id}", "zz")
+                .replace("{file}", "zz");
+            let req = Request::builder()
+                .method(method.to_uppercase().as_str())
+                .uri(&uri)
+                .body(Body::empty())
+                .unwrap();
+            let (s, _, b) = h.call(req).await;
+            assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            if s == StatusCode::NOT_FOUND {
+                assert_ne!(code(&b), "not_found", "{method} {path} is documented but not routed");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 26, "{n} operations");
+}
+
+#[tokio::test]
+async fn stylize_raw_and_multipart() {
+    let h = harness(|_| {}).await;
+    let (s, hd, b) = h.call(Request::post("/v1/stylize?model=tiny").body(Body::from(png(37, 21))).unwrap()).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(hd["content-type"], "image/png");
+    assert_eq!(hd["x-atelier-size"], "37x21");
+    let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
+    assert_eq!((img.width, img.height), (37, 21));
+    // Other format, downscaling, and strength 0 = the (resized) original.
+    let (s, hd, b) = h
+        .call(Request::post("/v1/stylize?model=tiny&format=webp&max_side=16&strength=0").body(Body::from(png(32, 32))).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(hd["content-type"], "image/webp");
+    let out = atelier_imaging::decode(&b, &Default::default()).unwrap();
+    assert_eq!((out.width, out.height), (16, 16));
+    let src = atelier_imaging::decode(&png(32, 32), &Default::default()).unwrap();
+    let expect = atelier_imaging::resize(&src, 16, 16);
+    assert!(atelier_imaging::psnr(&out.rgb, &expect.rgb, 2.0) > 45.0);
+    // Multipart: the options as form fields.
+    let (ct, body) = multipart(&[
+        ("model", None, b"tiny".to_vec()),
+        ("format", None, b"jpg".to_vec()),
+        ("image", Some("x.png"), png(20, 10)),
+    ]);
+    let (s, hd, b) = h
+        .call(Request::post("/v1/stylize").header("content-type", ct).body(Body::from(body)).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(hd["content-type"], "image/jpeg");
+    // The built-in (embedded) style works on a fresh data directory.
+    let (s, b) = h.post("/v1/stylize?model=ukiyoe&max_side=64", None, png(80, 60)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+}
+
+#[tokio::test]
+async fn bad_requests_get_stable_codes() {
+    let h = harness(|_| {}).await;
+    let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
+        ("/v1/stylize?model=nope", png(8, 8), StatusCode::NOT_FOUND, "model_not_found"),
+        ("/v1/stylize?model=../tiny", png(8, 8), StatusCode::NOT_FOUND, "model_not_found"),
+        ("/v1/stylize", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/stylize?model=tiny", Vec::new(), StatusCode::BAD_REQUEST, "empty_image"),
+        ("/v1/stylize?model=tiny", b"GIF89a....".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_format"),
+        ("/v1/stylize?model=tiny", b"hello, not an image".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_format"),
+        ("/v1/stylize?model=tiny", png(8, 8)[..40].to_vec(), StatusCode::BAD_REQUEST, "invalid_image"),
+        ("/v1/stylize?model=tiny", bomb(), StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
+        ("/v1/stylize?model=tiny", vec![0u8; 2 << 20], StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+        ("/v1/stylize?model=tiny&strength=2", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/stylize?model=tiny&format=gif", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
+        ("/v1/stylize?model=tiny&bogus=1", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
     ];
     for (uri, body, status, expected) in cases {
-        let (s, h, b) = call(&st, post(&uri, body)).await;
+        let (s, hd, b) = h.call(Request::post(uri).body(Body::from(body)).unwrap()).await;
         assert_eq!((s, code(&b).as_str()), (status, expected), "{uri}");
-        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(hd["content-type"], "application/json");
         let msg = String::from_utf8_lossy(&b);
-        assert!(
-            !msg.contains("/tmp") && !msg.contains("candle"),
-            "{uri}: leaks internals: {msg}"
-        );
+        assert!(!msg.contains("/tmp") && !msg.contains("candle"), "{uri}: leaks internals: {msg}");
     }
+    // Malformed JSON and multipart bodies.
+    let req = Request::post("/v1/jobs").header("content-type", "application/json").body(Body::from("{nope")).unwrap();
+    let (s, _, b) = h.call(req).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let req = Request::post("/v1/datasets?name=x").header("content-type", "multipart/form-data; boundary=zz").body(Body::from("garbage")).unwrap();
+    let (s, _, b) = h.call(req).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
 }
 
 #[tokio::test]
 async fn overload_answers_429_with_retry_after() {
-    let dir = models();
-    let st = state(dir.path());
-    let _busy = st.permits.clone().try_acquire_owned().unwrap();
-    let (s, h, b) = call(&st, post("/v1/stylize?model=tiny", png(8, 8))).await;
-    assert_eq!(
-        (s, code(&b).as_str()),
-        (StatusCode::TOO_MANY_REQUESTS, "overloaded")
-    );
-    assert_eq!(h["retry-after"], "2");
-    drop(_busy);
-    let (s, _, _) = call(&st, post("/v1/stylize?model=tiny", png(8, 8))).await;
+    let h = harness(|_| {}).await;
+    let busy = h.st.permits.clone().try_acquire_owned().unwrap();
+    let (s, hd, b) = h.call(Request::post("/v1/stylize?model=tiny").body(Body::from(png(8, 8))).unwrap()).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::TOO_MANY_REQUESTS, "overloaded"));
+    assert_eq!(hd["retry-after"], "2");
+    drop(busy);
+    let (s, _) = h.post("/v1/stylize?model=tiny", None, png(8, 8)).await;
     assert_eq!(s, StatusCode::OK);
+    let (_, m) = h.get("/metrics", None).await;
+    assert!(String::from_utf8_lossy(&m).contains("atelier_overloaded_total 1"));
+}
+
+#[tokio::test]
+async fn rate_limit_per_key() {
+    let h = harness(|c| c.rate_limit_per_minute = 3).await;
+    for _ in 0..3 {
+        assert_eq!(h.get("/v1/me", None).await.0, StatusCode::OK);
+    }
+    let (s, hd, b) = h.call(Request::get("/v1/me").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    assert_eq!(hd["retry-after"], "20");
+    // Another key has its own bucket; health checks are not limited.
+    let k = key(&h, "other").await;
+    assert_eq!(h.get("/v1/me", Some(&k)).await.0, StatusCode::OK);
+    assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_are_required_when_closed_and_isolate_owners() {
+    let h = harness(|c| c.open = Some(false)).await;
+    let (a, b) = (key(&h, "alice").await, key(&h, "bob").await);
+    let (s, body) = h.get("/v1/models", None).await;
+    assert_eq!((s, code(&body).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, body) = h.get("/v1/models", Some("atl_kxxx_wrong")).await;
+    assert_eq!((s, code(&body).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let tampered = format!("{}x", a);
+    assert_eq!(h.get("/v1/me", Some(&tampered)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.json("/v1/me", Some(&a)).await["owner"], "alice");
+    // Public parts need no key.
+    assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
+    assert_eq!(h.get("/openapi.json", None).await.0, StatusCode::OK);
+
+    // Alice's dataset, model, job and result.
+    let (s, ds) = h
+        .post_multipart("/v1/datasets?name=mine", Some(&a), &[("a", Some("1.png"), png(16, 16)), ("b", Some("2.png"), png(16, 16))])
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{ds}");
+    let ds = ds["id"].as_str().unwrap().to_string();
+    let (s, _) = h.post("/v1/models?name=secret", Some(&a), tiny_model_bytes("secret")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let tx = h.workers();
+    let (s, job) = h
+        .post_multipart("/v1/jobs", Some(&a), &[("spec", None, br#"{"type":"stylize","model":"secret"}"#.to_vec()), ("image", Some("p.png"), png(24, 24))])
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let job = job["id"].as_str().unwrap().to_string();
+    let done = h.wait_job(&job, Some(&a), 60).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let result = format!("/v1/jobs/{job}/results/0.png");
+    assert_eq!(h.get(&result, Some(&a)).await.0, StatusCode::OK);
+    // The key may also come as ?key= on GET (for <img> and EventSource).
+    assert_eq!(h.get(&format!("{result}?key={a}"), None).await.0, StatusCode::OK);
+
+    // Bob sees none of it: 404, not 403.
+    for (uri, expected) in [
+        (format!("/v1/datasets/{ds}"), "dataset_not_found"),
+        (format!("/v1/jobs/{job}"), "job_not_found"),
+        (format!("/v1/jobs/{job}/events"), "job_not_found"),
+        (format!("/v1/jobs/{job}/metrics"), "job_not_found"),
+        (result.clone(), "job_not_found"),
+        ("/v1/models/secret".to_string(), "model_not_found"),
+        ("/v1/models/secret/file".to_string(), "model_not_found"),
+        ("/v1/models/secret/thumbnail".to_string(), "model_not_found"),
+    ] {
+        let (s, body) = h.get(&uri, Some(&b)).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, expected), "{uri}");
+    }
+    let (s, body) = h.post("/v1/stylize?model=secret", Some(&b), png(8, 8)).await;
+    assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, "model_not_found"));
+    for uri in [format!("/v1/jobs/{job}/cancel"), format!("/v1/jobs/{job}/resume"), "/v1/models/secret/publish".into()] {
+        let (s, _) = h.post(&uri, Some(&b), vec![]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
+    }
+    assert_eq!(h.delete(&format!("/v1/datasets/{ds}"), Some(&b)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.delete("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
+    let (s, _) = h
+        .post_json("/v1/jobs", Some(&b), json!({"type": "train", "dataset": ds, "name": "steal"}))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(h.json("/v1/datasets", Some(&b)).await["datasets"], json!([]));
+    assert_eq!(h.json("/v1/jobs", Some(&b)).await["jobs"], json!([]));
+    let names = |v: Value| -> Vec<String> {
+        v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+    };
+    assert!(!names(h.json("/v1/models", Some(&b)).await).contains(&"secret".to_string()));
+    assert!(names(h.json("/v1/models", Some(&b)).await).contains(&"ukiyoe".to_string()));
+
+    // Published: everyone sees it and can use it, only Alice can delete it.
+    let (s, v) = h.post("/v1/models/secret/publish", Some(&a), vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&v));
+    assert!(names(h.json("/v1/models", Some(&b)).await).contains(&"secret".to_string()));
+    let m = h.json("/v1/models/secret", Some(&b)).await;
+    assert_eq!((m["visibility"].as_str(), m["mine"].as_bool()), (Some("public"), Some(false)));
+    assert_eq!(h.post("/v1/stylize?model=secret", Some(&b), png(8, 8)).await.0, StatusCode::OK);
+    assert_eq!(h.delete("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.delete("/v1/models/secret", Some(&a)).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.get("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
+    // A revoked key stops working (after the verification cache's minute; here: a new state).
+    h.st.db.revoke_key(a.split('_').nth(1).unwrap()).await.unwrap();
+    h.st.keys.clear();
+    assert_eq!(h.get("/v1/me", Some(&a)).await.0, StatusCode::UNAUTHORIZED);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn datasets_upload_zip_skip_bad_files_and_delete() {
+    let h = harness(|c| c.max_dataset_images = 6).await;
+    let zip = zip_of(&[
+        ("set/x1.png", colour_png(16, 16, [200, 0, 0], 1)),
+        ("set/x2.png", colour_png(16, 16, [200, 0, 0], 2)),
+        ("__MACOSX/._x1.png", b"junk".to_vec()),
+        ("set/notes.txt", b"hello".to_vec()),
+    ]);
+    let (s, d) = h
+        .post_multipart(
+            "/v1/datasets?name=reds%20and%20blues&kind=unpaired",
+            None,
+            &[
+                ("a", Some("photos.zip"), zip),
+                ("a", Some("broken.jpg"), png(16, 16)[..50].to_vec()),
+                ("a", Some("zero.png"), vec![]),
+                ("a", Some("bomb.png"), bomb()),
+                ("b", Some("blue.png"), colour_png(16, 16, [0, 0, 200], 3)),
+                ("b", Some("blue.png"), colour_png(16, 16, [0, 0, 200], 4)),
+                ("b", Some("bad.zip"), b"PK\x03\x04 not really".to_vec()),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    assert_eq!((d["count_a"].as_i64(), d["count_b"].as_i64()), (Some(2), Some(2)), "{d}");
+    let skipped: Vec<&str> = d["skipped"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap()).collect();
+    for f in ["set/notes.txt", "broken.jpg", "zero.png", "bomb.png", "bad.zip"] {
+        assert!(skipped.contains(&f), "{f} not in {skipped:?}");
+    }
+    let id = d["id"].as_str().unwrap().to_string();
+    assert_eq!(h.json("/v1/datasets", None).await["datasets"][0]["id"], id.as_str());
+    assert_eq!(h.json(&format!("/v1/datasets/{id}"), None).await["count_b"], 2);
+    // Adding more, up to the dataset limit (6 images): 2 of 3 fit.
+    let (s, d) = h
+        .post_multipart(
+            &format!("/v1/datasets/{id}/images?domain=b"),
+            None,
+            &[("files", Some("c1.png"), png(8, 8)), ("files", Some("c2.png"), png(8, 8)), ("files", Some("c3.png"), png(8, 8))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["count_b"], 4);
+    assert!(d["skipped"][0]["reason"].as_str().unwrap().contains("full"), "{d}");
+    let (s, _) = h.post_multipart(&format!("/v1/datasets/{id}/images?domain=c"), None, &[("files", Some("c.png"), png(8, 8))]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Over the upload limit: 413, nothing created.
+    let before = h.json("/v1/datasets", None).await["datasets"].as_array().unwrap().len();
+    let (s, v) = h.post_multipart("/v1/datasets?name=big", None, &[("a", Some("big.png"), vec![7u8; 5 << 20])]).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{v}");
+    assert_eq!(h.json("/v1/datasets", None).await["datasets"].as_array().unwrap().len(), before);
+    // Not multipart, bad kind, bad part name.
+    assert_eq!(h.post("/v1/datasets?name=x", None, png(8, 8)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(h.post_multipart("/v1/datasets?name=x&kind=weird", None, &[]).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(h.post_multipart("/v1/datasets?name=x", None, &[("c", Some("1.png"), png(8, 8))]).await.0, StatusCode::BAD_REQUEST);
+    // Delete: blobs go too; a second delete is 404.
+    assert_eq!(h.delete(&format!("/v1/datasets/{id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.delete(&format!("/v1/datasets/{id}"), None).await.0, StatusCode::NOT_FOUND);
+    assert!(h.st.blobs.list(&format!("datasets/{id}")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn models_upload_import_download_thumbnail_publish_delete() {
+    let h = harness(|c| c.max_body_bytes = 4 << 20).await;
+    let list = h.json("/v1/models", None).await;
+    let builtin = list["models"].as_array().unwrap().iter().find(|m| m["name"] == "ukiyoe").unwrap().clone();
+    assert_eq!((builtin["visibility"].as_str(), builtin["can_stylize"].as_bool()), (Some("builtin"), Some(true)));
+    let (s, v) = h.post("/v1/models?name=mine", None, tiny_model_bytes("whatever")).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&v));
+    let v: Value = serde_json::from_slice(&v).unwrap();
+    assert_eq!((v["name"].as_str(), v["visibility"].as_str(), v["mine"].as_bool()), (Some("mine"), Some("private"), Some(true)));
+    let (s, b) = h.post("/v1/models?name=mine", None, tiny_model_bytes("x")).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "name_taken"));
+    let (s, b) = h.post("/v1/models?name=junk", None, b"definitely not safetensors".to_vec()).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"));
+    let (s, b) = h.post("/v1/models?name=..%2Fx", None, tiny_model_bytes("x")).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    // A truncated model file.
+    let mut cut = tiny_model_bytes("x");
+    cut.truncate(cut.len() / 2);
+    assert_eq!(h.post("/v1/models?name=cut", None, cut).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    // Details, download round trip, thumbnail.
+    let d = h.json("/v1/models/mine", None).await;
+    assert_eq!(d["card"]["name"], "mine");
+    assert_eq!(d["card"]["arch"]["ngf"], 4, "{}", d["card"]);
+    let (s, file) = h.get("/v1/models/mine/file", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, meta) = atelier_nets::file::parse_safetensors(&file).unwrap();
+    assert!(meta.unwrap().contains_key("atelier.card"));
+    let (s, hd, thumb) = h.call(Request::get("/v1/models/mine/thumbnail").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, hd["content-type"].to_str().unwrap()), (StatusCode::OK, "image/png"));
+    let t = atelier_imaging::decode(&thumb, &Default::default()).unwrap();
+    assert_eq!(t.width.max(t.height), 256);
+    // Import the demo pytorch-CycleGAN-and-pix2pix checkpoint.
+    let pth = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ukiyoe_demo_net_G_A.pth")).unwrap();
+    let (s, v) = h.post("/v1/models/import?name=demo&no_dropout=true", None, pth).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&v));
+    let d = h.json("/v1/models/demo", None).await;
+    assert_eq!(d["arch"], "resnet_6blocks");
+    assert!(d["card"]["provenance"]["original_sha256"].as_str().unwrap().len() == 64);
+    assert_eq!(h.post("/v1/stylize?model=demo", None, png(16, 16)).await.0, StatusCode::OK);
+    let (s, b) = h.post("/v1/models/import?name=bad", None, b"PK\x03\x04garbage".to_vec()).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"));
+    assert!(!String::from_utf8_lossy(&b).contains("/tmp"), "{}", String::from_utf8_lossy(&b));
+    // Publishing under a built-in's name is refused; built-ins cannot be deleted.
+    let (s, _) = h.post("/v1/models?name=ukiyoe", None, tiny_model_bytes("x")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, b) = h.post("/v1/models/ukiyoe/publish", None, vec![]).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "name_taken"));
+    assert_eq!(h.delete("/v1/models/ukiyoe", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.delete("/v1/models/ukiyoe", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.json("/v1/models/ukiyoe", None).await["visibility"], "builtin");
+    let (s, v) = h.post("/v1/models/mine/publish", None, vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&v));
+    assert_eq!(h.delete("/v1/models/mine", None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(h.get("/v1/models/mine", None).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Reads server-sent events until `end`; returns the event names.
+async fn sse_events(h: &Harness, id: &str) -> Vec<(String, Value)> {
+    let resp = app(h.st.clone())
+        .oneshot(Request::get(format!("/v1/jobs/{id}/events")).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        if let Some(d) = frame.data_ref() {
+            text.push_str(&String::from_utf8_lossy(d));
+        }
+        while let Some(i) = text.find("\n\n") {
+            let block: String = text.drain(..i + 2).collect();
+            let mut name = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(n) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                    name = n.trim().to_string();
+                } else if let Some(d) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                    data.push_str(d);
+                }
+            }
+            if !name.is_empty() {
+                events.push((name.clone(), serde_json::from_str(&data).unwrap_or(Value::Null)));
+            }
+            if name == "end" {
+                return events;
+            }
+        }
+    }
+    panic!("no end event: {events:?}");
+}
+
+#[tokio::test]
+async fn training_job_runs_streams_and_makes_a_model() {
+    let h = harness(|_| {}).await;
+    let a: Vec<_> = (0..4).map(|i| (format!("r{i}.png"), colour_png(24, 24, [220, 30, 30], i))).collect();
+    let b: Vec<_> = (0..4).map(|i| (format!("b{i}.png"), colour_png(24, 24, [30, 30, 220], i))).collect();
+    let mut parts: Vec<(&str, Option<&str>, Vec<u8>)> = Vec::new();
+    for (n, d) in &a {
+        parts.push(("a", Some(n.as_str()), d.clone()));
+    }
+    for (n, d) in &b {
+        parts.push(("b", Some(n.as_str()), d.clone()));
+    }
+    let (s, d) = h.post_multipart("/v1/datasets?name=rb", None, &parts).await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let ds = d["id"].as_str().unwrap().to_string();
+    // Refused: unknown dataset, bad spec, a pix2pix job on an unpaired dataset.
+    for (spec, code_) in [
+        (json!({"type": "train", "dataset": "d_nope", "name": "x"}), "dataset_not_found"),
+        (json!({"type": "train", "dataset": ds, "name": "x", "steps": 0}), "bad_request"),
+        (json!({"type": "train", "dataset": ds, "name": "x", "family": "pix2pix"}), "bad_request"),
+        (json!({"type": "train", "dataset": ds, "name": "bad name"}), "bad_request"),
+        (json!({"type": "train", "dataset": ds, "name": "x", "unknown": 1}), "bad_request"),
+        (json!({"type": "stylize", "model": "tiny"}), "bad_request"),
+    ] {
+        let (s, v) = h.post_json("/v1/jobs", None, spec.clone()).await;
+        assert_eq!(v["error"]["code"], code_, "{spec}: {s} {v}");
+    }
+    let spec = json!({"type": "train", "dataset": ds, "name": "red2blue", "steps": 6, "size": 32,
+                      "net_g": "light", "ngf": 4, "ndf": 4, "sample_every": 2, "checkpoint_every": 3,
+                      "description": "reds to blues"});
+    let (s, job) = h.post_json("/v1/jobs", None, spec).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["status"], "queued");
+    let id = job["id"].as_str().unwrap().to_string();
+    // The dataset is in use.
+    let (s, b) = h.delete(&format!("/v1/datasets/{ds}"), None).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "conflict"));
+    let tx = h.workers();
+    let events = sse_events(&h, &id).await;
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"status") && names.contains(&"progress") && names.contains(&"sample"), "{names:?}");
+    let (_, end) = events.last().unwrap();
+    assert_eq!(end["status"], "succeeded", "{end}");
+    assert_eq!(end["model"], "red2blue");
+    let progress_steps: Vec<u64> = events
+        .iter()
+        .filter(|(n, _)| n == "progress")
+        .filter_map(|(_, p)| p["step"].as_u64())
+        .collect();
+    assert_eq!(progress_steps.last(), Some(&6), "{progress_steps:?}");
+    let results: Vec<&str> = end["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    for r in ["sample.png", "loss.png", "model.safetensors", "reverse.safetensors"] {
+        assert!(results.contains(&r), "{r} not in {results:?}");
+    }
+    let (s, sample) = h.get(&format!("/v1/jobs/{id}/results/sample.png"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(atelier_imaging::decode(&sample, &Default::default()).is_ok());
+    let metrics = h.json(&format!("/v1/jobs/{id}/metrics"), None).await;
+    let steps: Vec<u64> = metrics["metrics"].as_array().unwrap().iter().filter_map(|m| m["step"].as_u64()).collect();
+    assert!(steps.contains(&6) && steps.len() >= 2, "{metrics}");
+    assert!(metrics["metrics"][0]["losses"]["cycle_A"].is_number(), "{metrics}");
+    // The model exists, is private, carries the description and stylizes.
+    let m = h.json("/v1/models/red2blue", None).await;
+    assert_eq!((m["visibility"].as_str(), m["job"].as_str()), (Some("private"), Some(id.as_str())));
+    assert_eq!(m["description"], "reds to blues");
+    assert_eq!(m["card"]["provenance"]["steps"], 6);
+    assert_eq!(h.post("/v1/stylize?model=red2blue", None, png(16, 16)).await.0, StatusCode::OK);
+    // The run folder is cleaned up; the name is now taken for new jobs.
+    assert!(!h.st.config.data_dir.join("runs").join(&id).exists());
+    let (s, v) = h.post_json("/v1/jobs", None, json!({"type": "train", "dataset": ds, "name": "red2blue"})).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("name_taken")));
+    assert_eq!(h.get(&format!("/v1/jobs/{id}/results/nope.png"), None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.get(&format!("/v1/jobs/{id}/results/..%2F..%2Fatelier.db"), None).await.0, StatusCode::NOT_FOUND);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn cancel_resume_and_quota() {
+    let h = harness(|c| c.max_active_jobs = 2).await;
+    let (s, d) = h
+        .post_multipart("/v1/datasets?name=rb", None, &[("a", Some("a.png"), colour_png(16, 16, [200, 0, 0], 1)), ("b", Some("b.png"), colour_png(16, 16, [0, 0, 200], 2))])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let ds = d["id"].as_str().unwrap().to_string();
+    let spec = |name: &str, steps: u64| {
+        json!({"type": "train", "dataset": ds, "name": name, "steps": steps, "size": 32, "net_g": "light",
+               "ngf": 4, "ndf": 4, "sample_every": 1000, "checkpoint_every": 2})
+    };
+    // No workers yet: jobs stay queued, and the quota counts them.
+    let (_, j1) = h.post_json("/v1/jobs", None, spec("one", 400)).await;
+    let (_, j2) = h.post_json("/v1/jobs", None, spec("two", 4)).await;
+    let (s, v) = h.post_json("/v1/jobs", None, spec("three", 4)).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded")));
+    let (id1, id2) = (j1["id"].as_str().unwrap().to_string(), j2["id"].as_str().unwrap().to_string());
+    // Cancelling a queued job ends it at once.
+    let (s, v) = h.post(&format!("/v1/jobs/{id2}/cancel"), None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&v).unwrap()["status"], "cancelled");
+    // A running one stops after a checkpoint and can be resumed from it.
+    let tx = h.workers();
+    let t0 = std::time::Instant::now();
+    loop {
+        let j = h.json(&format!("/v1/jobs/{id1}"), None).await;
+        if j["progress"]["checkpoint_step"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "{j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, _) = h.post(&format!("/v1/jobs/{id1}/cancel"), None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let j = h.wait_job(&id1, None, 60).await;
+    assert_eq!(j["status"], "cancelled", "{j}");
+    let stopped_at = j["progress"]["step"].as_u64().unwrap();
+    assert!(stopped_at < 400);
+    assert!(h.st.config.data_dir.join("runs").join(&id1).join("run").join("config.json").is_file());
+    // Resume: only cancelled/failed jobs; it continues from the checkpoint, not from 0.
+    let (s, b) = h.post(&format!("/v1/jobs/{id1}/resume"), None, vec![]).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    let (s, b) = h.post(&format!("/v1/jobs/{id1}/resume"), None, vec![]).await;
+    assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "conflict"));
+    let t0 = std::time::Instant::now();
+    loop {
+        let j = h.json(&format!("/v1/jobs/{id1}"), None).await;
+        if j["status"] == "running" && j["progress"]["step"].as_u64().unwrap_or(0) > stopped_at {
+            break;
+        }
+        assert!(t0.elapsed().as_secs() < 120, "{j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = h.json(&format!("/v1/jobs/{id1}/metrics"), None).await;
+    let first = metrics["metrics"].as_array().unwrap().iter().filter_map(|m| m["step"].as_u64()).min();
+    // The history from before the cancel is kept (the first checkpoint was at step 2).
+    assert_eq!(first, Some(2), "{metrics}");
+    h.post(&format!("/v1/jobs/{id1}/cancel"), None, vec![]).await;
+    let j = h.wait_job(&id1, None, 60).await;
+    assert_eq!(j["status"], "cancelled");
+    assert_eq!(h.json("/v1/jobs", None).await["jobs"].as_array().unwrap().len(), 2);
+    drop(tx);
+}
+
+#[tokio::test]
+async fn stylize_job_at_full_resolution() {
+    let h = harness(|c| c.max_output_side = 32).await;
+    let tx = h.workers();
+    let (s, job) = h
+        .post_multipart(
+            "/v1/jobs",
+            None,
+            &[
+                ("spec", None, br#"{"type":"stylize","model":"tiny","format":"png"}"#.to_vec()),
+                ("image", Some("a.png"), png(96, 40)),
+                ("image", Some("b.png"), png(20, 30)),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = h.wait_job(&id, None, 60).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["progress"]["done"], 2);
+    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/0.png"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
+    // Jobs are not bound by the synchronous endpoint's max_output_side.
+    assert_eq!((img.width, img.height), (96, 40));
+    // Bad images are refused at upload, before queueing.
+    let (s, v) = h
+        .post_multipart("/v1/jobs", None, &[("spec", None, br#"{"type":"stylize","model":"tiny"}"#.to_vec()), ("image", Some("x.jpg"), b"text".to_vec())])
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_image_format")), "{v}");
+    let (s, v) = h
+        .post_multipart("/v1/jobs", None, &[("spec", None, br#"{"type":"stylize","model":"nope"}"#.to_vec()), ("image", Some("x.png"), png(8, 8))])
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("model_not_found")));
+    assert_eq!(h.json("/v1/jobs", None).await["jobs"].as_array().unwrap().len(), 1);
+    assert!(h.st.blobs.list("jobs").await.unwrap().iter().all(|k| k.starts_with(&format!("jobs/{id}/"))));
+    drop(tx);
 }
 
 #[tokio::test]
 async fn real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = models();
+    let h = harness(|_| {}).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(atelier_server::serve_on(listener, state(dir.path())));
+    tokio::spawn(atelier_server::serve_on(listener, h.st.clone()));
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
     let mut resp = String::new();
     sock.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
