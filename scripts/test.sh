@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test of the project: formatting, lints, unit/golden/integration tests, docs.
-# Needs only the Rust toolchain: the PyTorch golden files are committed (regenerate them with
-# tests/reference/regen.sh), and nothing here downloads models or datasets.
+# Runs every test of the project: formatting, lints, unit/golden/integration/API tests,
+# browser tests of the web page, docs. Needs the Rust toolchain; installs the rest itself
+# (Debian chromium, node/npm, playwright-core from tests/e2e/package-lock.json). The PyTorch
+# golden files are committed (regenerate them with tests/reference/regen.sh), and nothing
+# here downloads models or datasets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +19,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"
+ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "all tests passed"

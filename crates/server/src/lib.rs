@@ -228,8 +228,8 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
         Ok(n) => tracing::info!("{n} job(s) interrupted by the last stop continue now"),
         Err(e) => tracing::error!("requeueing interrupted jobs: {e}"),
     }
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let workers = atelier_jobs::worker::spawn(std::sync::Arc::new(state.worker_context(rx)));
+    let workers = atelier_jobs::worker::spawn(std::sync::Arc::new(state.worker_context()));
+    let stop = state.shutdown.clone();
     let addr = listener.local_addr()?;
     tracing::info!(
         "listening on http://{addr} ({})",
@@ -244,7 +244,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
     let result = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            let _ = tx.send(true);
+            stop.send_replace(true);
         })
         .await;
     // Workers checkpoint and hand back their jobs; give training a while to finish its step.

@@ -28,6 +28,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Wakes the workers when a job is queued.
     pub wake: Arc<Notify>,
+    /// Turns true when the server stops: workers checkpoint and hand back their jobs, event
+    /// streams end (so graceful shutdown does not wait for them).
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The server cannot start.
@@ -61,6 +64,7 @@ impl AppState {
             keys: Arc::new(KeyCache::default()),
             metrics: Arc::new(Metrics::default()),
             wake: Arc::new(Notify::new()),
+            shutdown: Arc::new(tokio::sync::watch::channel(false).0),
             catalog: Arc::new(catalog),
             config: Arc::new(config),
             db,
@@ -69,10 +73,8 @@ impl AppState {
     }
 
     /// The worker context for in-process workers.
-    pub fn worker_context(
-        &self,
-        shutdown: tokio::sync::watch::Receiver<bool>,
-    ) -> atelier_jobs::worker::Context {
+    pub fn worker_context(&self) -> atelier_jobs::worker::Context {
+        let shutdown = self.shutdown.subscribe();
         atelier_jobs::worker::Context {
             db: self.db.clone(),
             blobs: self.blobs.clone(),

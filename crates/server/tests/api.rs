@@ -70,12 +70,24 @@ impl Harness {
         let resp = app(self.st.clone()).oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
         (status, headers, body)
     }
 
     async fn get(&self, uri: &str, key: Option<&str>) -> (StatusCode, Vec<u8>) {
-        let (s, _, b) = self.call(with_key(Request::get(uri), key).body(Body::empty()).unwrap()).await;
+        let (s, _, b) = self
+            .call(
+                with_key(Request::get(uri), key)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
         (s, b)
     }
 
@@ -86,7 +98,13 @@ impl Harness {
     }
 
     async fn post(&self, uri: &str, key: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
-        let (s, _, b) = self.call(with_key(Request::post(uri), key).body(Body::from(body)).unwrap()).await;
+        let (s, _, b) = self
+            .call(
+                with_key(Request::post(uri), key)
+                    .body(Body::from(body))
+                    .unwrap(),
+            )
+            .await;
         (s, b)
     }
 
@@ -119,15 +137,20 @@ impl Harness {
     }
 
     async fn delete(&self, uri: &str, key: Option<&str>) -> (StatusCode, Vec<u8>) {
-        let (s, _, b) = self.call(with_key(Request::delete(uri), key).body(Body::empty()).unwrap()).await;
+        let (s, _, b) = self
+            .call(
+                with_key(Request::delete(uri), key)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
         (s, b)
     }
 
-    /// Runs the in-process workers until the returned sender is dropped or sent `true`.
-    fn workers(&self) -> tokio::sync::watch::Sender<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        atelier_jobs::worker::spawn(std::sync::Arc::new(self.st.worker_context(rx)));
-        tx
+    /// Runs the in-process workers until the returned guard is dropped.
+    fn workers(&self) -> StopOnDrop {
+        atelier_jobs::worker::spawn(std::sync::Arc::new(self.st.worker_context()));
+        StopOnDrop(self.st.shutdown.clone())
     }
 
     async fn wait_job(&self, id: &str, key: Option<&str>, secs: u64) -> Value {
@@ -138,9 +161,20 @@ impl Harness {
             if !matches!(s.as_str(), "queued" | "running") {
                 return j;
             }
-            assert!(t0.elapsed().as_secs() < secs, "job {id} still {s} after {secs} s: {j}");
+            assert!(
+                t0.elapsed().as_secs() < secs,
+                "job {id} still {s} after {secs} s: {j}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+struct StopOnDrop(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
     }
 }
 
@@ -181,7 +215,10 @@ fn colour_png(w: u32, h: u32, rgb: [u8; 3], seed: u32) -> Vec<u8> {
     let mut px = Vec::with_capacity((w * h * 3) as usize);
     for i in 0..w * h {
         for (c, v) in rgb.iter().enumerate() {
-            let n = ((i.wrapping_mul(2654435761).wrapping_add(seed * 97 + c as u32)) >> 27) as u8;
+            let n = ((i
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed * 97 + c as u32))
+                >> 27) as u8;
             px.push(v.saturating_add(n));
         }
     }
@@ -191,7 +228,8 @@ fn colour_png(w: u32, h: u32, rgb: [u8; 3], seed: u32) -> Vec<u8> {
 fn zip_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     for (name, data) in files {
-        w.start_file(*name, zip::write::SimpleFileOptions::default()).unwrap();
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .unwrap();
         std::io::Write::write_all(&mut w, data).unwrap();
     }
     w.finish().unwrap().into_inner()
@@ -209,7 +247,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         c ^= b as u32;
         for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
         }
     }
     !c
@@ -226,24 +268,45 @@ fn bomb() -> Vec<u8> {
 }
 
 async fn key(h: &Harness, owner: &str) -> String {
-    atelier_server::auth::create_key(&h.st.db, owner, "test").await.unwrap()
+    atelier_server::auth::create_key(&h.st.db, owner, "test")
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
 async fn health_ready_metrics_me_and_pages() {
     let h = harness(|_| {}).await;
-    assert_eq!(h.get("/healthz", None).await, (StatusCode::OK, b"ok".to_vec()));
-    assert_eq!(h.get("/readyz", None).await, (StatusCode::OK, b"ready".to_vec()));
-    assert_eq!(h.json("/v1/me", None).await, json!({"owner": "local", "open": true}));
+    assert_eq!(
+        h.get("/healthz", None).await,
+        (StatusCode::OK, b"ok".to_vec())
+    );
+    assert_eq!(
+        h.get("/readyz", None).await,
+        (StatusCode::OK, b"ready".to_vec())
+    );
+    assert_eq!(
+        h.json("/v1/me", None).await,
+        json!({"owner": "local", "open": true})
+    );
     let (s, b) = h.get("/nope", None).await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::NOT_FOUND, "not_found"));
     let (s, hd, b) = h.call(Request::get("/").body(Body::empty()).unwrap()).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(hd["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(hd["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     assert!(String::from_utf8_lossy(&b).contains("/assets/app.js"));
-    let (_, hd, _) = h.call(Request::get("/assets/app.js").body(Body::empty()).unwrap()).await;
-    assert!(hd["content-type"].to_str().unwrap().starts_with("text/javascript"));
-    let (_, hd, _) = h.call(Request::get("/assets/app.css").body(Body::empty()).unwrap()).await;
+    let (_, hd, _) = h
+        .call(Request::get("/assets/app.js").body(Body::empty()).unwrap())
+        .await;
+    assert!(hd["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+    let (_, hd, _) = h
+        .call(Request::get("/assets/app.css").body(Body::empty()).unwrap())
+        .await;
     assert!(hd["content-type"].to_str().unwrap().starts_with("text/css"));
     let (s, b) = h.get("/docs", None).await;
     assert!(s == StatusCode::OK && String::from_utf8_lossy(&b).contains("openapi.json"));
@@ -251,7 +314,12 @@ async fn health_ready_metrics_me_and_pages() {
     let (s, b) = h.get("/metrics", None).await;
     let text = String::from_utf8(b).unwrap();
     assert_eq!(s, StatusCode::OK);
-    assert!(text.contains("atelier_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"} 1"), "{text}");
+    assert!(
+        text.contains(
+            "atelier_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"} 1"
+        ),
+        "{text}"
+    );
     assert!(text.contains("# TYPE atelier_http_request_duration_seconds histogram"));
 }
 
@@ -286,7 +354,11 @@ async fn openapi_matches_the_snapshot_and_the_router() {
             let (s, _, b) = h.call(req).await;
             assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
             if s == StatusCode::NOT_FOUND {
-                assert_ne!(code(&b), "not_found", "{method} {path} is documented but not routed");
+                assert_ne!(
+                    code(&b),
+                    "not_found",
+                    "{method} {path} is documented but not routed"
+                );
             }
             n += 1;
         }
@@ -297,7 +369,13 @@ async fn openapi_matches_the_snapshot_and_the_router() {
 #[tokio::test]
 async fn stylize_raw_and_multipart() {
     let h = harness(|_| {}).await;
-    let (s, hd, b) = h.call(Request::post("/v1/stylize?model=tiny").body(Body::from(png(37, 21))).unwrap()).await;
+    let (s, hd, b) = h
+        .call(
+            Request::post("/v1/stylize?model=tiny")
+                .body(Body::from(png(37, 21)))
+                .unwrap(),
+        )
+        .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(hd["content-type"], "image/png");
     assert_eq!(hd["x-atelier-size"], "37x21");
@@ -305,7 +383,11 @@ async fn stylize_raw_and_multipart() {
     assert_eq!((img.width, img.height), (37, 21));
     // Other format, downscaling, and strength 0 = the (resized) original.
     let (s, hd, b) = h
-        .call(Request::post("/v1/stylize?model=tiny&format=webp&max_side=16&strength=0").body(Body::from(png(32, 32))).unwrap())
+        .call(
+            Request::post("/v1/stylize?model=tiny&format=webp&max_side=16&strength=0")
+                .body(Body::from(png(32, 32)))
+                .unwrap(),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(hd["content-type"], "image/webp");
@@ -321,12 +403,19 @@ async fn stylize_raw_and_multipart() {
         ("image", Some("x.png"), png(20, 10)),
     ]);
     let (s, hd, b) = h
-        .call(Request::post("/v1/stylize").header("content-type", ct).body(Body::from(body)).unwrap())
+        .call(
+            Request::post("/v1/stylize")
+                .header("content-type", ct)
+                .body(Body::from(body))
+                .unwrap(),
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
     assert_eq!(hd["content-type"], "image/jpeg");
     // The built-in (embedded) style works on a fresh data directory.
-    let (s, b) = h.post("/v1/stylize?model=ukiyoe&max_side=64", None, png(80, 60)).await;
+    let (s, b) = h
+        .post("/v1/stylize?model=ukiyoe&max_side=64", None, png(80, 60))
+        .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
 }
 
@@ -334,41 +423,127 @@ async fn stylize_raw_and_multipart() {
 async fn bad_requests_get_stable_codes() {
     let h = harness(|_| {}).await;
     let cases: Vec<(&str, Vec<u8>, StatusCode, &str)> = vec![
-        ("/v1/stylize?model=nope", png(8, 8), StatusCode::NOT_FOUND, "model_not_found"),
-        ("/v1/stylize?model=../tiny", png(8, 8), StatusCode::NOT_FOUND, "model_not_found"),
-        ("/v1/stylize", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
-        ("/v1/stylize?model=tiny", Vec::new(), StatusCode::BAD_REQUEST, "empty_image"),
-        ("/v1/stylize?model=tiny", b"GIF89a....".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_format"),
-        ("/v1/stylize?model=tiny", b"hello, not an image".to_vec(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_image_format"),
-        ("/v1/stylize?model=tiny", png(8, 8)[..40].to_vec(), StatusCode::BAD_REQUEST, "invalid_image"),
-        ("/v1/stylize?model=tiny", bomb(), StatusCode::PAYLOAD_TOO_LARGE, "image_too_large"),
-        ("/v1/stylize?model=tiny", vec![0u8; 2 << 20], StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-        ("/v1/stylize?model=tiny&strength=2", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
-        ("/v1/stylize?model=tiny&format=gif", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
-        ("/v1/stylize?model=tiny&bogus=1", png(8, 8), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "/v1/stylize?model=nope",
+            png(8, 8),
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+        ),
+        (
+            "/v1/stylize?model=../tiny",
+            png(8, 8),
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+        ),
+        (
+            "/v1/stylize",
+            png(8, 8),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "empty_image",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            b"GIF89a....".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image_format",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            b"hello, not an image".to_vec(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image_format",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            png(8, 8)[..40].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "invalid_image",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            bomb(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "image_too_large",
+        ),
+        (
+            "/v1/stylize?model=tiny",
+            vec![0u8; 2 << 20],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            "/v1/stylize?model=tiny&strength=2",
+            png(8, 8),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/stylize?model=tiny&format=gif",
+            png(8, 8),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            "/v1/stylize?model=tiny&bogus=1",
+            png(8, 8),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
     ];
     for (uri, body, status, expected) in cases {
-        let (s, hd, b) = h.call(Request::post(uri).body(Body::from(body)).unwrap()).await;
+        let (s, hd, b) = h
+            .call(Request::post(uri).body(Body::from(body)).unwrap())
+            .await;
         assert_eq!((s, code(&b).as_str()), (status, expected), "{uri}");
         assert_eq!(hd["content-type"], "application/json");
         let msg = String::from_utf8_lossy(&b);
-        assert!(!msg.contains("/tmp") && !msg.contains("candle"), "{uri}: leaks internals: {msg}");
+        assert!(
+            !msg.contains("/tmp") && !msg.contains("candle"),
+            "{uri}: leaks internals: {msg}"
+        );
     }
     // Malformed JSON and multipart bodies.
-    let req = Request::post("/v1/jobs").header("content-type", "application/json").body(Body::from("{nope")).unwrap();
+    let req = Request::post("/v1/jobs")
+        .header("content-type", "application/json")
+        .body(Body::from("{nope"))
+        .unwrap();
     let (s, _, b) = h.call(req).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
-    let req = Request::post("/v1/datasets?name=x").header("content-type", "multipart/form-data; boundary=zz").body(Body::from("garbage")).unwrap();
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+    let req = Request::post("/v1/datasets?name=x")
+        .header("content-type", "multipart/form-data; boundary=zz")
+        .body(Body::from("garbage"))
+        .unwrap();
     let (s, _, b) = h.call(req).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
 }
 
 #[tokio::test]
 async fn overload_answers_429_with_retry_after() {
     let h = harness(|_| {}).await;
     let busy = h.st.permits.clone().try_acquire_owned().unwrap();
-    let (s, hd, b) = h.call(Request::post("/v1/stylize?model=tiny").body(Body::from(png(8, 8))).unwrap()).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::TOO_MANY_REQUESTS, "overloaded"));
+    let (s, hd, b) = h
+        .call(
+            Request::post("/v1/stylize?model=tiny")
+                .body(Body::from(png(8, 8)))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "overloaded")
+    );
     assert_eq!(hd["retry-after"], "2");
     drop(busy);
     let (s, _) = h.post("/v1/stylize?model=tiny", None, png(8, 8)).await;
@@ -383,8 +558,13 @@ async fn rate_limit_per_key() {
     for _ in 0..3 {
         assert_eq!(h.get("/v1/me", None).await.0, StatusCode::OK);
     }
-    let (s, hd, b) = h.call(Request::get("/v1/me").body(Body::empty()).unwrap()).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    let (s, hd, b) = h
+        .call(Request::get("/v1/me").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
     assert_eq!(hd["retry-after"], "20");
     // Another key has its own bucket; health checks are not limited.
     let k = key(&h, "other").await;
@@ -397,11 +577,20 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
     let h = harness(|c| c.open = Some(false)).await;
     let (a, b) = (key(&h, "alice").await, key(&h, "bob").await);
     let (s, body) = h.get("/v1/models", None).await;
-    assert_eq!((s, code(&body).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(
+        (s, code(&body).as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
     let (s, body) = h.get("/v1/models", Some("atl_kxxx_wrong")).await;
-    assert_eq!((s, code(&body).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    assert_eq!(
+        (s, code(&body).as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
     let tampered = format!("{}x", a);
-    assert_eq!(h.get("/v1/me", Some(&tampered)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        h.get("/v1/me", Some(&tampered)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(h.json("/v1/me", Some(&a)).await["owner"], "alice");
     // Public parts need no key.
     assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
@@ -409,15 +598,39 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
 
     // Alice's dataset, model, job and result.
     let (s, ds) = h
-        .post_multipart("/v1/datasets?name=mine", Some(&a), &[("a", Some("1.png"), png(16, 16)), ("b", Some("2.png"), png(16, 16))])
+        .post_multipart(
+            "/v1/datasets?name=mine",
+            Some(&a),
+            &[
+                ("a", Some("1.png"), png(16, 16)),
+                ("b", Some("2.png"), png(16, 16)),
+            ],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{ds}");
     let ds = ds["id"].as_str().unwrap().to_string();
-    let (s, _) = h.post("/v1/models?name=secret", Some(&a), tiny_model_bytes("secret")).await;
+    let (s, _) = h
+        .post(
+            "/v1/models?name=secret",
+            Some(&a),
+            tiny_model_bytes("secret"),
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let tx = h.workers();
     let (s, job) = h
-        .post_multipart("/v1/jobs", Some(&a), &[("spec", None, br#"{"type":"stylize","model":"secret"}"#.to_vec()), ("image", Some("p.png"), png(24, 24))])
+        .post_multipart(
+            "/v1/jobs",
+            Some(&a),
+            &[
+                (
+                    "spec",
+                    None,
+                    br#"{"type":"stylize","model":"secret"}"#.to_vec(),
+                ),
+                ("image", Some("p.png"), png(24, 24)),
+            ],
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{job}");
     let job = job["id"].as_str().unwrap().to_string();
@@ -426,7 +639,10 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
     let result = format!("/v1/jobs/{job}/results/0.png");
     assert_eq!(h.get(&result, Some(&a)).await.0, StatusCode::OK);
     // The key may also come as ?key= on GET (for <img> and EventSource).
-    assert_eq!(h.get(&format!("{result}?key={a}"), None).await.0, StatusCode::OK);
+    assert_eq!(
+        h.get(&format!("{result}?key={a}"), None).await.0,
+        StatusCode::OK
+    );
 
     // Bob sees none of it: 404, not 403.
     for (uri, expected) in [
@@ -440,24 +656,55 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
         ("/v1/models/secret/thumbnail".to_string(), "model_not_found"),
     ] {
         let (s, body) = h.get(&uri, Some(&b)).await;
-        assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, expected), "{uri}");
+        assert_eq!(
+            (s, code(&body).as_str()),
+            (StatusCode::NOT_FOUND, expected),
+            "{uri}"
+        );
     }
-    let (s, body) = h.post("/v1/stylize?model=secret", Some(&b), png(8, 8)).await;
-    assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, "model_not_found"));
-    for uri in [format!("/v1/jobs/{job}/cancel"), format!("/v1/jobs/{job}/resume"), "/v1/models/secret/publish".into()] {
+    let (s, body) = h
+        .post("/v1/stylize?model=secret", Some(&b), png(8, 8))
+        .await;
+    assert_eq!(
+        (s, code(&body).as_str()),
+        (StatusCode::NOT_FOUND, "model_not_found")
+    );
+    for uri in [
+        format!("/v1/jobs/{job}/cancel"),
+        format!("/v1/jobs/{job}/resume"),
+        "/v1/models/secret/publish".into(),
+    ] {
         let (s, _) = h.post(&uri, Some(&b), vec![]).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{uri}");
     }
-    assert_eq!(h.delete(&format!("/v1/datasets/{ds}"), Some(&b)).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.delete("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.delete(&format!("/v1/datasets/{ds}"), Some(&b)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.delete("/v1/models/secret", Some(&b)).await.0,
+        StatusCode::NOT_FOUND
+    );
     let (s, _) = h
-        .post_json("/v1/jobs", Some(&b), json!({"type": "train", "dataset": ds, "name": "steal"}))
+        .post_json(
+            "/v1/jobs",
+            Some(&b),
+            json!({"type": "train", "dataset": ds, "name": "steal"}),
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    assert_eq!(h.json("/v1/datasets", Some(&b)).await["datasets"], json!([]));
+    assert_eq!(
+        h.json("/v1/datasets", Some(&b)).await["datasets"],
+        json!([])
+    );
     assert_eq!(h.json("/v1/jobs", Some(&b)).await["jobs"], json!([]));
     let names = |v: Value| -> Vec<String> {
-        v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap().to_string()).collect()
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
     };
     assert!(!names(h.json("/v1/models", Some(&b)).await).contains(&"secret".to_string()));
     assert!(names(h.json("/v1/models", Some(&b)).await).contains(&"ukiyoe".to_string()));
@@ -467,13 +714,33 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&v));
     assert!(names(h.json("/v1/models", Some(&b)).await).contains(&"secret".to_string()));
     let m = h.json("/v1/models/secret", Some(&b)).await;
-    assert_eq!((m["visibility"].as_str(), m["mine"].as_bool()), (Some("public"), Some(false)));
-    assert_eq!(h.post("/v1/stylize?model=secret", Some(&b), png(8, 8)).await.0, StatusCode::OK);
-    assert_eq!(h.delete("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.delete("/v1/models/secret", Some(&a)).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(h.get("/v1/models/secret", Some(&b)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (m["visibility"].as_str(), m["mine"].as_bool()),
+        (Some("public"), Some(false))
+    );
+    assert_eq!(
+        h.post("/v1/stylize?model=secret", Some(&b), png(8, 8))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        h.delete("/v1/models/secret", Some(&b)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.delete("/v1/models/secret", Some(&a)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.get("/v1/models/secret", Some(&b)).await.0,
+        StatusCode::NOT_FOUND
+    );
     // A revoked key stops working (after the verification cache's minute; here: a new state).
-    h.st.db.revoke_key(a.split('_').nth(1).unwrap()).await.unwrap();
+    h.st.db
+        .revoke_key(a.split('_').nth(1).unwrap())
+        .await
+        .unwrap();
     h.st.keys.clear();
     assert_eq!(h.get("/v1/me", Some(&a)).await.0, StatusCode::UNAUTHORIZED);
     drop(tx);
@@ -504,62 +771,184 @@ async fn datasets_upload_zip_skip_bad_files_and_delete() {
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{d}");
-    assert_eq!((d["count_a"].as_i64(), d["count_b"].as_i64()), (Some(2), Some(2)), "{d}");
-    let skipped: Vec<&str> = d["skipped"].as_array().unwrap().iter().map(|s| s["file"].as_str().unwrap()).collect();
-    for f in ["set/notes.txt", "broken.jpg", "zero.png", "bomb.png", "bad.zip"] {
+    assert_eq!(
+        (d["count_a"].as_i64(), d["count_b"].as_i64()),
+        (Some(2), Some(2)),
+        "{d}"
+    );
+    let skipped: Vec<&str> = d["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["file"].as_str().unwrap())
+        .collect();
+    for f in [
+        "set/notes.txt",
+        "broken.jpg",
+        "zero.png",
+        "bomb.png",
+        "bad.zip",
+    ] {
         assert!(skipped.contains(&f), "{f} not in {skipped:?}");
     }
     let id = d["id"].as_str().unwrap().to_string();
-    assert_eq!(h.json("/v1/datasets", None).await["datasets"][0]["id"], id.as_str());
-    assert_eq!(h.json(&format!("/v1/datasets/{id}"), None).await["count_b"], 2);
+    assert_eq!(
+        h.json("/v1/datasets", None).await["datasets"][0]["id"],
+        id.as_str()
+    );
+    assert_eq!(
+        h.json(&format!("/v1/datasets/{id}"), None).await["count_b"],
+        2
+    );
     // Adding more, up to the dataset limit (6 images): 2 of 3 fit.
     let (s, d) = h
         .post_multipart(
             &format!("/v1/datasets/{id}/images?domain=b"),
             None,
-            &[("files", Some("c1.png"), png(8, 8)), ("files", Some("c2.png"), png(8, 8)), ("files", Some("c3.png"), png(8, 8))],
+            &[
+                ("files", Some("c1.png"), png(8, 8)),
+                ("files", Some("c2.png"), png(8, 8)),
+                ("files", Some("c3.png"), png(8, 8)),
+            ],
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{d}");
     assert_eq!(d["count_b"], 4);
-    assert!(d["skipped"][0]["reason"].as_str().unwrap().contains("full"), "{d}");
-    let (s, _) = h.post_multipart(&format!("/v1/datasets/{id}/images?domain=c"), None, &[("files", Some("c.png"), png(8, 8))]).await;
+    assert!(
+        d["skipped"][0]["reason"].as_str().unwrap().contains("full"),
+        "{d}"
+    );
+    let (s, _) = h
+        .post_multipart(
+            &format!("/v1/datasets/{id}/images?domain=c"),
+            None,
+            &[("files", Some("c.png"), png(8, 8))],
+        )
+        .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // Over the upload limit: 413, nothing created.
-    let before = h.json("/v1/datasets", None).await["datasets"].as_array().unwrap().len();
-    let (s, v) = h.post_multipart("/v1/datasets?name=big", None, &[("a", Some("big.png"), vec![7u8; 5 << 20])]).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")), "{v}");
-    assert_eq!(h.json("/v1/datasets", None).await["datasets"].as_array().unwrap().len(), before);
+    let before = h.json("/v1/datasets", None).await["datasets"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (s, v) = h
+        .post_multipart(
+            "/v1/datasets?name=big",
+            None,
+            &[("a", Some("big.png"), vec![7u8; 5 << 20])],
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large")),
+        "{v}"
+    );
+    assert_eq!(
+        h.json("/v1/datasets", None).await["datasets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        before
+    );
     // Not multipart, bad kind, bad part name.
-    assert_eq!(h.post("/v1/datasets?name=x", None, png(8, 8)).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(h.post_multipart("/v1/datasets?name=x&kind=weird", None, &[]).await.0, StatusCode::BAD_REQUEST);
-    assert_eq!(h.post_multipart("/v1/datasets?name=x", None, &[("c", Some("1.png"), png(8, 8))]).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        h.post("/v1/datasets?name=x", None, png(8, 8)).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.post_multipart("/v1/datasets?name=x&kind=weird", None, &[])
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        h.post_multipart(
+            "/v1/datasets?name=x",
+            None,
+            &[("c", Some("1.png"), png(8, 8))]
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
     // Delete: blobs go too; a second delete is 404.
-    assert_eq!(h.delete(&format!("/v1/datasets/{id}"), None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(h.delete(&format!("/v1/datasets/{id}"), None).await.0, StatusCode::NOT_FOUND);
-    assert!(h.st.blobs.list(&format!("datasets/{id}")).await.unwrap().is_empty());
+    assert_eq!(
+        h.delete(&format!("/v1/datasets/{id}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.delete(&format!("/v1/datasets/{id}"), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert!(h
+        .st
+        .blobs
+        .list(&format!("datasets/{id}"))
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]
 async fn models_upload_import_download_thumbnail_publish_delete() {
     let h = harness(|c| c.max_body_bytes = 4 << 20).await;
     let list = h.json("/v1/models", None).await;
-    let builtin = list["models"].as_array().unwrap().iter().find(|m| m["name"] == "ukiyoe").unwrap().clone();
-    assert_eq!((builtin["visibility"].as_str(), builtin["can_stylize"].as_bool()), (Some("builtin"), Some(true)));
-    let (s, v) = h.post("/v1/models?name=mine", None, tiny_model_bytes("whatever")).await;
+    let builtin = list["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "ukiyoe")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (
+            builtin["visibility"].as_str(),
+            builtin["can_stylize"].as_bool()
+        ),
+        (Some("builtin"), Some(true))
+    );
+    let (s, v) = h
+        .post("/v1/models?name=mine", None, tiny_model_bytes("whatever"))
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&v));
     let v: Value = serde_json::from_slice(&v).unwrap();
-    assert_eq!((v["name"].as_str(), v["visibility"].as_str(), v["mine"].as_bool()), (Some("mine"), Some("private"), Some(true)));
-    let (s, b) = h.post("/v1/models?name=mine", None, tiny_model_bytes("x")).await;
+    assert_eq!(
+        (
+            v["name"].as_str(),
+            v["visibility"].as_str(),
+            v["mine"].as_bool()
+        ),
+        (Some("mine"), Some("private"), Some(true))
+    );
+    let (s, b) = h
+        .post("/v1/models?name=mine", None, tiny_model_bytes("x"))
+        .await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "name_taken"));
-    let (s, b) = h.post("/v1/models?name=junk", None, b"definitely not safetensors".to_vec()).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"));
-    let (s, b) = h.post("/v1/models?name=..%2Fx", None, tiny_model_bytes("x")).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::BAD_REQUEST, "bad_request"));
+    let (s, b) = h
+        .post(
+            "/v1/models?name=junk",
+            None,
+            b"definitely not safetensors".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file")
+    );
+    let (s, b) = h
+        .post("/v1/models?name=..%2Fx", None, tiny_model_bytes("x"))
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
     // A truncated model file.
     let mut cut = tiny_model_bytes("x");
     cut.truncate(cut.len() / 2);
-    assert_eq!(h.post("/v1/models?name=cut", None, cut).await.0, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        h.post("/v1/models?name=cut", None, cut).await.0,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
     // Details, download round trip, thumbnail.
     let d = h.json("/v1/models/mine", None).await;
     assert_eq!(d["card"]["name"], "mine");
@@ -568,39 +957,97 @@ async fn models_upload_import_download_thumbnail_publish_delete() {
     assert_eq!(s, StatusCode::OK);
     let (_, meta) = atelier_nets::file::parse_safetensors(&file).unwrap();
     assert!(meta.unwrap().contains_key("atelier.card"));
-    let (s, hd, thumb) = h.call(Request::get("/v1/models/mine/thumbnail").body(Body::empty()).unwrap()).await;
-    assert_eq!((s, hd["content-type"].to_str().unwrap()), (StatusCode::OK, "image/png"));
+    let (s, hd, thumb) = h
+        .call(
+            Request::get("/v1/models/mine/thumbnail")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (s, hd["content-type"].to_str().unwrap()),
+        (StatusCode::OK, "image/png")
+    );
     let t = atelier_imaging::decode(&thumb, &Default::default()).unwrap();
     assert_eq!(t.width.max(t.height), 256);
     // Import the demo pytorch-CycleGAN-and-pix2pix checkpoint.
-    let pth = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/ukiyoe_demo_net_G_A.pth")).unwrap();
-    let (s, v) = h.post("/v1/models/import?name=demo&no_dropout=true", None, pth).await;
+    let pth = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/ukiyoe_demo_net_G_A.pth"
+    ))
+    .unwrap();
+    let (s, v) = h
+        .post("/v1/models/import?name=demo&no_dropout=true", None, pth)
+        .await;
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&v));
     let d = h.json("/v1/models/demo", None).await;
     assert_eq!(d["arch"], "resnet_6blocks");
-    assert!(d["card"]["provenance"]["original_sha256"].as_str().unwrap().len() == 64);
-    assert_eq!(h.post("/v1/stylize?model=demo", None, png(16, 16)).await.0, StatusCode::OK);
-    let (s, b) = h.post("/v1/models/import?name=bad", None, b"PK\x03\x04garbage".to_vec()).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"));
-    assert!(!String::from_utf8_lossy(&b).contains("/tmp"), "{}", String::from_utf8_lossy(&b));
+    assert!(
+        d["card"]["provenance"]["original_sha256"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 64
+    );
+    assert_eq!(
+        h.post("/v1/stylize?model=demo", None, png(16, 16)).await.0,
+        StatusCode::OK
+    );
+    let (s, b) = h
+        .post(
+            "/v1/models/import?name=bad",
+            None,
+            b"PK\x03\x04garbage".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file")
+    );
+    assert!(
+        !String::from_utf8_lossy(&b).contains("/tmp"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
     // Publishing under a built-in's name is refused; built-ins cannot be deleted.
-    let (s, _) = h.post("/v1/models?name=ukiyoe", None, tiny_model_bytes("x")).await;
+    let (s, _) = h
+        .post("/v1/models?name=ukiyoe", None, tiny_model_bytes("x"))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let (s, b) = h.post("/v1/models/ukiyoe/publish", None, vec![]).await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "name_taken"));
-    assert_eq!(h.delete("/v1/models/ukiyoe", None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(h.delete("/v1/models/ukiyoe", None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.json("/v1/models/ukiyoe", None).await["visibility"], "builtin");
+    assert_eq!(
+        h.delete("/v1/models/ukiyoe", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.delete("/v1/models/ukiyoe", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.json("/v1/models/ukiyoe", None).await["visibility"],
+        "builtin"
+    );
     let (s, v) = h.post("/v1/models/mine/publish", None, vec![]).await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&v));
-    assert_eq!(h.delete("/v1/models/mine", None).await.0, StatusCode::NO_CONTENT);
-    assert_eq!(h.get("/v1/models/mine", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        h.delete("/v1/models/mine", None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.get("/v1/models/mine", None).await.0,
+        StatusCode::NOT_FOUND
+    );
 }
 
 /// Reads server-sent events until `end`; returns the event names.
 async fn sse_events(h: &Harness, id: &str) -> Vec<(String, Value)> {
     let resp = app(h.st.clone())
-        .oneshot(Request::get(format!("/v1/jobs/{id}/events")).body(Body::empty()).unwrap())
+        .oneshot(
+            Request::get(format!("/v1/jobs/{id}/events"))
+                .body(Body::empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
@@ -617,14 +1064,23 @@ async fn sse_events(h: &Harness, id: &str) -> Vec<(String, Value)> {
             let mut name = String::new();
             let mut data = String::new();
             for line in block.lines() {
-                if let Some(n) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                if let Some(n) = line
+                    .strip_prefix("event: ")
+                    .or_else(|| line.strip_prefix("event:"))
+                {
                     name = n.trim().to_string();
-                } else if let Some(d) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                } else if let Some(d) = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix("data:"))
+                {
                     data.push_str(d);
                 }
             }
             if !name.is_empty() {
-                events.push((name.clone(), serde_json::from_str(&data).unwrap_or(Value::Null)));
+                events.push((
+                    name.clone(),
+                    serde_json::from_str(&data).unwrap_or(Value::Null),
+                ));
             }
             if name == "end" {
                 return events;
@@ -637,8 +1093,12 @@ async fn sse_events(h: &Harness, id: &str) -> Vec<(String, Value)> {
 #[tokio::test]
 async fn training_job_runs_streams_and_makes_a_model() {
     let h = harness(|_| {}).await;
-    let a: Vec<_> = (0..4).map(|i| (format!("r{i}.png"), colour_png(24, 24, [220, 30, 30], i))).collect();
-    let b: Vec<_> = (0..4).map(|i| (format!("b{i}.png"), colour_png(24, 24, [30, 30, 220], i))).collect();
+    let a: Vec<_> = (0..4)
+        .map(|i| (format!("r{i}.png"), colour_png(24, 24, [220, 30, 30], i)))
+        .collect();
+    let b: Vec<_> = (0..4)
+        .map(|i| (format!("b{i}.png"), colour_png(24, 24, [30, 30, 220], i)))
+        .collect();
     let mut parts: Vec<(&str, Option<&str>, Vec<u8>)> = Vec::new();
     for (n, d) in &a {
         parts.push(("a", Some(n.as_str()), d.clone()));
@@ -651,11 +1111,26 @@ async fn training_job_runs_streams_and_makes_a_model() {
     let ds = d["id"].as_str().unwrap().to_string();
     // Refused: unknown dataset, bad spec, a pix2pix job on an unpaired dataset.
     for (spec, code_) in [
-        (json!({"type": "train", "dataset": "d_nope", "name": "x"}), "dataset_not_found"),
-        (json!({"type": "train", "dataset": ds, "name": "x", "steps": 0}), "bad_request"),
-        (json!({"type": "train", "dataset": ds, "name": "x", "family": "pix2pix"}), "bad_request"),
-        (json!({"type": "train", "dataset": ds, "name": "bad name"}), "bad_request"),
-        (json!({"type": "train", "dataset": ds, "name": "x", "unknown": 1}), "bad_request"),
+        (
+            json!({"type": "train", "dataset": "d_nope", "name": "x"}),
+            "dataset_not_found",
+        ),
+        (
+            json!({"type": "train", "dataset": ds, "name": "x", "steps": 0}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "train", "dataset": ds, "name": "x", "family": "pix2pix"}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "train", "dataset": ds, "name": "bad name"}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "train", "dataset": ds, "name": "x", "unknown": 1}),
+            "bad_request",
+        ),
         (json!({"type": "stylize", "model": "tiny"}), "bad_request"),
     ] {
         let (s, v) = h.post_json("/v1/jobs", None, spec.clone()).await;
@@ -674,7 +1149,10 @@ async fn training_job_runs_streams_and_makes_a_model() {
     let tx = h.workers();
     let events = sse_events(&h, &id).await;
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
-    assert!(names.contains(&"status") && names.contains(&"progress") && names.contains(&"sample"), "{names:?}");
+    assert!(
+        names.contains(&"status") && names.contains(&"progress") && names.contains(&"sample"),
+        "{names:?}"
+    );
     let (_, end) = events.last().unwrap();
     assert_eq!(end["status"], "succeeded", "{end}");
     assert_eq!(end["model"], "red2blue");
@@ -684,29 +1162,76 @@ async fn training_job_runs_streams_and_makes_a_model() {
         .filter_map(|(_, p)| p["step"].as_u64())
         .collect();
     assert_eq!(progress_steps.last(), Some(&6), "{progress_steps:?}");
-    let results: Vec<&str> = end["results"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for r in ["sample.png", "loss.png", "model.safetensors", "reverse.safetensors"] {
+    let results: Vec<&str> = end["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for r in [
+        "sample.png",
+        "loss.png",
+        "model.safetensors",
+        "reverse.safetensors",
+    ] {
         assert!(results.contains(&r), "{r} not in {results:?}");
     }
-    let (s, sample) = h.get(&format!("/v1/jobs/{id}/results/sample.png"), None).await;
+    let (s, sample) = h
+        .get(&format!("/v1/jobs/{id}/results/sample.png"), None)
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert!(atelier_imaging::decode(&sample, &Default::default()).is_ok());
     let metrics = h.json(&format!("/v1/jobs/{id}/metrics"), None).await;
-    let steps: Vec<u64> = metrics["metrics"].as_array().unwrap().iter().filter_map(|m| m["step"].as_u64()).collect();
+    let steps: Vec<u64> = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .collect();
     assert!(steps.contains(&6) && steps.len() >= 2, "{metrics}");
-    assert!(metrics["metrics"][0]["losses"]["cycle_A"].is_number(), "{metrics}");
+    assert!(
+        metrics["metrics"][0]["losses"]["cycle_A"].is_number(),
+        "{metrics}"
+    );
     // The model exists, is private, carries the description and stylizes.
     let m = h.json("/v1/models/red2blue", None).await;
-    assert_eq!((m["visibility"].as_str(), m["job"].as_str()), (Some("private"), Some(id.as_str())));
+    assert_eq!(
+        (m["visibility"].as_str(), m["job"].as_str()),
+        (Some("private"), Some(id.as_str()))
+    );
     assert_eq!(m["description"], "reds to blues");
     assert_eq!(m["card"]["provenance"]["steps"], 6);
-    assert_eq!(h.post("/v1/stylize?model=red2blue", None, png(16, 16)).await.0, StatusCode::OK);
+    assert_eq!(
+        h.post("/v1/stylize?model=red2blue", None, png(16, 16))
+            .await
+            .0,
+        StatusCode::OK
+    );
     // The run folder is cleaned up; the name is now taken for new jobs.
     assert!(!h.st.config.data_dir.join("runs").join(&id).exists());
-    let (s, v) = h.post_json("/v1/jobs", None, json!({"type": "train", "dataset": ds, "name": "red2blue"})).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("name_taken")));
-    assert_eq!(h.get(&format!("/v1/jobs/{id}/results/nope.png"), None).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(h.get(&format!("/v1/jobs/{id}/results/..%2F..%2Fatelier.db"), None).await.0, StatusCode::NOT_FOUND);
+    let (s, v) = h
+        .post_json(
+            "/v1/jobs",
+            None,
+            json!({"type": "train", "dataset": ds, "name": "red2blue"}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("name_taken"))
+    );
+    assert_eq!(
+        h.get(&format!("/v1/jobs/{id}/results/nope.png"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        h.get(&format!("/v1/jobs/{id}/results/..%2F..%2Fatelier.db"), None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
     drop(tx);
 }
 
@@ -714,7 +1239,14 @@ async fn training_job_runs_streams_and_makes_a_model() {
 async fn cancel_resume_and_quota() {
     let h = harness(|c| c.max_active_jobs = 2).await;
     let (s, d) = h
-        .post_multipart("/v1/datasets?name=rb", None, &[("a", Some("a.png"), colour_png(16, 16, [200, 0, 0], 1)), ("b", Some("b.png"), colour_png(16, 16, [0, 0, 200], 2))])
+        .post_multipart(
+            "/v1/datasets?name=rb",
+            None,
+            &[
+                ("a", Some("a.png"), colour_png(16, 16, [200, 0, 0], 1)),
+                ("b", Some("b.png"), colour_png(16, 16, [0, 0, 200], 2)),
+            ],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED);
     let ds = d["id"].as_str().unwrap().to_string();
@@ -726,12 +1258,23 @@ async fn cancel_resume_and_quota() {
     let (_, j1) = h.post_json("/v1/jobs", None, spec("one", 400)).await;
     let (_, j2) = h.post_json("/v1/jobs", None, spec("two", 4)).await;
     let (s, v) = h.post_json("/v1/jobs", None, spec("three", 4)).await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded")));
-    let (id1, id2) = (j1["id"].as_str().unwrap().to_string(), j2["id"].as_str().unwrap().to_string());
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("quota_exceeded"))
+    );
+    let (id1, id2) = (
+        j1["id"].as_str().unwrap().to_string(),
+        j2["id"].as_str().unwrap().to_string(),
+    );
     // Cancelling a queued job ends it at once.
-    let (s, v) = h.post(&format!("/v1/jobs/{id2}/cancel"), None, vec![]).await;
+    let (s, v) = h
+        .post(&format!("/v1/jobs/{id2}/cancel"), None, vec![])
+        .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(serde_json::from_slice::<Value>(&v).unwrap()["status"], "cancelled");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&v).unwrap()["status"],
+        "cancelled"
+    );
     // A running one stops after a checkpoint and can be resumed from it.
     let tx = h.workers();
     let t0 = std::time::Instant::now();
@@ -743,17 +1286,31 @@ async fn cancel_resume_and_quota() {
         assert!(t0.elapsed().as_secs() < 120, "{j}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (s, _) = h.post(&format!("/v1/jobs/{id1}/cancel"), None, vec![]).await;
+    let (s, _) = h
+        .post(&format!("/v1/jobs/{id1}/cancel"), None, vec![])
+        .await;
     assert_eq!(s, StatusCode::OK);
     let j = h.wait_job(&id1, None, 60).await;
     assert_eq!(j["status"], "cancelled", "{j}");
     let stopped_at = j["progress"]["step"].as_u64().unwrap();
     assert!(stopped_at < 400);
-    assert!(h.st.config.data_dir.join("runs").join(&id1).join("run").join("config.json").is_file());
+    assert!(h
+        .st
+        .config
+        .data_dir
+        .join("runs")
+        .join(&id1)
+        .join("run")
+        .join("config.json")
+        .is_file());
     // Resume: only cancelled/failed jobs; it continues from the checkpoint, not from 0.
-    let (s, b) = h.post(&format!("/v1/jobs/{id1}/resume"), None, vec![]).await;
+    let (s, b) = h
+        .post(&format!("/v1/jobs/{id1}/resume"), None, vec![])
+        .await;
     assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
-    let (s, b) = h.post(&format!("/v1/jobs/{id1}/resume"), None, vec![]).await;
+    let (s, b) = h
+        .post(&format!("/v1/jobs/{id1}/resume"), None, vec![])
+        .await;
     assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "conflict"));
     let t0 = std::time::Instant::now();
     loop {
@@ -765,13 +1322,25 @@ async fn cancel_resume_and_quota() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let metrics = h.json(&format!("/v1/jobs/{id1}/metrics"), None).await;
-    let first = metrics["metrics"].as_array().unwrap().iter().filter_map(|m| m["step"].as_u64()).min();
+    let first = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .min();
     // The history from before the cancel is kept (the first checkpoint was at step 2).
     assert_eq!(first, Some(2), "{metrics}");
-    h.post(&format!("/v1/jobs/{id1}/cancel"), None, vec![]).await;
+    h.post(&format!("/v1/jobs/{id1}/cancel"), None, vec![])
+        .await;
     let j = h.wait_job(&id1, None, 60).await;
     assert_eq!(j["status"], "cancelled");
-    assert_eq!(h.json("/v1/jobs", None).await["jobs"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        h.json("/v1/jobs", None).await["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
     drop(tx);
 }
 
@@ -784,7 +1353,11 @@ async fn stylize_job_at_full_resolution() {
             "/v1/jobs",
             None,
             &[
-                ("spec", None, br#"{"type":"stylize","model":"tiny","format":"png"}"#.to_vec()),
+                (
+                    "spec",
+                    None,
+                    br#"{"type":"stylize","model":"tiny","format":"png"}"#.to_vec(),
+                ),
                 ("image", Some("a.png"), png(96, 40)),
                 ("image", Some("b.png"), png(20, 30)),
             ],
@@ -802,15 +1375,60 @@ async fn stylize_job_at_full_resolution() {
     assert_eq!((img.width, img.height), (96, 40));
     // Bad images are refused at upload, before queueing.
     let (s, v) = h
-        .post_multipart("/v1/jobs", None, &[("spec", None, br#"{"type":"stylize","model":"tiny"}"#.to_vec()), ("image", Some("x.jpg"), b"text".to_vec())])
+        .post_multipart(
+            "/v1/jobs",
+            None,
+            &[
+                (
+                    "spec",
+                    None,
+                    br#"{"type":"stylize","model":"tiny"}"#.to_vec(),
+                ),
+                ("image", Some("x.jpg"), b"text".to_vec()),
+            ],
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::UNSUPPORTED_MEDIA_TYPE, Some("unsupported_image_format")), "{v}");
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Some("unsupported_image_format")
+        ),
+        "{v}"
+    );
     let (s, v) = h
-        .post_multipart("/v1/jobs", None, &[("spec", None, br#"{"type":"stylize","model":"nope"}"#.to_vec()), ("image", Some("x.png"), png(8, 8))])
+        .post_multipart(
+            "/v1/jobs",
+            None,
+            &[
+                (
+                    "spec",
+                    None,
+                    br#"{"type":"stylize","model":"nope"}"#.to_vec(),
+                ),
+                ("image", Some("x.png"), png(8, 8)),
+            ],
+        )
         .await;
-    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::NOT_FOUND, Some("model_not_found")));
-    assert_eq!(h.json("/v1/jobs", None).await["jobs"].as_array().unwrap().len(), 1);
-    assert!(h.st.blobs.list("jobs").await.unwrap().iter().all(|k| k.starts_with(&format!("jobs/{id}/"))));
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("model_not_found"))
+    );
+    assert_eq!(
+        h.json("/v1/jobs", None).await["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(h
+        .st
+        .blobs
+        .list("jobs")
+        .await
+        .unwrap()
+        .iter()
+        .all(|k| k.starts_with(&format!("jobs/{id}/"))));
     drop(tx);
 }
 
@@ -822,7 +1440,9 @@ async fn real_socket() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(atelier_server::serve_on(listener, h.st.clone()));
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut resp = String::new();
     sock.read_to_string(&mut resp).await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");

@@ -430,7 +430,7 @@ pub async fn events(
             if let Some(e) = s.pending.pop_front() {
                 return Some((Ok(e), s));
             }
-            if s.done {
+            if s.done || *s.state.shutdown.borrow() {
                 return None;
             }
             if s.last.is_some() {

@@ -1,0 +1,360 @@
+//! `atelier serve` as a user runs it: a real process on a real socket. Killed (`kill -9`)
+//! in the middle of a training job and a stylize job, then restarted: both finish and nothing
+//! is lost. Stopped gracefully (SIGTERM) during training: it checkpoints, hands the job back
+//! and the next start finishes it. Also `atelier admin create-key` against a closed server.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn atelier() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_atelier"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    let child = atelier()
+        .args(["serve", "--port", &port.to_string(), "--data"])
+        .arg(data)
+        .args(extra)
+        .env("ATELIER_MODELS", data.with_extension("no-models"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let s = Server { child, port };
+    let t0 = Instant::now();
+    while s.request("GET", "/readyz", None, &[]).map(|r| r.0) != Some(200) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "server did not become ready"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s
+}
+
+impl Server {
+    /// One HTTP/1.1 request (Connection: close); `None` if nothing answers.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Option<(u16, Vec<u8>)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if let Some(ct) = content_type {
+            head.push_str(&format!("Content-Type: {ct}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).ok()?;
+        s.write_all(body).ok()?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).ok()?;
+        let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let head = String::from_utf8_lossy(&resp[..split]).to_string();
+        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+        let mut body = resp[split + 4..].to_vec();
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            body = dechunk(&body);
+        }
+        Some((status, body))
+    }
+
+    fn json(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let b = body.map(|v| v.to_string()).unwrap_or_default();
+        let ct = (!b.is_empty()).then_some("application/json");
+        let (s, r) = self
+            .request(method, path, ct, b.as_bytes())
+            .expect("no answer");
+        (s, serde_json::from_slice(&r).unwrap_or(Value::Null))
+    }
+
+    fn multipart(&self, path: &str, parts: &[(&str, Option<&str>, Vec<u8>)]) -> (u16, Value) {
+        let boundary = "serve-test-boundary";
+        let mut body = Vec::new();
+        for (name, file, data) in parts {
+            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+            let disp = match file {
+                Some(f) => format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\r\n"
+                ),
+                None => format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n"),
+            };
+            body.extend_from_slice(disp.as_bytes());
+            body.extend_from_slice(data);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let ct = format!("multipart/form-data; boundary={boundary}");
+        let (s, r) = self
+            .request("POST", path, Some(&ct), &body)
+            .expect("no answer");
+        (s, serde_json::from_slice(&r).unwrap_or(Value::Null))
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let (s, j) = self.json("GET", &format!("/v1/jobs/{id}"), None);
+        assert_eq!(s, 200, "{j}");
+        j
+    }
+
+    fn wait(&self, id: &str, what: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let j = self.job(id);
+            if done(&j) {
+                return j;
+            }
+            assert!(
+                t0.elapsed().as_secs() < secs,
+                "{what}: not within {secs} s: {j}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; returns the exit status and how long it took.
+    fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let status = self.child.wait().unwrap();
+        (status, t0.elapsed())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(i) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).trim(), 16).unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + n]);
+        b = &b[i + 4 + n..];
+    }
+}
+
+fn png(w: u32, h: u32, rgb: [u8; 3], seed: u32) -> Vec<u8> {
+    let mut px = Vec::with_capacity((w * h * 3) as usize);
+    for i in 0..w * h {
+        for (c, v) in rgb.iter().enumerate() {
+            let n = (i
+                .wrapping_mul(2654435761)
+                .wrapping_add(seed * 131 + c as u32)
+                >> 26) as u8;
+            px.push(v.saturating_add(n));
+        }
+    }
+    let img = atelier_imaging::Image::from_rgb8(w, h, &px).unwrap();
+    atelier_imaging::encode(&img, atelier_imaging::Format::Png, 0).unwrap()
+}
+
+fn dataset(s: &Server) -> String {
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        parts.push((
+            "a",
+            Some(format!("r{i}.png")),
+            png(40, 40, [210, 40, 40], i),
+        ));
+        parts.push((
+            "b",
+            Some(format!("b{i}.png")),
+            png(40, 40, [40, 40, 210], i),
+        ));
+    }
+    let parts: Vec<(&str, Option<&str>, Vec<u8>)> = parts
+        .iter()
+        .map(|(n, f, d)| (*n, f.as_deref(), d.clone()))
+        .collect();
+    let (st, d) = s.multipart("/v1/datasets?name=rb", &parts);
+    assert_eq!(st, 201, "{d}");
+    d["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn jobs_survive_kill_9_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let s = start(&data, port, &[]);
+    let ds = dataset(&s);
+    let (st, train) = s.json(
+        "POST",
+        "/v1/jobs",
+        Some(json!({"type": "train", "dataset": ds, "name": "survivor", "steps": 80, "size": 32,
+                    "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
+    );
+    assert_eq!(st, 202, "{train}");
+    let train = train["id"].as_str().unwrap().to_string();
+    // A stylize job with several large images (each takes a while on the CPU).
+    let big: Vec<Vec<u8>> = (0..2).map(|i| png(1024, 768, [120, 160, 90], i)).collect();
+    let mut parts = vec![(
+        "spec",
+        None,
+        br#"{"type":"stylize","model":"ukiyoe","format":"png"}"#.to_vec(),
+    )];
+    for b in &big {
+        parts.push(("image", Some("big.png"), b.clone()));
+    }
+    let (st, sty) = s.multipart("/v1/jobs", &parts);
+    assert_eq!(st, 202, "{sty}");
+    let sty = sty["id"].as_str().unwrap().to_string();
+
+    // Kill -9 once the training job has a checkpoint and the stylize job is under way.
+    let before = s.wait(&train, "a first checkpoint", 240, |j| {
+        j["progress"]["checkpoint_step"].as_u64().unwrap_or(0) >= 10
+    });
+    s.wait(&sty, "stylize job running", 120, |j| {
+        j["status"] == "running"
+    });
+    s.kill9();
+    let at_kill = before["progress"]["checkpoint_step"].as_u64().unwrap();
+
+    // Restart: the training job resumed from its checkpoint, not from step 0.
+    let s = start(&data, port, &[]);
+    let resumed = s.wait(&train, "training to resume", 240, |j| {
+        j["status"] == "running" && j["progress"]["step"].as_u64().unwrap_or(0) > at_kill
+    });
+    assert!(resumed["attempts"].as_i64().unwrap() >= 2, "{resumed}");
+
+    // A graceful stop: requests finish, training checkpoints, jobs go back to the queue.
+    let (status, took) = s.terminate();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+
+    // The next start finishes both.
+    let s = start(&data, port, &[]);
+    let finished = |j: &Value| j["status"] != "queued" && j["status"] != "running";
+    let sty_done = s.wait(&sty, "the stylize job", 400, finished);
+    assert_eq!(sty_done["status"], "succeeded", "{sty_done}");
+    assert_eq!(
+        sty_done["results"].as_array().unwrap().len(),
+        2,
+        "{sty_done}"
+    );
+    for r in sty_done["results"].as_array().unwrap() {
+        let (st, b) = s
+            .request("GET", r["url"].as_str().unwrap(), None, &[])
+            .unwrap();
+        assert_eq!(st, 200);
+        let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
+        assert_eq!((img.width, img.height), (1024, 768));
+    }
+    let done = s.wait(&train, "the training job", 400, finished);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (st, m) = s.json("GET", "/v1/models/survivor", None);
+    assert_eq!(st, 200, "{m}");
+    assert_eq!(m["card"]["provenance"]["steps"], 80);
+    // The loss history is whole: every logged step once, in order, up to the end.
+    let (_, metrics) = s.json("GET", &format!("/v1/jobs/{train}/metrics"), None);
+    let steps: Vec<u64> = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(steps.last(), Some(&80), "{steps:?}");
+    let (st, _) = s
+        .request(
+            "GET",
+            &format!("/v1/jobs/{train}/results/model.safetensors"),
+            None,
+            &[],
+        )
+        .unwrap();
+    assert_eq!(st, 200);
+}
+
+#[test]
+fn closed_server_needs_a_key_from_admin_create_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = atelier()
+        .args(["admin", "create-key", "--owner", "alice", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("atl_"), "{key}");
+    let listed = atelier()
+        .args(["admin", "list-keys", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("alice") && !listed.contains(key.rsplit('_').next().unwrap()),
+        "{listed}"
+    );
+    let port = free_port();
+    let s = start(&data, port, &["--require-keys"]);
+    let (st, _) = s.json("GET", "/v1/models", None);
+    assert_eq!(st, 401);
+    let (st, me) = s.json("GET", &format!("/v1/me?key={key}"), None);
+    assert_eq!((st, me["owner"].as_str()), (200, Some("alice")), "{me}");
+    // Bad configuration is one clear line, not a panic.
+    let out = atelier()
+        .args(["serve", "--max-concurrent", "0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrent"));
+}
