@@ -45,6 +45,9 @@ const BUCKETS: &[f64] = &[
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A gauge measured at scrape time: name, labels, value.
+pub type Gauge = (&'static str, Labels, f64);
+
 #[derive(Default)]
 struct Histogram {
     counts: Vec<u64>,
@@ -109,7 +112,7 @@ impl Metrics {
     }
 
     /// The text exposition, with `gauges` (name, labels, value) measured at scrape time.
-    pub fn render(&self, gauges: &[(&'static str, Vec<(&'static str, String)>, f64)]) -> String {
+    pub fn render(&self, gauges: &[Gauge]) -> String {
         let mut out = String::new();
         let counters = self.counters.lock().expect("metrics");
         let hists = self.histograms.lock().expect("metrics");

@@ -376,7 +376,7 @@ pub async fn result(
             format!("job `{id}` has no result `{file}`"),
         )
     };
-    if !job.results.iter().any(|r| *r == file) {
+    if !job.results.contains(&file) {
         return Err(missing());
     }
     let bytes = state
