@@ -38,6 +38,9 @@ pub struct Builtin {
     /// The model file on local disk.
     pub path: PathBuf,
     pub size: u64,
+    /// Hex prefix of the file's SHA-256 (cache key: a retrained built-in of the same size
+    /// gets new thumbnails).
+    pub hash: String,
 }
 
 /// A model as a caller sees it.
@@ -114,7 +117,7 @@ impl ModelRef {
     /// A key that changes whenever the file does (cache key of stylizers and thumbnails).
     pub fn cache_key(&self) -> String {
         match self {
-            ModelRef::Builtin(b) => format!("builtin/{}-{}", b.name, b.size),
+            ModelRef::Builtin(b) => format!("builtin/{}-{}", b.name, b.hash),
             ModelRef::Stored(r) => format!("{}/{}-{}-{}", r.owner, r.name, r.created, r.size),
         }
     }
@@ -219,6 +222,7 @@ impl Catalog {
             match atelier_nets::file::read_card(&path) {
                 Ok(card) => builtins.push(Arc::new(Builtin {
                     size: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+                    hash: file_hash(&path),
                     name,
                     card,
                     path,
@@ -450,6 +454,20 @@ impl Catalog {
             .await;
         Ok(true)
     }
+}
+
+/// The first 16 hex digits of a file's SHA-256 (empty if unreadable).
+fn file_hash(path: &Path) -> String {
+    use sha2::Digest;
+    std::fs::read(path)
+        .map(|b| {
+            sha2::Sha256::digest(&b)
+                .iter()
+                .take(8)
+                .map(|x| format!("{x:02x}"))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Checks that `bytes` is an Atelier model file that loads (every weight present with the

@@ -759,6 +759,10 @@ mod tests {
         assert_eq!(cfg.steps, 50);
         assert_eq!(cfg.augment.crop_size, 128);
         assert_eq!(cfg.name, "x");
-        assert_eq!(cfg.generator.name(), "light");
+        assert!(
+            cfg.generator.name().starts_with("light"),
+            "{}",
+            cfg.generator.name()
+        );
     }
 }
