@@ -85,10 +85,10 @@ pub struct ServeArgs {
     /// Require an API key for every request, also on loopback.
     #[arg(long)]
     pub require_keys: bool,
-    /// Largest request body of POST /v1/stylize and model uploads [default: 32 MiB].
+    /// Largest request body of POST /v1/stylize and other small requests [default: 32 MiB].
     #[arg(long, env = "ATELIER_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// Largest multipart upload (datasets, stylize jobs) [default: 256 MiB].
+    /// Largest upload: datasets, stylize jobs, model files, checkpoints [default: 256 MiB].
     #[arg(long, env = "ATELIER_MAX_UPLOAD_BYTES")]
     pub max_upload_bytes: Option<usize>,
     /// Longest output side of POST /v1/stylize (jobs go up to worker.max_job_side) [default: 2048].

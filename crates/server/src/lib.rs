@@ -78,7 +78,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             answer: Answer::Json(201, "Model"),
             errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large"],
             ..op("post", "/v1/models", "models", "Upload a model file (private until published).")
-        }, post(models::upload), false),
+        }, post(models::upload), true),
         (Op {
             params: const { &[
                 q_req("name", "string", "Name of the new model."),
@@ -92,7 +92,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             answer: Answer::Json(201, "Model"),
             errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large"],
             ..op("post", "/v1/models/import", "models", "Import a pytorch-CycleGAN-and-pix2pix checkpoint.")
-        }, post(models::import), false),
+        }, post(models::import), true),
         (Op { params: &[NAME], answer: Answer::Json(200, "Model"), errors: &["model_not_found"], ..op("get", "/v1/models/{name}", "models", "A model with its card and sample images.") }, get(models::get), false),
         (Op { params: &[NAME], answer: Answer::Empty(204), errors: &["model_not_found"], ..op("delete", "/v1/models/{name}", "models", "Delete your model.") }, delete(models::delete), false),
         (Op { params: &[NAME], answer: Answer::Bytes(200, "image/png"), errors: &["model_not_found", "result_not_found"], ..op("get", "/v1/models/{name}/thumbnail", "models", "Gallery preview: a fixed photo stylized by the model (PNG, 256 px).") }, get(models::thumbnail), false),

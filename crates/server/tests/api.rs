@@ -891,7 +891,7 @@ async fn datasets_upload_zip_skip_bad_files_and_delete() {
 
 #[tokio::test]
 async fn models_upload_import_download_thumbnail_publish_delete() {
-    let h = harness(|c| c.max_body_bytes = 4 << 20).await;
+    let h = harness(|_| {}).await;
     let list = h.json("/v1/models", None).await;
     let builtin = list["models"]
         .as_array()

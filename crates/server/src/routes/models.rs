@@ -126,7 +126,7 @@ pub async fn upload(
     req: Request,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let body = body_bytes(req, &state, state.config.max_body_bytes).await?;
+    let body = body_bytes(req, &state, state.config.max_upload_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send a .safetensors model file",
@@ -170,7 +170,7 @@ pub async fn import(
                 .ok_or_else(|| ApiError::bad_request("norm: expected instance, batch or none"))?,
         ),
     };
-    let body = body_bytes(req, &state, state.config.max_body_bytes).await?;
+    let body = body_bytes(req, &state, state.config.max_upload_bytes).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send a .pth checkpoint",
