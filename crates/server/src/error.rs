@@ -58,6 +58,11 @@ impl ApiError {
         }
     }
 
+    /// 404 `model_not_found` (also for models that exist but are not the caller's to see).
+    pub fn model_not_found(name: &str) -> Self {
+        Self::not_found("model_not_found", format!("no model named `{name}`"))
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }

@@ -224,9 +224,7 @@ async fn check_stylize(state: &AppState, caller: &Caller, s: &StylizeSpec) -> Re
         .catalog
         .resolve(&caller.owner, &s.model)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found("model_not_found", format!("no model named `{}`", s.model))
-        })?;
+        .ok_or_else(|| ApiError::model_not_found(&s.model))?;
     if !m.info(&caller.owner)?.can_stylize {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

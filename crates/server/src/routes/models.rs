@@ -18,7 +18,7 @@ use crate::auth::Caller;
 use crate::{ApiError, AppState};
 
 fn not_found(name: &str) -> ApiError {
-    ApiError::not_found("model_not_found", format!("no model named `{name}`"))
+    ApiError::model_not_found(name)
 }
 
 async fn resolve(state: &AppState, caller: &Caller, name: &str) -> Result<ModelRef, ApiError> {

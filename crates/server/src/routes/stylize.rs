@@ -95,9 +95,7 @@ pub async fn stylize(
         .catalog
         .resolve(&caller.owner, &model_name)
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found("model_not_found", format!("no model named `{model_name}`"))
-        })?;
+        .ok_or_else(|| ApiError::model_not_found(&model_name))?;
     // Validate before decoding: format by content, dimensions from the header.
     let limits = state.config.limits();
     let (in_format, _, _) = atelier_imaging::probe(&body, &limits)?;
