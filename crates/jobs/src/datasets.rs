@@ -255,6 +255,16 @@ impl<'a> Ingest<'a> {
     }
 }
 
+/// Deletes every image blob of a dataset (both domains).
+pub async fn remove(blobs: &Blobs, dataset: &str) -> Result<(), JobsError> {
+    for d in ['a', 'b'] {
+        for k in blobs.list(&prefix(dataset, d)).await? {
+            blobs.delete(&k).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a dataset's domain into a local folder (for the trainer); returns the image count.
 pub async fn materialize(
     blobs: &Blobs,

@@ -120,16 +120,7 @@ pub async fn create(
         Ok(r) => r,
         Err(e) => {
             // Nothing half-made stays behind.
-            for d in ['a', 'b'] {
-                for k in state
-                    .blobs
-                    .list(&atelier_jobs::datasets::prefix(&row.id, d))
-                    .await
-                    .unwrap_or_default()
-                {
-                    let _ = state.blobs.delete(&k).await;
-                }
-            }
+            let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
             return Err(e);
         }
     };
@@ -211,14 +202,6 @@ pub async fn delete(
         .delete_dataset(&caller.owner, &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    for d in ['a', 'b'] {
-        for k in state
-            .blobs
-            .list(&atelier_jobs::datasets::prefix(&row.id, d))
-            .await?
-        {
-            state.blobs.delete(&k).await?;
-        }
-    }
+    atelier_jobs::datasets::remove(&state.blobs, &row.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
