@@ -1,0 +1,537 @@
+//! Convolutions and transposed convolutions as implicit GEMM over NHWC maps.
+//!
+//! An output row is computed in tiles of `MR` pixels × `NV·16` channels. In NHWC a kernel row
+//! of a k×k convolution covers `k·C_in` *contiguous* input floats, so the GEMM's A operand
+//! (im2col) never has to be built: the tile reads it straight from the padded input, one K
+//! segment per kernel row. Weights are packed once, at load time, into panels of `NV·16`
+//! output channels.
+//!
+//! A transposed convolution with stride `s` is split into `s²` output phases (output pixels
+//! with the same `(y mod s, x mod s)`); each phase is an ordinary stride-1 convolution of the
+//! zero-padded input with the taps of the kernel that reach it, so no zeros are inserted and
+//! no multiplication is wasted.
+
+use rayon::prelude::*;
+
+use crate::map::{bf16_bits, pad, to_bf16, Map, PadMode};
+use crate::micro::{self, Isa, Tile, TileBf16};
+use crate::{Error, Precision, Result};
+
+/// Hyper-parameters of a convolution (square kernels, same stride and padding on both axes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub pad_mode: PadMode,
+    /// Transposed convolution (PyTorch `ConvTranspose2d`, weight `(in, out, k, k)`).
+    pub transposed: bool,
+    /// Extra output rows/columns of a transposed convolution.
+    pub output_padding: usize,
+}
+
+impl ConvSpec {
+    pub fn new(c_in: usize, c_out: usize, k: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            k,
+            stride: 1,
+            padding: 0,
+            pad_mode: PadMode::Zero,
+            transposed: false,
+            output_padding: 0,
+        }
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = s;
+        self
+    }
+    pub fn pad(mut self, p: usize, mode: PadMode) -> Self {
+        self.padding = p;
+        self.pad_mode = mode;
+        self
+    }
+    pub fn transposed(mut self, output_padding: usize) -> Self {
+        self.transposed = true;
+        self.output_padding = output_padding;
+        self
+    }
+
+    /// Output size for an `h`×`w` input, or `None` if the input is too small.
+    pub fn output_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let (k, s, p) = (self.k, self.stride, self.padding);
+        let f = |n: usize| -> Option<usize> {
+            if self.transposed {
+                ((n.checked_sub(1)?) * s + k + self.output_padding).checked_sub(2 * p)
+            } else {
+                Some((n + 2 * p).checked_sub(k)? / s + 1)
+            }
+        };
+        let (ho, wo) = (f(h)?, f(w)?);
+        (ho > 0 && wo > 0).then_some((ho, wo))
+    }
+
+    /// Multiply-accumulates for an `h`×`w` input.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        match self.output_size(h, w) {
+            Some((ho, wo)) if self.transposed => {
+                let _ = (ho, wo);
+                (h * w * self.c_in * self.c_out * self.k * self.k) as u64
+            }
+            Some((ho, wo)) => (ho * wo * self.c_in * self.c_out * self.k * self.k) as u64,
+            None => 0,
+        }
+    }
+}
+
+/// The taps of one output phase: which padded input rows and columns feed it.
+#[derive(Debug, Clone)]
+struct Phase {
+    /// Padded-input row offsets (relative to `q · in_stride`) of the kernel rows, in the
+    /// order the packed weights hold them.
+    rows: Vec<usize>,
+    /// Padded-input column offset (relative to `t · in_stride`) of the first tap.
+    col: usize,
+    /// Floats per kernel row: taps × `c_in`.
+    klen: usize,
+    /// Weights `[panel][rows·klen][nv·16]`.
+    packed: Vec<f32>,
+    /// The same in bf16 pairs, `[panel][rows·klen/2][nv·16][2]` (empty in f32).
+    packed_bf16: Vec<u16>,
+}
+
+/// A convolution with its weights packed for this CPU.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    spec: ConvSpec,
+    isa: Isa,
+    bf16: bool,
+    nv: usize,
+    panels: usize,
+    /// Output phase stride (1, or `stride` for a transposed convolution).
+    phase_stride: usize,
+    /// Input pixels per output step (`stride`, or 1 for a transposed convolution).
+    in_stride: usize,
+    /// Padding before the first row/column (transposed: derived from the taps).
+    lead: usize,
+    phases: Vec<Phase>,
+    /// Signed input offset of each phase tap (transposed only): `(row offsets, col offsets)`.
+    offsets: Vec<(Vec<isize>, Vec<isize>)>,
+    bias: Vec<f32>,
+}
+
+fn choose_nv(c_out: usize) -> usize {
+    if let Some(nv) = std::env::var("ATELIER_NV")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|v| [1, 2, 4].contains(v))
+    {
+        return nv;
+    }
+    if c_out <= 16 {
+        1
+    } else if c_out % 64 == 0 {
+        4
+    } else {
+        2
+    }
+}
+
+impl Conv {
+    /// Packs `weight` (PyTorch layout: `(out, in, k, k)`, or `(in, out, k, k)` transposed).
+    pub fn new(
+        spec: ConvSpec,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        precision: Precision,
+    ) -> Result<Self> {
+        Self::with_isa(spec, weight, bias, precision, Isa::detect())
+    }
+
+    /// [`Conv::new`] on a given instruction set (tests compare them).
+    pub fn with_isa(
+        spec: ConvSpec,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        precision: Precision,
+        isa: Isa,
+    ) -> Result<Self> {
+        let (ci, co, k, s) = (spec.c_in, spec.c_out, spec.k, spec.stride);
+        if ci == 0 || co == 0 || k == 0 || s == 0 {
+            return Err(Error::Spec(format!("empty convolution {spec:?}")));
+        }
+        if weight.len() != ci * co * k * k {
+            return Err(Error::Spec(format!(
+                "weight has {} values, {spec:?} needs {}",
+                weight.len(),
+                ci * co * k * k
+            )));
+        }
+        if let Some(b) = bias {
+            if b.len() != co {
+                return Err(Error::Spec(format!("bias has {} values, not {co}", b.len())));
+            }
+        }
+        if spec.transposed && spec.pad_mode != PadMode::Zero {
+            return Err(Error::Spec("transposed convolutions pad with zeros".into()));
+        }
+        if !spec.transposed && spec.padding >= k.max(2) * 2 {
+            return Err(Error::Spec(format!("padding {} too large", spec.padding)));
+        }
+        let nv = choose_nv(co);
+        let lanes = nv * 16;
+        let panels = co.div_ceil(lanes);
+        // w(o, i, ky, kx) in PyTorch's layout.
+        let w = |o: usize, i: usize, ky: usize, kx: usize| -> f32 {
+            if spec.transposed {
+                weight[((i * co + o) * k + ky) * k + kx]
+            } else {
+                weight[((o * ci + i) * k + ky) * k + kx]
+            }
+        };
+        // Taps of each phase: (ky list, kx list), in packed order.
+        let mut taps: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+        let mut offsets = Vec::new();
+        let (phase_stride, in_stride, lead) = if spec.transposed {
+            let p = spec.padding as isize;
+            let si = s as isize;
+            let axis = |r: usize| -> (Vec<usize>, Vec<isize>) {
+                // Taps reaching output index ≡ r (mod s), by ascending input offset.
+                let mut t: Vec<(isize, usize)> = (0..k)
+                    .filter(|&kk| (r as isize + p - kk as isize).rem_euclid(si) == 0)
+                    .map(|kk| ((r as isize + p - kk as isize).div_euclid(si), kk))
+                    .collect();
+                t.sort();
+                (t.iter().map(|x| x.1).collect(), t.iter().map(|x| x.0).collect())
+            };
+            let per: Vec<(Vec<usize>, Vec<isize>)> = (0..s).map(axis).collect();
+            let lead = per
+                .iter()
+                .flat_map(|(_, d)| d.iter())
+                .map(|d| (-d).max(0))
+                .max()
+                .unwrap_or(0) as usize;
+            for (ky, dy) in &per {
+                for (kx, dx) in &per {
+                    taps.push((ky.clone(), kx.clone()));
+                    offsets.push((dy.clone(), dx.clone()));
+                }
+            }
+            (s, 1, lead)
+        } else {
+            taps.push(((0..k).collect(), (0..k).collect()));
+            (1, s, spec.padding)
+        };
+        let mut phases = Vec::new();
+        let use_bf16 = precision == Precision::Bf16 && isa.has_bf16();
+        for (pi, (kys, kxs)) in taps.iter().enumerate() {
+            let klen = kxs.len() * ci;
+            let kk = kys.len() * klen;
+            let mut packed = vec![0f32; panels * kk * lanes];
+            for p in 0..panels {
+                for (r, &ky) in kys.iter().enumerate() {
+                    for (t, &kx) in kxs.iter().enumerate() {
+                        for i in 0..ci {
+                            let row = r * klen + t * ci + i;
+                            for l in 0..lanes {
+                                let o = p * lanes + l;
+                                if o < co {
+                                    packed[(p * kk + row) * lanes + l] = w(o, i, ky, kx);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let (rows, col) = if spec.transposed {
+                let (dy, dx) = &offsets[pi];
+                (
+                    dy.iter().map(|d| (d + lead as isize) as usize).collect(),
+                    dx.first().map_or(0, |d| (d + lead as isize) as usize),
+                )
+            } else {
+                ((0..k).collect(), 0)
+            };
+            let packed_bf16 = if use_bf16 && klen % 2 == 0 {
+                // [panel][pair][lane][2]
+                let mut b = vec![0u16; packed.len()];
+                for p in 0..panels {
+                    for j in 0..kk / 2 {
+                        for l in 0..lanes {
+                            for h in 0..2 {
+                                b[((p * kk / 2 + j) * lanes + l) * 2 + h] =
+                                    bf16_bits(packed[(p * kk + 2 * j + h) * lanes + l]);
+                            }
+                        }
+                    }
+                }
+                b
+            } else {
+                Vec::new()
+            };
+            phases.push(Phase {
+                rows,
+                col,
+                klen,
+                packed,
+                packed_bf16,
+            });
+        }
+        let mut b = vec![0f32; panels * lanes];
+        if let Some(bias) = bias {
+            b[..co].copy_from_slice(bias);
+        }
+        let bf16 = use_bf16 && phases.iter().all(|p| !p.packed_bf16.is_empty());
+        Ok(Self {
+            spec,
+            isa,
+            bf16,
+            nv,
+            panels,
+            phase_stride,
+            in_stride,
+            lead,
+            phases,
+            offsets,
+            bias: b,
+        })
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    /// Whether this convolution runs in bf16.
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
+
+    /// Applies the convolution to one image.
+    pub fn forward(&self, x: &Map) -> Result<Map> {
+        let mut out = self.alloc_output(x)?;
+        self.forward_into(x, &mut out, false)?;
+        Ok(out)
+    }
+
+    fn alloc_output(&self, x: &Map) -> Result<Map> {
+        let (ho, wo) = self.out_size(x)?;
+        Ok(Map::zeros(ho, wo, self.spec.c_out))
+    }
+
+    fn out_size(&self, x: &Map) -> Result<(usize, usize)> {
+        if x.c != self.spec.c_in {
+            return Err(Error::Shape(format!(
+                "input has {} channels, the convolution takes {}",
+                x.c, self.spec.c_in
+            )));
+        }
+        self.spec
+            .output_size(x.h, x.w)
+            .ok_or_else(|| Error::Shape(format!("input {}×{} is too small", x.h, x.w)))
+    }
+
+    /// The padded input: `(top, bottom, left, right)` so every tap is in range.
+    fn padding_for(&self, x: &Map, ho: usize, wo: usize) -> (usize, usize, usize, usize) {
+        let sp = &self.spec;
+        if !sp.transposed {
+            // Rows past the last used one are not needed; padding covers the rest.
+            let need = |n_out: usize, n: usize| -> usize {
+                let last = (n_out - 1) * sp.stride + sp.k; // padded extent used
+                last.saturating_sub(n + sp.padding)
+            };
+            return (sp.padding, need(ho, x.h), sp.padding, need(wo, x.w));
+        }
+        let s = self.phase_stride;
+        let mut bottom = 0usize;
+        let mut right = 0usize;
+        for r in 0..s {
+            let nq = (ho + s - 1 - r) / s;
+            let nt = (wo + s - 1 - r) / s;
+            for (pi, (dy, dx)) in self.offsets.iter().enumerate() {
+                if pi / s == r {
+                    if let (Some(&d), true) = (dy.last(), nq > 0) {
+                        let last = nq as isize - 1 + d;
+                        bottom = bottom.max((last - (x.h as isize - 1)).max(0) as usize);
+                    }
+                }
+                if pi % s == r {
+                    if let (Some(&d), true) = (dx.last(), nt > 0) {
+                        let last = nt as isize - 1 + d;
+                        right = right.max((last - (x.w as isize - 1)).max(0) as usize);
+                    }
+                }
+            }
+        }
+        (self.lead, bottom, self.lead, right)
+    }
+
+    /// Writes (or, with `accumulate`, adds) the convolution of `x` into `out`.
+    pub fn forward_into(&self, x: &Map, out: &mut Map, accumulate: bool) -> Result<()> {
+        let (ho, wo) = self.out_size(x)?;
+        if (out.h, out.w, out.c) != (ho, wo, self.spec.c_out) {
+            return Err(Error::Shape("output map has the wrong shape".into()));
+        }
+        let (t, b, l, r) = self.padding_for(x, ho, wo);
+        let xp = if (t, b, l, r) == (0, 0, 0, 0) {
+            None
+        } else {
+            Some(pad(x, t, b, l, r, self.spec.pad_mode))
+        };
+        let xp = xp.as_ref().unwrap_or(x);
+        let xb = self.bf16.then(|| to_bf16(&xp.data));
+        self.run(xp, xb.as_deref(), out, accumulate);
+        Ok(())
+    }
+
+    #[allow(unsafe_code)]
+    fn run(&self, xp: &Map, xb: Option<&[u16]>, out: &mut Map, accumulate: bool) {
+        let ci = self.spec.c_in;
+        let co = self.spec.c_out;
+        let (wo, wp) = (out.w, xp.w);
+        let s = self.phase_stride;
+        let lanes = self.nv * 16;
+        let mr_max = self.isa.max_mr(self.nv);
+        let row_floats = wo * co;
+        let in_len = xp.data.len();
+        out.data
+            .par_chunks_mut(row_floats)
+            .enumerate()
+            .for_each(|(y, orow)| {
+                let (ry, q) = (y % s, y / s);
+                for cx in 0..s {
+                    let nt = (wo + s - 1 - cx) / s;
+                    if nt == 0 {
+                        continue;
+                    }
+                    let ph = &self.phases[ry * s + cx];
+                    let segs: Vec<isize> = ph
+                        .rows
+                        .iter()
+                        .map(|&r| ((q * self.in_stride + r) * wp * ci) as isize)
+                        .collect();
+                    let kk = ph.rows.len() * ph.klen;
+                    for p in 0..self.panels {
+                        let nvalid = (co - p * lanes).min(lanes);
+                        let mut t0 = 0;
+                        while t0 < nt {
+                            let mr = (nt - t0).min(mr_max);
+                            let a_off = (t0 * self.in_stride + ph.col) * ci;
+                            // The furthest float the tile reads must be inside the input.
+                            let last = segs.last().copied().unwrap_or(0) as usize
+                                + a_off
+                                + (mr - 1) * self.in_stride * ci
+                                + ph.klen;
+                            assert!(ph.rows.is_empty() || last <= in_len, "tile out of range");
+                            let c_off = (cx + s * t0) * co + p * lanes;
+                            // SAFETY: the tile reads `segs[i] + a_off + m·a_pix + j` for
+                            // j < klen, m < mr, all ≤ `last` ≤ the input length (checked);
+                            // B reads one panel of `kk·lanes`; C writes `mr` pixels of
+                            // `nvalid` channels inside this output row.
+                            unsafe {
+                                if let (Some(xb), true) = (xb, self.bf16) {
+                                    let t = TileBf16 {
+                                        a: xb.as_ptr().add(a_off),
+                                        a_pix: self.in_stride * ci,
+                                        segs: segs.as_ptr(),
+                                        nseg: segs.len(),
+                                        klen: ph.klen,
+                                        b: ph.packed_bf16.as_ptr().add(p * kk * lanes),
+                                        c: orow.as_mut_ptr().add(c_off),
+                                        c_pix: s * co,
+                                        nvalid,
+                                        bias: self.bias.as_ptr().add(p * lanes),
+                                        accumulate,
+                                    };
+                                    micro::tile_bf16(self.nv, mr, &t);
+                                } else {
+                                    let t = Tile {
+                                        a: xp.data.as_ptr().add(a_off),
+                                        a_pix: self.in_stride * ci,
+                                        segs: segs.as_ptr(),
+                                        nseg: segs.len(),
+                                        klen: ph.klen,
+                                        b: ph.packed.as_ptr().add(p * kk * lanes),
+                                        c: orow.as_mut_ptr().add(c_off),
+                                        c_pix: s * co,
+                                        nvalid,
+                                        bias: self.bias.as_ptr().add(p * lanes),
+                                        accumulate,
+                                    };
+                                    micro::tile(self.isa, self.nv, mr, &t);
+                                }
+                            }
+                            t0 += mr;
+                        }
+                    }
+                }
+            });
+    }
+}
+
+/// Plain reference convolution (PyTorch semantics) for tests: NCHW in, NCHW out, one image.
+pub fn reference(spec: &ConvSpec, x: &[f32], h: usize, w: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
+    let (ho, wo) = spec.output_size(h, w).expect("size");
+    let mut out = vec![0f64; co * ho * wo];
+    for o in 0..co {
+        for v in &mut out[o * ho * wo..(o + 1) * ho * wo] {
+            *v = bias.map_or(0.0, |b| b[o] as f64);
+        }
+    }
+    if spec.transposed {
+        for i in 0..ci {
+            for iy in 0..h {
+                for ix in 0..w {
+                    let xv = x[(i * h + iy) * w + ix] as f64;
+                    for o in 0..co {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let oy = (iy * s + ky) as isize - p as isize;
+                                let ox = (ix * s + kx) as isize - p as isize;
+                                if oy < 0 || ox < 0 || oy >= ho as isize || ox >= wo as isize {
+                                    continue;
+                                }
+                                let wv = weight[((i * co + o) * k + ky) * k + kx] as f64;
+                                out[(o * ho + oy as usize) * wo + ox as usize] += xv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        for o in 0..co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let mut acc = 0f64;
+                    for i in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * s + ky) as isize - p as isize;
+                                let ix = (ox * s + kx) as isize - p as isize;
+                                let (iy, ix) = match spec.pad_mode {
+                                    PadMode::Zero => {
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                            continue;
+                                        }
+                                        (iy as usize, ix as usize)
+                                    }
+                                    PadMode::Reflect => {
+                                        (crate::map::reflect(iy, h), crate::map::reflect(ix, w))
+                                    }
+                                };
+                                acc += x[(i * h + iy) * w + ix] as f64
+                                    * weight[((o * ci + i) * k + ky) * k + kx] as f64;
+                            }
+                        }
+                    }
+                    out[(o * ho + oy) * wo + ox] += acc;
+                }
+            }
+        }
+    }
+    out.into_iter().map(|v| v as f32).collect()
+}

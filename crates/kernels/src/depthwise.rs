@@ -1,0 +1,135 @@
+//! Depthwise convolutions (groups = channels) on NHWC maps: the channel vector is contiguous,
+//! so each tap is one vector load and one FMA per 16 channels, with the tap weights kept per
+//! channel block.
+
+use rayon::prelude::*;
+
+use crate::map::{pad, Map, PadMode};
+use crate::micro::Isa;
+use crate::{Error, Result};
+
+/// A k×k depthwise convolution, stride 1.
+#[derive(Debug, Clone)]
+pub struct Depthwise {
+    c: usize,
+    k: usize,
+    padding: usize,
+    pad_mode: PadMode,
+    /// `[ky][kx][c]`.
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    isa: Isa,
+}
+
+impl Depthwise {
+    /// From PyTorch's `(c, 1, k, k)` weight.
+    pub fn new(
+        c: usize,
+        k: usize,
+        padding: usize,
+        pad_mode: PadMode,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Result<Self> {
+        if weight.len() != c * k * k || c == 0 || k == 0 {
+            return Err(Error::Spec(format!(
+                "depthwise weight has {} values, {c} channels × {k}² need {}",
+                weight.len(),
+                c * k * k
+            )));
+        }
+        let mut w = vec![0f32; c * k * k];
+        for ch in 0..c {
+            for t in 0..k * k {
+                w[t * c + ch] = weight[ch * k * k + t];
+            }
+        }
+        let bias = match bias {
+            Some(b) if b.len() == c => b.to_vec(),
+            Some(b) => return Err(Error::Spec(format!("bias has {} values, not {c}", b.len()))),
+            None => vec![0.0; c],
+        };
+        Ok(Self {
+            c,
+            k,
+            padding,
+            pad_mode,
+            w,
+            bias,
+            isa: Isa::detect(),
+        })
+    }
+
+    pub fn forward(&self, x: &Map) -> Result<Map> {
+        if x.c != self.c {
+            return Err(Error::Shape(format!(
+                "input has {} channels, the convolution takes {}",
+                x.c, self.c
+            )));
+        }
+        let p = self.padding;
+        let xp = pad(x, p, p, p, p, self.pad_mode);
+        if xp.h < self.k || xp.w < self.k {
+            return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
+        }
+        let (ho, wo) = (xp.h - self.k + 1, xp.w - self.k + 1);
+        let mut out = Map::zeros(ho, wo, self.c);
+        out.data
+            .par_chunks_mut(wo * self.c)
+            .enumerate()
+            .for_each(|(y, row)| self.row(&xp, y, row));
+        Ok(out)
+    }
+
+    fn row(&self, xp: &Map, y: usize, row: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: the features were detected at run time; the body is safe Rust.
+            #[allow(unsafe_code)]
+            match self.isa {
+                Isa::Avx512 { .. } => return unsafe { self.row_avx512(xp, y, row) },
+                Isa::Avx2 => return unsafe { self.row_avx2(xp, y, row) },
+                Isa::Portable => {}
+            }
+        }
+        self.row_body(xp, y, row)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn row_avx512(&self, xp: &Map, y: usize, row: &mut [f32]) {
+        self.row_body(xp, y, row)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn row_avx2(&self, xp: &Map, y: usize, row: &mut [f32]) {
+        self.row_body(xp, y, row)
+    }
+
+    #[inline(always)]
+    fn row_body(&self, xp: &Map, y: usize, row: &mut [f32]) {
+        let (c, k) = (self.c, self.k);
+        const B: usize = 32;
+        for (x, o) in row.chunks_exact_mut(c).enumerate() {
+            let mut c0 = 0;
+            while c0 < c {
+                let n = (c - c0).min(B);
+                let mut acc = [0f32; B];
+                acc[..n].copy_from_slice(&self.bias[c0..c0 + n]);
+                for ky in 0..k {
+                    let src = &xp.data[((y + ky) * xp.w + x) * c..];
+                    for kx in 0..k {
+                        let s = &src[kx * c + c0..][..n];
+                        let w = &self.w[(ky * k + kx) * c + c0..][..n];
+                        for ((a, s), w) in acc[..n].iter_mut().zip(s).zip(w) {
+                            *a += s * w;
+                        }
+                    }
+                }
+                o[c0..c0 + n].copy_from_slice(&acc[..n]);
+                c0 += n;
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! Convolutions with very few output channels (a generator's RGB head: 7×7, 32 → 3).
+//!
+//! A channels-last GEMM tile would leave 13 of 16 lanes idle. Here the input is planar and
+//! the vector runs along x: each step loads 4×16 neighbouring input pixels of one channel and
+//! multiplies them by up to 4 broadcast weights, 12 FMAs per 4 loads.
+
+use rayon::prelude::*;
+
+use crate::map::{pad, Map, PadMode};
+use crate::micro::Isa;
+use crate::ops::{activate, Act};
+use crate::{Error, Result};
+
+/// A stride-1 k×k convolution with `c_out ≤ 4`, producing planar `(C, H, W)` output.
+#[derive(Debug, Clone)]
+pub struct PlanarConv {
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    padding: usize,
+    pad_mode: PadMode,
+    /// `[ci][ky][kx][4]`, zero-padded to 4 outputs.
+    packed: Vec<f32>,
+    bias: [f32; 4],
+    act: Act,
+    isa: Isa,
+}
+
+impl PlanarConv {
+    pub const MAX_OUT: usize = 4;
+
+    /// From PyTorch's `(out, in, k, k)` weight.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        padding: usize,
+        pad_mode: PadMode,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        act: Act,
+    ) -> Result<Self> {
+        if c_out == 0 || c_out > Self::MAX_OUT || c_in == 0 || k == 0 {
+            return Err(Error::Spec(format!(
+                "planar convolution takes 1..=4 outputs, not {c_out}"
+            )));
+        }
+        if weight.len() != c_out * c_in * k * k {
+            return Err(Error::Spec("planar convolution: weight size".into()));
+        }
+        let mut packed = vec![0f32; c_in * k * k * 4];
+        for o in 0..c_out {
+            for i in 0..c_in {
+                for t in 0..k * k {
+                    packed[(i * k * k + t) * 4 + o] = weight[(o * c_in + i) * k * k + t];
+                }
+            }
+        }
+        let mut b = [0f32; 4];
+        if let Some(bias) = bias {
+            b[..c_out].copy_from_slice(bias);
+        }
+        Ok(Self {
+            c_in,
+            c_out,
+            k,
+            padding,
+            pad_mode,
+            packed,
+            bias: b,
+            act,
+            isa: Isa::detect(),
+        })
+    }
+
+    /// Applies it to one NHWC map; returns `(C, H, W)` planes.
+    pub fn forward(&self, x: &Map) -> Result<(Vec<f32>, usize, usize)> {
+        if x.c != self.c_in {
+            return Err(Error::Shape(format!(
+                "input has {} channels, the convolution takes {}",
+                x.c, self.c_in
+            )));
+        }
+        let p = self.padding;
+        let (hp, wp) = (x.h + 2 * p, x.w + 2 * p);
+        if hp < self.k || wp < self.k {
+            return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
+        }
+        let (ho, wo) = (hp - self.k + 1, wp - self.k + 1);
+        let xp = pad(x, p, p, p, p, self.pad_mode);
+        // Planar copy of the padded input, plus a vector of slack so row tails can be loaded.
+        let mut planes = xp.to_chw();
+        planes.extend(std::iter::repeat_n(0.0, 64));
+        let rows: Vec<Vec<f32>> = (0..ho)
+            .into_par_iter()
+            .map(|y| {
+                let mut out = vec![0f32; self.c_out * wo];
+                self.row(&planes, hp, wp, y, wo, &mut out);
+                out
+            })
+            .collect();
+        let mut out = vec![0f32; self.c_out * ho * wo];
+        for (y, r) in rows.iter().enumerate() {
+            for o in 0..self.c_out {
+                out[(o * ho + y) * wo..][..wo].copy_from_slice(&r[o * wo..][..wo]);
+            }
+        }
+        activate(&mut out, self.act);
+        Ok((out, ho, wo))
+    }
+
+    fn row(&self, planes: &[f32], hp: usize, wp: usize, y: usize, wo: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Isa::Avx512 { .. } = self.isa {
+            // SAFETY: AVX-512F was detected; `row_avx512` reads planes[ci][y+ky][x+kx] for
+            // x < wo rounded up to 16 (the 64 floats of slack cover the last row's tail) and
+            // writes `c_out · wo` floats of `out`.
+            #[allow(unsafe_code)]
+            unsafe {
+                match self.c_out {
+                    1 => self.row_avx512::<1>(planes, hp, wp, y, wo, out),
+                    2 => self.row_avx512::<2>(planes, hp, wp, y, wo, out),
+                    3 => self.row_avx512::<3>(planes, hp, wp, y, wo, out),
+                    _ => self.row_avx512::<4>(planes, hp, wp, y, wo, out),
+                }
+            }
+            return;
+        }
+        let k = self.k;
+        for o in 0..self.c_out {
+            out[o * wo..(o + 1) * wo].fill(self.bias[o]);
+        }
+        for i in 0..self.c_in {
+            for ky in 0..k {
+                let src = &planes[(i * hp + y + ky) * wp..][..wp];
+                for kx in 0..k {
+                    let wv = &self.packed[((i * k + ky) * k + kx) * 4..][..4];
+                    for o in 0..self.c_out {
+                        let w = wv[o];
+                        for (d, s) in out[o * wo..(o + 1) * wo].iter_mut().zip(&src[kx..]) {
+                            *d += w * s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code, clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_avx512<const CO: usize>(
+        &self,
+        planes: &[f32],
+        hp: usize,
+        wp: usize,
+        y: usize,
+        wo: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        const XV: usize = 4;
+        let k = self.k;
+        let base = planes.as_ptr();
+        let mut x0 = 0;
+        while x0 < wo {
+            let mut acc = [[_mm512_setzero_ps(); XV]; CO];
+            for i in 0..self.c_in {
+                for ky in 0..k {
+                    let src = base.add((i * hp + y + ky) * wp + x0);
+                    let wrow = self.packed.as_ptr().add((i * k + ky) * k * 4);
+                    for kx in 0..k {
+                        let mut a = [_mm512_setzero_ps(); XV];
+                        for (v, av) in a.iter_mut().enumerate() {
+                            *av = _mm512_loadu_ps(src.add(kx + 16 * v));
+                        }
+                        for (o, row) in acc.iter_mut().enumerate() {
+                            let w = _mm512_set1_ps(*wrow.add(kx * 4 + o));
+                            for v in 0..XV {
+                                row[v] = _mm512_fmadd_ps(a[v], w, row[v]);
+                            }
+                        }
+                    }
+                }
+            }
+            for (o, row) in acc.iter().enumerate() {
+                let b = _mm512_set1_ps(self.bias[o]);
+                for (v, r) in row.iter().enumerate() {
+                    let x = x0 + 16 * v;
+                    if x >= wo {
+                        break;
+                    }
+                    let n = (wo - x).min(16);
+                    let mask: __mmask16 = ((1u32 << n) - 1) as u16;
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(o * wo + x), mask, _mm512_add_ps(*r, b));
+                }
+            }
+            x0 += 16 * XV;
+        }
+    }
+}
