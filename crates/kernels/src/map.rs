@@ -138,6 +138,7 @@ pub(crate) fn bf16_bits(v: f32) -> u16 {
 
 /// bf16 bits → f32.
 #[inline]
+#[cfg(test)]
 pub(crate) fn bf16_to_f32(b: u16) -> f32 {
     f32::from_bits((b as u32) << 16)
 }

@@ -37,28 +37,28 @@ impl Default for LightConfig {
 }
 
 #[derive(Debug, Clone)]
-struct DsBlock {
-    dw1: Conv2d,
-    pw1: Conv2d,
-    dw2: Conv2d,
-    pw2: Conv2d,
+pub(crate) struct DsBlock {
+    pub(crate) dw1: Conv2d,
+    pub(crate) pw1: Conv2d,
+    pub(crate) dw2: Conv2d,
+    pub(crate) pw2: Conv2d,
 }
 
 #[derive(Debug, Clone)]
-struct Up {
-    dw: Conv2d,
-    pw: Conv2d,
+pub(crate) struct Up {
+    pub(crate) dw: Conv2d,
+    pub(crate) pw: Conv2d,
 }
 
 #[derive(Debug, Clone)]
 pub struct LightGenerator {
     cfg: LightConfig,
-    stem: Conv2d,
-    down: Vec<Conv2d>,
-    blocks: Vec<DsBlock>,
-    up: Vec<Up>,
-    head: Conv2d,
-    norm: Norm,
+    pub(crate) stem: Conv2d,
+    pub(crate) down: Vec<Conv2d>,
+    pub(crate) blocks: Vec<DsBlock>,
+    pub(crate) up: Vec<Up>,
+    pub(crate) head: Conv2d,
+    pub(crate) norm: Norm,
 }
 
 impl LightGenerator {

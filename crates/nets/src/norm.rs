@@ -157,6 +157,56 @@ impl Ctx {
         }
     }
 
+    /// Whether this context records statistics.
+    pub fn is_recording(&self) -> bool {
+        matches!(self.mode, StatsMode::Record(_))
+    }
+
+    pub(crate) fn cursor(&self) -> usize {
+        self.cursor
+    }
+
+    pub(crate) fn set_cursor(&mut self, c: usize) {
+        self.cursor = c;
+    }
+
+    /// Instance-norm statistics of the compiled path as plain values: `compute` gives the
+    /// current input's; replay and record work as in [`Ctx::stats`].
+    pub(crate) fn stats_values(
+        &mut self,
+        c: usize,
+        compute: impl FnOnce() -> (Vec<f32>, Vec<f32>),
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let layer = self.cursor;
+        self.cursor += 1;
+        if let StatsMode::Replay(stats) = &self.mode {
+            let s = stats.get(layer).ok_or_else(|| {
+                crate::Error::Input(format!(
+                    "replayed statistics have {} layers, the network has more",
+                    stats.len()
+                ))
+            })?;
+            let mean = s.mean.flatten_all()?.to_vec1::<f32>()?;
+            let var = s.var.flatten_all()?.to_vec1::<f32>()?;
+            if mean.len() != c || var.len() != c {
+                return Err(crate::Error::Input(format!(
+                    "replayed statistics of layer {layer} have {} channels, expected {c}",
+                    mean.len()
+                )));
+            }
+            return Ok((mean, var));
+        }
+        let (mean, var) = compute();
+        if let StatsMode::Record(v) = &mut self.mode {
+            let dev = candle_core::Device::Cpu;
+            v.push(LayerStats {
+                mean: Tensor::from_slice(&mean, (1, c, 1, 1), &dev)?,
+                var: Tensor::from_slice(&var, (1, c, 1, 1), &dev)?,
+            });
+        }
+        Ok((mean, var))
+    }
+
     /// Statistics for a data-dependent normalization: per sample (instance norm) or over the
     /// batch (batch norm).
     fn stats(&mut self, x: &Tensor, per_sample: bool) -> Result<(Tensor, Tensor)> {

@@ -39,11 +39,11 @@ impl Default for ResnetConfig {
 }
 
 #[derive(Debug, Clone)]
-struct ResnetBlock {
-    conv1: Conv2d,
-    norm1: Norm,
-    conv2: Conv2d,
-    norm2: Norm,
+pub(crate) struct ResnetBlock {
+    pub(crate) conv1: Conv2d,
+    pub(crate) norm1: Norm,
+    pub(crate) conv2: Conv2d,
+    pub(crate) norm2: Norm,
     use_dropout: bool,
 }
 
@@ -75,12 +75,12 @@ impl ResnetBlock {
 #[derive(Debug, Clone)]
 pub struct ResnetGenerator {
     cfg: ResnetConfig,
-    stem: Conv2d,
-    stem_norm: Norm,
-    down: Vec<(Conv2d, Norm)>,
-    blocks: Vec<ResnetBlock>,
-    up: Vec<(ConvTranspose2d, Norm)>,
-    head: Conv2d,
+    pub(crate) stem: Conv2d,
+    pub(crate) stem_norm: Norm,
+    pub(crate) down: Vec<(Conv2d, Norm)>,
+    pub(crate) blocks: Vec<ResnetBlock>,
+    pub(crate) up: Vec<(ConvTranspose2d, Norm)>,
+    pub(crate) head: Conv2d,
 }
 
 impl ResnetGenerator {

@@ -166,6 +166,19 @@ fn check_case(c: &Value, weights: &Path) -> Vec<String> {
     ));
     assert!(err <= TOL, "{name}: eval output differs by {err}");
 
+    // The same network on Atelier's own kernels (every ISA this CPU has is covered by the
+    // kernels' own tests; this checks the wiring against PyTorch), f32 and bf16.
+    for precision in [atelier_nets::Precision::F32, atelier_nets::Precision::Bf16] {
+        if let Some(fast) = atelier_nets::Compiled::new(&net, precision).unwrap() {
+            let out = fast.forward(&io["input"], &mut Ctx::eval()).unwrap();
+            let err = max_abs(&out, &io["output"]);
+            report.push(format!("{name}: kernels {precision:?} max abs err {err:.2e}"));
+            // bf16 rounds inputs and weights to 8 bits of mantissa: a looser bound.
+            let tol = if precision == atelier_nets::Precision::F32 { TOL } else { 0.1 };
+            assert!(err <= tol, "{name}: kernels {precision:?} output differs by {err}");
+        }
+    }
+
     if let Some(expected) = io.get("output_batchstats") {
         let mut ctx = Ctx::eval();
         ctx.batch_stats = true;

@@ -1,0 +1,417 @@
+//! Inference on Atelier's own CPU kernels (`atelier-kernels`).
+//!
+//! [`Compiled::new`] takes a built generator, packs its weights for this CPU once, and runs
+//! it channels-last from the first convolution to the RGB head: layout conversion happens
+//! only at the network's edges. Normalization statistics follow the same [`Ctx`] modes as the
+//! candle path (own, recorded, replayed), so tiled stylization works unchanged.
+//!
+//! Supported: the ResNet generator (instance norm, or batch norm with running statistics)
+//! and the light generator. Everything else (and batch norm with batch statistics) stays on
+//! candle; [`Compiled::new`] returns `None` for it.
+
+use atelier_kernels::{
+    ops, Act, Conv, ConvSpec, Depthwise, Map, PadMode, PlanarConv, Precision,
+};
+use candle_core::{Device, Tensor};
+
+use crate::layers::{Conv2d, ConvTranspose2d};
+use crate::light::LightGenerator;
+use crate::norm::{Ctx, Norm};
+use crate::resnet::ResnetGenerator;
+use crate::{Error, Network, Result};
+
+fn values(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+fn kerr(e: atelier_kernels::Error) -> Error {
+    Error::Input(e.to_string())
+}
+
+/// Planar `(C, H, W)` values with `H` and `W`.
+pub type Out = (Vec<f32>, usize, usize);
+
+/// A normalization layer with its data-independent part folded.
+#[derive(Debug, Clone)]
+enum FastNorm {
+    Instance { eps: f32 },
+    /// Batch norm with running statistics: `x·scale + shift`.
+    Affine { scale: Vec<f32>, shift: Vec<f32> },
+    None,
+}
+
+impl FastNorm {
+    fn new(n: &Norm) -> Result<Self> {
+        Ok(match n {
+            Norm::Instance { eps } => FastNorm::Instance { eps: *eps as f32 },
+            Norm::None => FastNorm::None,
+            Norm::Batch {
+                weight,
+                bias,
+                running_mean,
+                running_var,
+                eps,
+            } => {
+                let (w, b) = (values(weight)?, values(bias)?);
+                let (m, v) = (values(running_mean)?, values(running_var)?);
+                let scale: Vec<f32> = w
+                    .iter()
+                    .zip(&v)
+                    .map(|(w, v)| w / (v + *eps as f32).sqrt())
+                    .collect();
+                let shift = b
+                    .iter()
+                    .zip(&m)
+                    .zip(&scale)
+                    .map(|((b, m), s)| b - m * s)
+                    .collect();
+                FastNorm::Affine { scale, shift }
+            }
+        })
+    }
+
+    /// Normalizes `x` in place, applies `act`, then adds `residual`.
+    fn apply(&self, x: &mut Map, ctx: &mut Ctx, act: Act, residual: Option<&Map>) -> Result<()> {
+        match self {
+            FastNorm::Instance { eps } => {
+                let (mean, var) = ctx.stats_values(x.c, || ops::channel_stats(x))?;
+                let (s, b) = ops::norm_coefficients(&mean, &var, *eps);
+                ops::scale_shift_act(x, &s, &b, act, residual);
+            }
+            FastNorm::Affine { scale, shift } => {
+                ops::scale_shift_act(x, scale, shift, act, residual)
+            }
+            FastNorm::None => {
+                let c = x.c;
+                ops::scale_shift_act(x, &vec![1.0; c], &vec![0.0; c], act, residual)
+            }
+        }
+        Ok(())
+    }
+}
+
+fn conv(c: &Conv2d, pad: usize, mode: PadMode, precision: Precision) -> Result<Conv> {
+    let (co, ci, k, _) = c.weight.dims4()?;
+    if c.groups != 1 {
+        return Err(Error::Input("grouped convolution".into()));
+    }
+    let spec = ConvSpec::new(ci, co, k)
+        .stride(c.stride)
+        .pad(pad.max(c.padding), if pad > 0 { mode } else { PadMode::Zero });
+    let bias = c.bias.as_ref().map(values).transpose()?;
+    Conv::new(spec, &values(&c.weight)?, bias.as_deref(), precision).map_err(kerr)
+}
+
+fn conv_t(c: &ConvTranspose2d, precision: Precision) -> Result<Conv> {
+    let (ci, co, k, _) = c.weight.dims4()?;
+    let spec = ConvSpec::new(ci, co, k)
+        .stride(c.stride)
+        .pad(c.padding, PadMode::Zero)
+        .transposed(c.output_padding);
+    let bias = c.bias.as_ref().map(values).transpose()?;
+    Conv::new(spec, &values(&c.weight)?, bias.as_deref(), precision).map_err(kerr)
+}
+
+fn depthwise(c: &Conv2d, pad: usize) -> Result<Depthwise> {
+    let (co, _, k, _) = c.weight.dims4()?;
+    let bias = c.bias.as_ref().map(values).transpose()?;
+    Depthwise::new(co, k, pad, PadMode::Reflect, &values(&c.weight)?, bias.as_deref())
+        .map_err(kerr)
+}
+
+/// The RGB head: a 7×7 reflect-padded convolution and tanh, planar output.
+#[derive(Debug, Clone)]
+enum Head {
+    Planar(PlanarConv),
+    /// More than 4 output channels: a channels-last convolution.
+    Wide(Conv),
+}
+
+impl Head {
+    fn new(c: &Conv2d, precision: Precision) -> Result<Self> {
+        let (co, ci, k, _) = c.weight.dims4()?;
+        let bias = c.bias.as_ref().map(values).transpose()?;
+        let w = values(&c.weight)?;
+        if co <= PlanarConv::MAX_OUT {
+            Ok(Head::Planar(
+                PlanarConv::new(ci, co, k, 3, PadMode::Reflect, &w, bias.as_deref(), Act::Tanh)
+                    .map_err(kerr)?,
+            ))
+        } else {
+            Ok(Head::Wide(conv(c, 3, PadMode::Reflect, precision)?))
+        }
+    }
+
+    /// Planar output and its height and width.
+    fn forward(&self, x: &Map) -> Result<Out> {
+        match self {
+            Head::Planar(p) => p.forward(x).map_err(kerr),
+            Head::Wide(c) => {
+                let y = c.forward(x).map_err(kerr)?;
+                let mut out = y.to_chw();
+                ops::activate(&mut out, Act::Tanh);
+                Ok((out, y.h, y.w))
+            }
+        }
+    }
+}
+
+/// Convolution, then normalization, activation and residual in one pass.
+fn step(
+    layer: &(Conv, FastNorm),
+    x: &Map,
+    ctx: &mut Ctx,
+    act: Act,
+    res: Option<&Map>,
+) -> Result<Map> {
+    let mut y = layer.0.forward(x).map_err(kerr)?;
+    layer.1.apply(&mut y, ctx, act, res)?;
+    Ok(y)
+}
+
+#[derive(Debug, Clone)]
+struct ResnetPlan {
+    stem: (Conv, FastNorm),
+    down: Vec<(Conv, FastNorm)>,
+    blocks: Vec<[(Conv, FastNorm); 2]>,
+    up: Vec<(Conv, FastNorm)>,
+    head: Head,
+}
+
+impl ResnetPlan {
+    fn new(g: &ResnetGenerator, p: Precision) -> Result<Self> {
+        let r = PadMode::Reflect;
+        Ok(Self {
+            stem: (conv(&g.stem, 3, r, p)?, FastNorm::new(&g.stem_norm)?),
+            down: g
+                .down
+                .iter()
+                .map(|(c, n)| Ok((conv(c, 0, r, p)?, FastNorm::new(n)?)))
+                .collect::<Result<_>>()?,
+            blocks: g
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok([
+                        (conv(&b.conv1, 1, r, p)?, FastNorm::new(&b.norm1)?),
+                        (conv(&b.conv2, 1, r, p)?, FastNorm::new(&b.norm2)?),
+                    ])
+                })
+                .collect::<Result<_>>()?,
+            up: g
+                .up
+                .iter()
+                .map(|(c, n)| Ok((conv_t(c, p)?, FastNorm::new(n)?)))
+                .collect::<Result<_>>()?,
+            head: Head::new(&g.head, p)?,
+        })
+    }
+
+    fn forward(&self, x: Map, ctx: &mut Ctx) -> Result<Out> {
+        let mut h = step(&self.stem, &x, ctx, Act::Relu, None)?;
+        drop(x);
+        for l in &self.down {
+            h = step(l, &h, ctx, Act::Relu, None)?;
+        }
+        for [a, b] in &self.blocks {
+            let t = step(a, &h, ctx, Act::Relu, None)?;
+            let next = step(b, &t, ctx, Act::None, Some(&h))?;
+            h = next;
+        }
+        for l in &self.up {
+            h = step(l, &h, ctx, Act::Relu, None)?;
+        }
+        self.head.forward(&h)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct LightBlock {
+    dw1: Depthwise,
+    pw1: Conv,
+    dw2: Depthwise,
+    pw2: Conv,
+}
+
+#[derive(Debug, Clone)]
+struct LightPlan {
+    stem: Conv,
+    down: Vec<Conv>,
+    blocks: Vec<LightBlock>,
+    up: Vec<(Depthwise, Conv)>,
+    head: Head,
+    norm: FastNorm,
+}
+
+impl LightPlan {
+    fn new(g: &LightGenerator, p: Precision) -> Result<Self> {
+        let r = PadMode::Reflect;
+        Ok(Self {
+            stem: conv(&g.stem, 3, r, p)?,
+            down: g.down.iter().map(|c| conv(c, 0, r, p)).collect::<Result<_>>()?,
+            blocks: g
+                .blocks
+                .iter()
+                .map(|b| {
+                    Ok(LightBlock {
+                        dw1: depthwise(&b.dw1, 1)?,
+                        pw1: conv(&b.pw1, 0, r, p)?,
+                        dw2: depthwise(&b.dw2, 1)?,
+                        pw2: conv(&b.pw2, 0, r, p)?,
+                    })
+                })
+                .collect::<Result<_>>()?,
+            up: g
+                .up
+                .iter()
+                .map(|u| Ok((depthwise(&u.dw, 1)?, conv(&u.pw, 0, r, p)?)))
+                .collect::<Result<_>>()?,
+            head: Head::new(&g.head, p)?,
+            norm: FastNorm::new(&g.norm)?,
+        })
+    }
+
+    fn forward(&self, x: Map, ctx: &mut Ctx) -> Result<Out> {
+        let n = &self.norm;
+        let mut h = self.stem.forward(&x).map_err(kerr)?;
+        drop(x);
+        n.apply(&mut h, ctx, Act::Relu, None)?;
+        for d in &self.down {
+            h = d.forward(&h).map_err(kerr)?;
+            n.apply(&mut h, ctx, Act::Relu, None)?;
+        }
+        for b in &self.blocks {
+            let t = b.dw1.forward(&h).map_err(kerr)?;
+            let mut t = b.pw1.forward(&t).map_err(kerr)?;
+            n.apply(&mut t, ctx, Act::Relu, None)?;
+            let t = b.dw2.forward(&t).map_err(kerr)?;
+            let mut t = b.pw2.forward(&t).map_err(kerr)?;
+            n.apply(&mut t, ctx, Act::None, Some(&h))?;
+            h = t;
+        }
+        for (dw, pw) in &self.up {
+            let t = atelier_kernels::map::upsample_nearest2(&h);
+            let t = dw.forward(&t).map_err(kerr)?;
+            h = pw.forward(&t).map_err(kerr)?;
+            n.apply(&mut h, ctx, Act::Relu, None)?;
+        }
+        self.head.forward(&h)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    Resnet(ResnetPlan),
+    Light(LightPlan),
+}
+
+/// A generator compiled for Atelier's CPU kernels.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    plan: Plan,
+    in_channels: usize,
+    out_channels: usize,
+    precision: Precision,
+    /// Whether normalization needs data statistics (instance norm).
+    data_stats: bool,
+}
+
+impl Compiled {
+    /// Packs `net` for the CPU, or `None` if its architecture or normalization is not covered
+    /// (it then keeps running on candle).
+    pub fn new(net: &Network, precision: Precision) -> Result<Option<Self>> {
+        let (plan, in_channels, out_channels, data_stats) = match net {
+            Network::Resnet(g) => {
+                let c = g.config();
+                (
+                    Plan::Resnet(ResnetPlan::new(g, precision)?),
+                    c.input_nc,
+                    c.output_nc,
+                    c.norm == crate::NormKind::Instance,
+                )
+            }
+            Network::Light(g) => {
+                let c = g.config();
+                (Plan::Light(LightPlan::new(g, precision)?), c.input_nc, c.output_nc, true)
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Self {
+            plan,
+            in_channels,
+            out_channels,
+            precision,
+            data_stats,
+        }))
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Whether `ctx` can run here: batch statistics of a batch-norm model stay on candle.
+    pub fn supports(&self, ctx: &Ctx) -> bool {
+        !ctx.train && (self.data_stats || !ctx.batch_stats)
+    }
+
+    /// One image `(C, H, W)` → `(C_out, H', W')` (the same size for sizes the network's
+    /// multiple divides).
+    pub fn forward_chw(&self, chw: &[f32], h: usize, w: usize, ctx: &mut Ctx) -> Result<Out> {
+        if !self.supports(ctx) {
+            return Err(Error::Input(
+                "the compiled network runs inference without batch statistics only".into(),
+            ));
+        }
+        if chw.len() != self.in_channels * h * w {
+            return Err(Error::Input(format!(
+                "expected {} channels of {h}×{w}",
+                self.in_channels
+            )));
+        }
+        let x = Map::from_chw(chw, self.in_channels, h, w);
+        match &self.plan {
+            Plan::Resnet(p) => p.forward(x, ctx),
+            Plan::Light(p) => p.forward(x, ctx),
+        }
+    }
+
+    /// `(N, C, H, W)` → `(N, C_out, H, W)`; images run one after the other. Recording
+    /// statistics needs a batch of one (the candle path averages over the batch).
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        if c != self.in_channels {
+            return Err(Error::Input(format!(
+                "expected {} input channels, got {c}",
+                self.in_channels
+            )));
+        }
+        if n > 1 && ctx.is_recording() {
+            return Err(Error::Input(
+                "recording statistics on the compiled network needs a batch of one".into(),
+            ));
+        }
+        let data = x
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut out = Vec::with_capacity(n * self.out_channels * h * w);
+        let mut size = (h, w);
+        for i in 0..n {
+            let start = ctx.cursor();
+            let (y, ho, wo) =
+                self.forward_chw(&data[i * c * h * w..(i + 1) * c * h * w], h, w, ctx)?;
+            out.extend(y);
+            size = (ho, wo);
+            if i + 1 < n {
+                ctx.set_cursor(start);
+            }
+        }
+        Ok(Tensor::from_vec(
+            out,
+            (n, self.out_channels, size.0, size.1),
+            &Device::Cpu,
+        )?)
+    }
+}
