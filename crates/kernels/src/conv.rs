@@ -304,6 +304,16 @@ impl Conv {
         &self.spec
     }
 
+    /// The border [`Conv::forward_padded`] expects (transposed convolutions pad themselves:
+    /// 0).
+    pub fn input_padding(&self) -> (usize, PadMode) {
+        if self.spec.transposed {
+            (0, PadMode::Zero)
+        } else {
+            (self.spec.padding, self.spec.pad_mode)
+        }
+    }
+
     /// Whether this convolution runs in bf16.
     pub fn is_bf16(&self) -> bool {
         self.bf16
@@ -368,6 +378,29 @@ impl Conv {
         (self.lead, bottom, self.lead, right)
     }
 
+    /// Applies a (non-transposed) convolution to an input that already carries its padding
+    /// (e.g. from [`crate::ops::normalize_into_padded`]).
+    pub fn forward_padded(&self, xp: &Map) -> Result<Map> {
+        let sp = &self.spec;
+        if sp.transposed {
+            return Err(Error::Spec("forward_padded: transposed convolution".into()));
+        }
+        if xp.c != sp.c_in {
+            return Err(Error::Shape(format!(
+                "input has {} channels, the convolution takes {}",
+                xp.c, sp.c_in
+            )));
+        }
+        if xp.h < sp.k || xp.w < sp.k {
+            return Err(Error::Shape(format!("input {}×{} is too small", xp.h, xp.w)));
+        }
+        let (ho, wo) = ((xp.h - sp.k) / sp.stride + 1, (xp.w - sp.k) / sp.stride + 1);
+        let mut out = Map::zeros(ho, wo, sp.c_out);
+        let xb = self.bf16.then(|| to_bf16(&xp.data));
+        self.run(xp, xb.as_deref(), &mut out, false);
+        Ok(out)
+    }
+
     /// Writes (or, with `accumulate`, adds) the convolution of `x` into `out`.
     pub fn forward_into(&self, x: &Map, out: &mut Map, accumulate: bool) -> Result<()> {
         let (ho, wo) = self.out_size(x)?;
@@ -396,74 +429,124 @@ impl Conv {
         let mr_max = self.isa.max_mr(self.nv);
         let row_floats = wo * co;
         let in_len = xp.data.len();
+        // K chunk: the weights of one chunk (kc × lanes floats) stay in L1 (~24 KiB) while
+        // every tile of the task's rows uses them.
+        let kc = (6144 / lanes).max(16);
+        // Rows per task: enough tiles to reuse each weight chunk, enough tasks for the pool.
+        let tiles_per_row = wo.div_ceil(s).div_ceil(mr_max).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        let mut rows_per_task = 12usize.div_ceil(tiles_per_row).max(1) * s;
+        while rows_per_task > s && out.h.div_ceil(rows_per_task) < 4 * threads {
+            rows_per_task -= s;
+        }
+        let zero_bias = vec![0f32; lanes];
         out.data
-            .par_chunks_mut(row_floats)
+            .par_chunks_mut(row_floats * rows_per_task)
             .enumerate()
-            .for_each(|(y, orow)| {
-                let (ry, q) = (y % s, y / s);
-                for cx in 0..s {
-                    let nt = (wo + s - 1 - cx) / s;
-                    if nt == 0 {
-                        continue;
-                    }
-                    let ph = &self.phases[ry * s + cx];
-                    let segs: Vec<isize> = ph
-                        .rows
-                        .iter()
-                        .map(|&r| ((q * self.in_stride + r) * wp * ci) as isize)
-                        .collect();
-                    let kk = ph.rows.len() * ph.klen;
-                    for p in 0..self.panels {
-                        let nvalid = (co - p * lanes).min(lanes);
-                        let mut t0 = 0;
-                        while t0 < nt {
-                            let mr = (nt - t0).min(mr_max);
-                            let a_off = (t0 * self.in_stride + ph.col) * ci;
-                            // The furthest float the tile reads must be inside the input.
-                            let last = segs.last().copied().unwrap_or(0) as usize
-                                + a_off
-                                + (mr - 1) * self.in_stride * ci
-                                + ph.klen;
-                            assert!(ph.rows.is_empty() || last <= in_len, "tile out of range");
-                            let c_off = (cx + s * t0) * co + p * lanes;
-                            // SAFETY: the tile reads `segs[i] + a_off + m·a_pix + j` for
-                            // j < klen, m < mr, all ≤ `last` ≤ the input length (checked);
-                            // B reads one panel of `kk·lanes`; C writes `mr` pixels of
-                            // `nvalid` channels inside this output row.
-                            unsafe {
-                                if let (Some(xb), true) = (xb, self.bf16) {
-                                    let t = TileBf16 {
-                                        a: xb.as_ptr().add(a_off),
-                                        a_pix: self.in_stride * ci,
-                                        segs: segs.as_ptr(),
-                                        nseg: segs.len(),
-                                        klen: ph.klen,
-                                        b: ph.packed_bf16.as_ptr().add(p * kk * lanes),
-                                        c: orow.as_mut_ptr().add(c_off),
-                                        c_pix: s * co,
-                                        nvalid,
-                                        bias: self.bias.as_ptr().add(p * lanes),
-                                        accumulate,
-                                    };
-                                    micro::tile_bf16(self.nv, mr, &t);
-                                } else {
-                                    let t = Tile {
-                                        a: xp.data.as_ptr().add(a_off),
-                                        a_pix: self.in_stride * ci,
-                                        segs: segs.as_ptr(),
-                                        nseg: segs.len(),
-                                        klen: ph.klen,
-                                        b: ph.packed.as_ptr().add(p * kk * lanes),
-                                        c: orow.as_mut_ptr().add(c_off),
-                                        c_pix: s * co,
-                                        nvalid,
-                                        bias: self.bias.as_ptr().add(p * lanes),
-                                        accumulate,
-                                    };
-                                    micro::tile(self.isa, self.nv, mr, &t);
+            .for_each(|(task, rows)| {
+                let y0 = task * rows_per_task;
+                let nrows = rows.len() / row_floats;
+                for ry in 0..s {
+                    for cx in 0..s {
+                        let nt = (wo + s - 1 - cx) / s;
+                        if nt == 0 {
+                            continue;
+                        }
+                        let ph = &self.phases[ry * s + cx];
+                        let kk = ph.rows.len() * ph.klen;
+                        let my_rows: Vec<usize> =
+                            (0..nrows).filter(|r| (y0 + r) % s == ry).collect();
+                        for p in 0..self.panels {
+                            let nvalid = (co - p * lanes).min(lanes);
+                            // Chunks: (kernel row, first float, floats).
+                            let mut chunks = Vec::new();
+                            for (ri, _) in ph.rows.iter().enumerate() {
+                                let mut j0 = 0;
+                                while j0 < ph.klen {
+                                    let n = (ph.klen - j0).min(kc);
+                                    // bf16 chunks must hold whole pairs.
+                                    let n = if self.bf16 && n % 2 == 1 { n + 1 } else { n };
+                                    chunks.push((ri, j0, n.min(ph.klen - j0)));
+                                    j0 += n;
                                 }
                             }
-                            t0 += mr;
+                            if chunks.is_empty() {
+                                chunks.push((usize::MAX, 0, 0));
+                            }
+                            for (ci_idx, &(ri, j0, n)) in chunks.iter().enumerate() {
+                                let first = ci_idx == 0;
+                                for &r in &my_rows {
+                                    let q = (y0 + r) / s;
+                                    let seg: [isize; 1] = if ri == usize::MAX {
+                                        [0]
+                                    } else {
+                                        [((q * self.in_stride + ph.rows[ri]) * wp * ci + j0)
+                                            as isize]
+                                    };
+                                    let nseg = usize::from(ri != usize::MAX);
+                                    let boff = if ri == usize::MAX { 0 } else { ri * ph.klen + j0 };
+                                    let orow = &mut rows[r * row_floats..(r + 1) * row_floats];
+                                    let mut t0 = 0;
+                                    while t0 < nt {
+                                        let mr = (nt - t0).min(mr_max);
+                                        let a_off = (t0 * self.in_stride + ph.col) * ci;
+                                        let last = seg[0] as usize
+                                            + a_off
+                                            + (mr - 1) * self.in_stride * ci
+                                            + n;
+                                        assert!(nseg == 0 || last <= in_len, "tile out of range");
+                                        let c_off = (cx + s * t0) * co + p * lanes;
+                                        let bias = if first {
+                                            self.bias[p * lanes..].as_ptr()
+                                        } else {
+                                            zero_bias.as_ptr()
+                                        };
+                                        let acc = accumulate || !first;
+                                        // SAFETY: the tile reads `seg + a_off + m·a_pix + j`
+                                        // for j < n, m < mr, all < `last` ≤ the input length
+                                        // (checked); B reads `n · lanes` floats of the panel
+                                        // from row `boff`; C writes `mr` pixels of `nvalid`
+                                        // channels inside this output row.
+                                        unsafe {
+                                            if let (Some(xb), true) = (xb, self.bf16) {
+                                                let t = TileBf16 {
+                                                    a: xb.as_ptr().add(a_off),
+                                                    a_pix: self.in_stride * ci,
+                                                    segs: seg.as_ptr(),
+                                                    nseg,
+                                                    klen: n,
+                                                    b: ph
+                                                        .packed_bf16
+                                                        .as_ptr()
+                                                        .add((p * kk + boff) * lanes),
+                                                    c: orow.as_mut_ptr().add(c_off),
+                                                    c_pix: s * co,
+                                                    nvalid,
+                                                    bias,
+                                                    accumulate: acc,
+                                                };
+                                                micro::tile_bf16(self.nv, mr, &t);
+                                            } else {
+                                                let t = Tile {
+                                                    a: xp.data.as_ptr().add(a_off),
+                                                    a_pix: self.in_stride * ci,
+                                                    segs: seg.as_ptr(),
+                                                    nseg,
+                                                    klen: n,
+                                                    b: ph.packed.as_ptr().add((p * kk + boff) * lanes),
+                                                    c: orow.as_mut_ptr().add(c_off),
+                                                    c_pix: s * co,
+                                                    nvalid,
+                                                    bias,
+                                                    accumulate: acc,
+                                                };
+                                                micro::tile(self.isa, self.nv, mr, &t);
+                                            }
+                                        }
+                                        t0 += mr;
+                                    }
+                                }
+                            }
                         }
                     }
                 }

@@ -21,6 +21,7 @@ pub mod depthwise;
 pub mod map;
 pub mod micro;
 pub mod ops;
+pub mod peak;
 pub mod planar;
 
 pub use conv::{Conv, ConvSpec};

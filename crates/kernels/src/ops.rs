@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::Map;
+use crate::map::{Map, PadMode};
 
 /// Activation after a normalization or convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,42 +58,37 @@ pub fn tanh(x: f32) -> f32 {
     }
 }
 
-/// Per-channel mean and biased variance over all pixels (instance-norm statistics).
+/// Per-channel mean and biased variance over all pixels (instance-norm statistics), in one
+/// pass: sums of `x − pivot` and its square (pivot = the first pixel, so a large mean does
+/// not cancel the variance away), f32 within a row, f64 across rows.
 pub fn channel_stats(x: &Map) -> (Vec<f32>, Vec<f32>) {
     let c = x.c;
     let n = (x.h * x.w) as f64;
-    // Two passes in f64 partial sums per row: accurate for large images.
+    let pivot: Vec<f32> = x.data[..c].to_vec();
     let sums = x
         .data
         .par_chunks(x.w * c)
         .map(|row| {
-            let mut s = vec![0f32; c];
+            let mut s = vec![0f32; 2 * c];
+            let (s1, s2) = s.split_at_mut(c);
             for px in row.chunks_exact(c) {
-                for (a, v) in s.iter_mut().zip(px) {
-                    *a += v;
+                for (((a, b), v), p) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(&pivot) {
+                    let d = v - p;
+                    *a += d;
+                    *b += d * d;
                 }
             }
             s.into_iter().map(f64::from).collect::<Vec<f64>>()
         })
-        .reduce(|| vec![0f64; c], add_vec);
-    let mean: Vec<f64> = sums.iter().map(|s| s / n).collect();
-    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let sq = x
-        .data
-        .par_chunks(x.w * c)
-        .map(|row| {
-            let mut s = vec![0f32; c];
-            for px in row.chunks_exact(c) {
-                for ((a, v), m) in s.iter_mut().zip(px).zip(&mean32) {
-                    let d = v - m;
-                    *a += d * d;
-                }
-            }
-            s.into_iter().map(f64::from).collect::<Vec<f64>>()
-        })
-        .reduce(|| vec![0f64; c], add_vec);
-    let var = sq.iter().map(|s| (s / n) as f32).collect();
-    (mean32, var)
+        .reduce(|| vec![0f64; 2 * c], add_vec);
+    let mut mean = Vec::with_capacity(c);
+    let mut var = Vec::with_capacity(c);
+    for ch in 0..c {
+        let m = sums[ch] / n;
+        mean.push((m + pivot[ch] as f64) as f32);
+        var.push((sums[c + ch] / n - m * m).max(0.0) as f32);
+    }
+    (mean, var)
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -138,6 +133,77 @@ pub fn scale_shift_act(x: &mut Map, scale: &[f32], shift: &[f32], act: Act, resi
                 }
             }
         });
+}
+
+/// `act(x·scale + shift) [+ residual]` written into a new map padded by `pad` on every side
+/// (`mode`), ready for the next convolution. `residual` may itself carry a border of
+/// `residual_border` pixels (its interior is what is added).
+pub fn normalize_into_padded(
+    x: &Map,
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+    residual: Option<(&Map, usize)>,
+    pad: usize,
+    mode: PadMode,
+) -> Map {
+    let c = x.c;
+    assert!(scale.len() == c && shift.len() == c, "normalize: channels");
+    if let Some((r, b)) = residual {
+        assert_eq!((r.h, r.w, r.c), (x.h + 2 * b, x.w + 2 * b, c), "normalize: residual");
+    }
+    let (h, w) = (x.h, x.w);
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut out = vec![0f32; hp * wp * c];
+    // Interior rows first (parallel), then the border rows and columns.
+    out.par_chunks_mut(wp * c)
+        .enumerate()
+        .skip(pad)
+        .take(h)
+        .for_each(|(yp, orow)| {
+            let y = yp - pad;
+            let src = &x.data[y * w * c..][..w * c];
+            let dst = &mut orow[pad * c..(pad + w) * c];
+            match residual {
+                Some((r, b)) => {
+                    let rrow = &r.data[((y + b) * r.w + b) * c..][..w * c];
+                    for ((d, s), rp) in
+                        dst.chunks_exact_mut(c).zip(src.chunks_exact(c)).zip(rrow.chunks_exact(c))
+                    {
+                        for ((((d, s), a), b), rv) in
+                            d.iter_mut().zip(s).zip(scale).zip(shift).zip(rp)
+                        {
+                            *d = act.apply(s * a + b) + rv;
+                        }
+                    }
+                }
+                None => {
+                    for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
+                        for (((d, s), a), b) in d.iter_mut().zip(s).zip(scale).zip(shift) {
+                            *d = act.apply(s * a + b);
+                        }
+                    }
+                }
+            }
+            if mode == PadMode::Reflect {
+                for xp in (0..pad).chain(pad + w..wp) {
+                    let sx = crate::map::reflect(xp as isize - pad as isize, w) + pad;
+                    orow.copy_within(sx * c..(sx + 1) * c, xp * c);
+                }
+            }
+        });
+    if mode == PadMode::Reflect {
+        for yp in (0..pad).chain(pad + h..hp) {
+            let sy = crate::map::reflect(yp as isize - pad as isize, h) + pad;
+            out.copy_within(sy * wp * c..(sy + 1) * wp * c, yp * wp * c);
+        }
+    }
+    Map {
+        h: hp,
+        w: wp,
+        c,
+        data: out,
+    }
 }
 
 /// `x = act(x)` in place.
@@ -189,6 +255,29 @@ mod tests {
             let ch = i % 2;
             let want = ((r.data[i] - mean[ch]) / (var[ch] + 1e-5).sqrt()).max(0.0) + r.data[i];
             assert!((v - want).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn normalize_into_padded_is_normalize_then_pad() {
+        let mut m = Map::zeros(4, 6, 3);
+        for (i, v) in m.data.iter_mut().enumerate() {
+            *v = ((i * 37) % 11) as f32 - 5.0 + 100.0;
+        }
+        let (mean, var) = channel_stats(&m);
+        // Large offsets do not cancel the variance (pivoted sums).
+        let vals: Vec<f64> = m.data.iter().step_by(3).map(|v| *v as f64).collect();
+        let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+        let va = vals.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / vals.len() as f64;
+        assert!((var[0] as f64 - va).abs() < 1e-4, "{} {va}", var[0]);
+        let (s, b) = norm_coefficients(&mean, &var, 1e-5);
+        let res = crate::map::pad(&m, 2, 2, 2, 2, PadMode::Zero);
+        for mode in [PadMode::Reflect, PadMode::Zero] {
+            let got = normalize_into_padded(&m, &s, &b, Act::LeakyRelu(0.2), Some((&res, 2)), 1, mode);
+            let mut want = m.clone();
+            scale_shift_act(&mut want, &s, &b, Act::LeakyRelu(0.2), Some(&m));
+            let want = crate::map::pad(&want, 1, 1, 1, 1, mode);
+            assert_eq!(got, want);
         }
     }
 }

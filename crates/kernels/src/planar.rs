@@ -74,21 +74,30 @@ impl PlanarConv {
         })
     }
 
+    /// The border [`PlanarConv::forward_padded`] expects.
+    pub fn input_padding(&self) -> (usize, PadMode) {
+        (self.padding, self.pad_mode)
+    }
+
     /// Applies it to one NHWC map; returns `(C, H, W)` planes.
     pub fn forward(&self, x: &Map) -> Result<(Vec<f32>, usize, usize)> {
-        if x.c != self.c_in {
+        let p = self.padding;
+        self.forward_padded(&pad(x, p, p, p, p, self.pad_mode))
+    }
+
+    /// Same on an input that already carries its padding.
+    pub fn forward_padded(&self, xp: &Map) -> Result<(Vec<f32>, usize, usize)> {
+        if xp.c != self.c_in {
             return Err(Error::Shape(format!(
                 "input has {} channels, the convolution takes {}",
-                x.c, self.c_in
+                xp.c, self.c_in
             )));
         }
-        let p = self.padding;
-        let (hp, wp) = (x.h + 2 * p, x.w + 2 * p);
+        let (hp, wp) = (xp.h, xp.w);
         if hp < self.k || wp < self.k {
-            return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
+            return Err(Error::Shape(format!("input {hp}×{wp} is too small")));
         }
         let (ho, wo) = (hp - self.k + 1, wp - self.k + 1);
-        let xp = pad(x, p, p, p, p, self.pad_mode);
         // Planar copy of the padded input, plus a vector of slack so row tails can be loaded.
         let mut planes = xp.to_chw();
         planes.extend(std::iter::repeat_n(0.0, 64));

@@ -72,6 +72,32 @@ impl FastNorm {
         })
     }
 
+    /// Per-channel `(scale, shift)` for `x`.
+    fn coefficients(&self, x: &Map, ctx: &mut Ctx) -> Result<(Vec<f32>, Vec<f32>)> {
+        Ok(match self {
+            FastNorm::Instance { eps } => {
+                let (mean, var) = ctx.stats_values(x.c, || ops::channel_stats(x))?;
+                ops::norm_coefficients(&mean, &var, *eps)
+            }
+            FastNorm::Affine { scale, shift } => (scale.clone(), shift.clone()),
+            FastNorm::None => (vec![1.0; x.c], vec![0.0; x.c]),
+        })
+    }
+
+    /// Normalizes `x`, applies `act`, adds `residual` (with its border), and writes the result
+    /// with the border the next layer reads (`next`).
+    fn apply_padded(
+        &self,
+        x: &Map,
+        ctx: &mut Ctx,
+        act: Act,
+        residual: Option<(&Map, usize)>,
+        next: (usize, PadMode),
+    ) -> Result<Map> {
+        let (s, b) = self.coefficients(x, ctx)?;
+        Ok(ops::normalize_into_padded(x, &s, &b, act, residual, next.0, next.1))
+    }
+
     /// Normalizes `x` in place, applies `act`, then adds `residual`.
     fn apply(&self, x: &mut Map, ctx: &mut Ctx, act: Act, residual: Option<&Map>) -> Result<()> {
         match self {
@@ -145,6 +171,26 @@ impl Head {
     }
 
     /// Planar output and its height and width.
+    fn input_padding(&self) -> (usize, PadMode) {
+        match self {
+            Head::Planar(p) => p.input_padding(),
+            Head::Wide(c) => c.input_padding(),
+        }
+    }
+
+    fn forward_padded(&self, xp: &Map) -> Result<Out> {
+        match self {
+            Head::Planar(p) => p.forward_padded(xp).map_err(kerr),
+            Head::Wide(c) => {
+                let y = c.forward_padded(xp).map_err(kerr)?;
+                let mut out = y.to_chw();
+                ops::activate(&mut out, Act::Tanh);
+                Ok((out, y.h, y.w))
+            }
+        }
+    }
+
+    #[allow(dead_code)]
     fn forward(&self, x: &Map) -> Result<Out> {
         match self {
             Head::Planar(p) => p.forward(x).map_err(kerr),
@@ -156,19 +202,6 @@ impl Head {
             }
         }
     }
-}
-
-/// Convolution, then normalization, activation and residual in one pass.
-fn step(
-    layer: &(Conv, FastNorm),
-    x: &Map,
-    ctx: &mut Ctx,
-    act: Act,
-    res: Option<&Map>,
-) -> Result<Map> {
-    let mut y = layer.0.forward(x).map_err(kerr)?;
-    layer.1.apply(&mut y, ctx, act, res)?;
-    Ok(y)
 }
 
 #[derive(Debug, Clone)]
@@ -209,21 +242,48 @@ impl ResnetPlan {
         })
     }
 
+    /// Every activation is written once, already padded for the layer that reads it.
     fn forward(&self, x: Map, ctx: &mut Ctx) -> Result<Out> {
-        let mut h = step(&self.stem, &x, ctx, Act::Relu, None)?;
+        let (p, mode) = self.stem.0.input_padding();
+        let xp = atelier_kernels::map::pad(&x, p, p, p, p, mode);
         drop(x);
+        // The padding the layer after each normalization reads.
+        let mut wants: Vec<(usize, PadMode)> = Vec::new();
+        wants.extend(self.down.iter().map(|l| l.0.input_padding()));
+        for b in &self.blocks {
+            wants.push(b[0].0.input_padding());
+            wants.push(b[1].0.input_padding());
+        }
+        wants.extend(self.up.iter().map(|l| l.0.input_padding()));
+        wants.push(self.head.input_padding());
+        let mut next = wants.into_iter();
+        let mut want = || next.next().unwrap_or((0, PadMode::Zero));
+
+        let y = self.stem.0.forward_padded(&xp).map_err(kerr)?;
+        drop(xp);
+        let mut hp = self.stem.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
         for l in &self.down {
-            h = step(l, &h, ctx, Act::Relu, None)?;
+            let y = l.0.forward_padded(&hp).map_err(kerr)?;
+            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
         }
         for [a, b] in &self.blocks {
-            let t = step(a, &h, ctx, Act::Relu, None)?;
-            let next = step(b, &t, ctx, Act::None, Some(&h))?;
-            h = next;
+            let border = a.0.input_padding().0;
+            let t = a.0.forward_padded(&hp).map_err(kerr)?;
+            let tp = a.1.apply_padded(&t, ctx, Act::Relu, None, want())?;
+            drop(t);
+            let u = b.0.forward_padded(&tp).map_err(kerr)?;
+            drop(tp);
+            hp = b.1.apply_padded(&u, ctx, Act::None, Some((&hp, border)), want())?;
         }
         for l in &self.up {
-            h = step(l, &h, ctx, Act::Relu, None)?;
+            let y = if l.0.spec().transposed {
+                l.0.forward(&hp).map_err(kerr)?
+            } else {
+                l.0.forward_padded(&hp).map_err(kerr)?
+            };
+            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
         }
-        self.head.forward(&h)
+        self.head.forward_padded(&hp)
     }
 }
 

@@ -98,13 +98,20 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.sizes.clone()
     };
+    let fast = atelier_nets::Compiled::new(&net, atelier_nets::Precision::F32)?;
+    let fwd = |x: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(match &fast {
+            Some(f) => f.forward(x, &mut Ctx::eval())?,
+            None => net.forward(x, &mut Ctx::eval())?,
+        })
+    };
     for &s in &sizes {
         let x = Tensor::rand(-1f32, 1f32, (1, 3, s as usize, s as usize), &Device::Cpu)?;
-        net.forward(&x, &mut Ctx::eval())?; // warm-up
+        fwd(&x)?; // warm-up
         let mut times = Vec::new();
         for _ in 0..args.repeat.max(1) {
             let t = Instant::now();
-            let y = net.forward(&x, &mut Ctx::eval())?;
+            let y = fwd(&x)?;
             y.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
