@@ -13,7 +13,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::{bf16_bits, pad, to_bf16, Map, PadMode};
+use crate::map::{bf16_bits, pad_in, to_bf16, Map, PadMode, Workspace};
 use crate::micro::{self, Isa, Tile, TileBf16};
 use crate::{Error, Precision, Result};
 
@@ -321,14 +321,15 @@ impl Conv {
 
     /// Applies the convolution to one image.
     pub fn forward(&self, x: &Map) -> Result<Map> {
-        let mut out = self.alloc_output(x)?;
-        self.forward_into(x, &mut out, false)?;
-        Ok(out)
+        self.forward_ws(x, &Workspace::default())
     }
 
-    fn alloc_output(&self, x: &Map) -> Result<Map> {
+    /// [`Conv::forward`] with buffers from `ws`.
+    pub fn forward_ws(&self, x: &Map, ws: &Workspace) -> Result<Map> {
         let (ho, wo) = self.out_size(x)?;
-        Ok(Map::zeros(ho, wo, self.spec.c_out))
+        let mut out = ws.map(ho, wo, self.spec.c_out);
+        self.forward_into_ws(x, &mut out, false, ws)?;
+        Ok(out)
     }
 
     fn out_size(&self, x: &Map) -> Result<(usize, usize)> {
@@ -380,7 +381,7 @@ impl Conv {
 
     /// Applies a (non-transposed) convolution to an input that already carries its padding
     /// (e.g. from [`crate::ops::normalize_into_padded`]).
-    pub fn forward_padded(&self, xp: &Map) -> Result<Map> {
+    pub fn forward_padded(&self, xp: &Map, ws: &Workspace) -> Result<Map> {
         let sp = &self.spec;
         if sp.transposed {
             return Err(Error::Spec("forward_padded: transposed convolution".into()));
@@ -395,7 +396,7 @@ impl Conv {
             return Err(Error::Shape(format!("input {}×{} is too small", xp.h, xp.w)));
         }
         let (ho, wo) = ((xp.h - sp.k) / sp.stride + 1, (xp.w - sp.k) / sp.stride + 1);
-        let mut out = Map::zeros(ho, wo, sp.c_out);
+        let mut out = ws.map(ho, wo, sp.c_out);
         let xb = self.bf16.then(|| to_bf16(&xp.data));
         self.run(xp, xb.as_deref(), &mut out, false);
         Ok(out)
@@ -403,6 +404,16 @@ impl Conv {
 
     /// Writes (or, with `accumulate`, adds) the convolution of `x` into `out`.
     pub fn forward_into(&self, x: &Map, out: &mut Map, accumulate: bool) -> Result<()> {
+        self.forward_into_ws(x, out, accumulate, &Workspace::default())
+    }
+
+    fn forward_into_ws(
+        &self,
+        x: &Map,
+        out: &mut Map,
+        accumulate: bool,
+        ws: &Workspace,
+    ) -> Result<()> {
         let (ho, wo) = self.out_size(x)?;
         if (out.h, out.w, out.c) != (ho, wo, self.spec.c_out) {
             return Err(Error::Shape("output map has the wrong shape".into()));
@@ -411,11 +422,14 @@ impl Conv {
         let xp = if (t, b, l, r) == (0, 0, 0, 0) {
             None
         } else {
-            Some(pad(x, t, b, l, r, self.spec.pad_mode))
+            Some(pad_in(x, t, b, l, r, self.spec.pad_mode, ws))
         };
-        let xp = xp.as_ref().unwrap_or(x);
-        let xb = self.bf16.then(|| to_bf16(&xp.data));
-        self.run(xp, xb.as_deref(), out, accumulate);
+        let xr = xp.as_ref().unwrap_or(x);
+        let xb = self.bf16.then(|| to_bf16(&xr.data));
+        self.run(xr, xb.as_deref(), out, accumulate);
+        if let Some(m) = xp {
+            ws.recycle(m);
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::{pad, Map, PadMode};
+use crate::map::{pad_in, Map, PadMode, Workspace};
 use crate::micro::Isa;
 use crate::{Error, Result};
 
@@ -61,6 +61,11 @@ impl Depthwise {
     }
 
     pub fn forward(&self, x: &Map) -> Result<Map> {
+        self.forward_ws(x, &Workspace::default())
+    }
+
+    /// [`Depthwise::forward`] with buffers from `ws`.
+    pub fn forward_ws(&self, x: &Map, ws: &Workspace) -> Result<Map> {
         if x.c != self.c {
             return Err(Error::Shape(format!(
                 "input has {} channels, the convolution takes {}",
@@ -68,16 +73,17 @@ impl Depthwise {
             )));
         }
         let p = self.padding;
-        let xp = pad(x, p, p, p, p, self.pad_mode);
+        let xp = pad_in(x, p, p, p, p, self.pad_mode, ws);
         if xp.h < self.k || xp.w < self.k {
             return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
         }
         let (ho, wo) = (xp.h - self.k + 1, xp.w - self.k + 1);
-        let mut out = Map::zeros(ho, wo, self.c);
+        let mut out = ws.map(ho, wo, self.c);
         out.data
             .par_chunks_mut(wo * self.c)
             .enumerate()
             .for_each(|(y, row)| self.row(&xp, y, row));
+        ws.recycle(xp);
         Ok(out)
     }
 

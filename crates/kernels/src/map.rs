@@ -11,6 +11,82 @@ pub struct Map {
     pub data: Vec<f32>,
 }
 
+/// Reusable buffers for one network's activations.
+///
+/// Activation maps of a 512² image are tens of MiB: fresh from the allocator they come as
+/// new pages (a page fault and a zeroed page per 4 KiB, ~10 ms per map here). A workspace
+/// hands freed buffers back out instead. Buffers come back with unspecified contents (stale
+/// values, never uninitialized memory): every kernel writes all of its output.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    free: std::sync::Mutex<Vec<Vec<f32>>>,
+}
+
+impl Workspace {
+    /// At most this many buffers are kept.
+    const KEEP: usize = 12;
+
+    /// A buffer of `n` floats with unspecified contents.
+    pub fn take(&self, n: usize) -> Vec<f32> {
+        let found = {
+            let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| v.capacity() >= n)
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
+        };
+        match found {
+            Some(mut v) => {
+                if v.len() >= n {
+                    v.truncate(n);
+                } else {
+                    v.resize(n, 0.0);
+                }
+                v
+            }
+            None => vec![0.0; n],
+        }
+    }
+
+    /// Returns a buffer for reuse.
+    pub fn give(&self, v: Vec<f32>) {
+        if v.capacity() < 1 << 12 {
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.push(v);
+        if free.len() > Self::KEEP {
+            // Drop the smallest.
+            if let Some(i) = free
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, v)| v.capacity())
+                .map(|(i, _)| i)
+            {
+                free.swap_remove(i);
+            }
+        }
+    }
+
+    /// A map with unspecified contents.
+    pub fn map(&self, h: usize, w: usize, c: usize) -> Map {
+        Map {
+            h,
+            w,
+            c,
+            data: self.take(h * w * c),
+        }
+    }
+
+    /// Returns a map's buffer.
+    pub fn recycle(&self, m: Map) {
+        self.give(m.data)
+    }
+}
+
 /// How a convolution's border is padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PadMode {
@@ -59,6 +135,48 @@ impl Map {
         out
     }
 
+    /// Row-planar copy `(H + 2p, C, W + 2p)` padded by `p` (`mode`): each row holds one
+    /// line per channel, so rows stay contiguous for parallel writers and channel lines are
+    /// not a power-of-two apart (planar `(C, H, W)` planes alias in the L1 cache).
+    pub fn to_hcw_padded(&self, p: usize, mode: PadMode, ws: &Workspace) -> Vec<f32> {
+        let (h, w, c) = (self.h, self.w, self.c);
+        let (hp, wp) = (h + 2 * p, w + 2 * p);
+        let mut out = ws.take(hp * c * wp);
+        out.par_chunks_mut(c * wp).enumerate().for_each(|(yp, row)| {
+            let sy = yp as isize - p as isize;
+            let y = match mode {
+                PadMode::Zero if sy < 0 || sy >= h as isize => {
+                    row.fill(0.0);
+                    return;
+                }
+                PadMode::Zero => sy as usize,
+                PadMode::Reflect => reflect(sy, h),
+            };
+            let src = &self.data[y * w * c..][..w * c];
+            for xp in 0..wp {
+                let sx = xp as isize - p as isize;
+                let x = match mode {
+                    PadMode::Zero if sx < 0 || sx >= w as isize => None,
+                    PadMode::Zero => Some(sx as usize),
+                    PadMode::Reflect => Some(reflect(sx, w)),
+                };
+                match x {
+                    Some(x) => {
+                        for (ch, v) in src[x * c..(x + 1) * c].iter().enumerate() {
+                            row[ch * wp + xp] = *v;
+                        }
+                    }
+                    None => {
+                        for ch in 0..c {
+                            row[ch * wp + xp] = 0.0;
+                        }
+                    }
+                }
+            }
+        });
+        out
+    }
+
     /// Pixel `(y, x)`'s channels.
     pub fn px(&self, y: usize, x: usize) -> &[f32] {
         &self.data[(y * self.w + x) * self.c..][..self.c]
@@ -81,22 +199,41 @@ pub(crate) fn reflect(i: isize, n: usize) -> usize {
 
 /// Pads `x` by `(top, bottom, left, right)` pixels.
 pub fn pad(x: &Map, t: usize, b: usize, l: usize, r: usize, mode: PadMode) -> Map {
+    pad_in(x, t, b, l, r, mode, &Workspace::default())
+}
+
+/// [`pad`] with the output from `ws`.
+pub fn pad_in(
+    x: &Map,
+    t: usize,
+    b: usize,
+    l: usize,
+    r: usize,
+    mode: PadMode,
+    ws: &Workspace,
+) -> Map {
     let (h, w, c) = (x.h, x.w, x.c);
     let (hp, wp) = (h + t + b, w + l + r);
-    let mut out = vec![0f32; hp * wp * c];
+    let mut out = ws.take(hp * wp * c);
     out.par_chunks_mut(wp * c).enumerate().for_each(|(yp, row)| {
         let sy = yp as isize - t as isize;
         let src_y = match mode {
-            PadMode::Zero if sy < 0 || sy >= h as isize => return,
+            PadMode::Zero if sy < 0 || sy >= h as isize => {
+                row.fill(0.0);
+                return;
+            }
             PadMode::Zero => sy as usize,
             PadMode::Reflect => reflect(sy, h),
         };
         let src = &x.data[src_y * w * c..][..w * c];
         row[l * c..(l + w) * c].copy_from_slice(src);
-        if mode == PadMode::Reflect {
-            for xp in (0..l).chain(l + w..wp) {
-                let sx = reflect(xp as isize - l as isize, w);
-                row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c]);
+        for xp in (0..l).chain(l + w..wp) {
+            match mode {
+                PadMode::Zero => row[xp * c..(xp + 1) * c].fill(0.0),
+                PadMode::Reflect => {
+                    let sx = reflect(xp as isize - l as isize, w);
+                    row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c]);
+                }
             }
         }
     });
@@ -109,9 +246,9 @@ pub fn pad(x: &Map, t: usize, b: usize, l: usize, r: usize, mode: PadMode) -> Ma
 }
 
 /// Nearest-neighbour upsampling by 2 in both directions.
-pub fn upsample_nearest2(x: &Map) -> Map {
+pub fn upsample_nearest2(x: &Map, ws: &Workspace) -> Map {
     let (h, w, c) = (x.h, x.w, x.c);
-    let mut out = vec![0f32; 4 * h * w * c];
+    let mut out = ws.take(4 * h * w * c);
     out.par_chunks_mut(2 * w * c).enumerate().for_each(|(y, row)| {
         let src = &x.data[(y / 2) * w * c..][..w * c];
         for xo in 0..2 * w {

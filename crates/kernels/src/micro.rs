@@ -131,6 +131,27 @@ pub(crate) unsafe fn tile(isa: Isa, nv: usize, mr: usize, t: &Tile) {
     }
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 { .. } if mr == isa.max_mr(nv) && matches!(t.a_pix, 64 | 128 | 256) => {
+            macro_rules! fixed {
+                ($nv:literal, $mr:literal) => {
+                    match t.a_pix {
+                        64 => avx512_f32_fixed::<$nv, $mr, 64>(t),
+                        128 => avx512_f32_fixed::<$nv, $mr, 128>(t),
+                        _ => avx512_f32_fixed::<$nv, $mr, 256>(t),
+                    }
+                };
+            }
+            match (nv, mr) {
+                (1, 14) => fixed!(1, 14),
+                (2, 12) => fixed!(2, 12),
+                (4, 6) => fixed!(4, 6),
+                _ => match nv {
+                    1 => dispatch!(avx512_f32, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]),
+                    2 => dispatch!(avx512_f32, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
+                    _ => dispatch!(avx512_f32, 4, [1, 2, 3, 4, 5, 6]),
+                },
+            }
+        }
         Isa::Avx512 { .. } => match nv {
             1 => dispatch!(avx512_f32, 1, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]),
             2 => dispatch!(avx512_f32, 2, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
@@ -206,7 +227,24 @@ unsafe fn portable_f32(nv: usize, mr: usize, t: &Tile) {
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512_f32<const NV: usize, const MR: usize>(t: &Tile) {
+    avx512_f32_body::<NV, MR, 0>(t)
+}
+
+/// Full tiles with a pixel stride known at compile time: every broadcast is `[p + j·4 + disp]`
+/// from one register, so the loop is loads and FMAs only.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_f32_fixed<const NV: usize, const MR: usize, const AP: usize>(t: &Tile) {
+    avx512_f32_body::<NV, MR, AP>(t)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+unsafe fn avx512_f32_body<const NV: usize, const MR: usize, const AP: usize>(t: &Tile) {
     use std::arch::x86_64::*;
+    let a_pix = if AP > 0 { AP } else { t.a_pix };
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     let mut bp = t.b;
     for s in 0..t.nseg {
@@ -219,7 +257,7 @@ unsafe fn avx512_f32<const NV: usize, const MR: usize>(t: &Tile) {
             bp = bp.add(NV * 16);
             let aj = ap.add(j);
             for (m, row) in acc.iter_mut().enumerate() {
-                let a = _mm512_set1_ps(*aj.add(m * t.a_pix));
+                let a = _mm512_set1_ps(*aj.add(m * a_pix));
                 for v in 0..NV {
                     row[v] = _mm512_fmadd_ps(a, b[v], row[v]);
                 }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::{Map, PadMode};
+use crate::map::{Map, PadMode, Workspace};
 
 /// Activation after a normalization or convolution.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,6 +146,7 @@ pub fn normalize_into_padded(
     residual: Option<(&Map, usize)>,
     pad: usize,
     mode: PadMode,
+    ws: &Workspace,
 ) -> Map {
     let c = x.c;
     assert!(scale.len() == c && shift.len() == c, "normalize: channels");
@@ -154,7 +155,7 @@ pub fn normalize_into_padded(
     }
     let (h, w) = (x.h, x.w);
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-    let mut out = vec![0f32; hp * wp * c];
+    let mut out = ws.take(hp * wp * c);
     // Interior rows first (parallel), then the border rows and columns.
     out.par_chunks_mut(wp * c)
         .enumerate()
@@ -185,17 +186,23 @@ pub fn normalize_into_padded(
                     }
                 }
             }
-            if mode == PadMode::Reflect {
-                for xp in (0..pad).chain(pad + w..wp) {
-                    let sx = crate::map::reflect(xp as isize - pad as isize, w) + pad;
-                    orow.copy_within(sx * c..(sx + 1) * c, xp * c);
+            for xp in (0..pad).chain(pad + w..wp) {
+                match mode {
+                    PadMode::Zero => orow[xp * c..(xp + 1) * c].fill(0.0),
+                    PadMode::Reflect => {
+                        let sx = crate::map::reflect(xp as isize - pad as isize, w) + pad;
+                        orow.copy_within(sx * c..(sx + 1) * c, xp * c);
+                    }
                 }
             }
         });
-    if mode == PadMode::Reflect {
-        for yp in (0..pad).chain(pad + h..hp) {
-            let sy = crate::map::reflect(yp as isize - pad as isize, h) + pad;
-            out.copy_within(sy * wp * c..(sy + 1) * wp * c, yp * wp * c);
+    for yp in (0..pad).chain(pad + h..hp) {
+        match mode {
+            PadMode::Zero => out[yp * wp * c..(yp + 1) * wp * c].fill(0.0),
+            PadMode::Reflect => {
+                let sy = crate::map::reflect(yp as isize - pad as isize, h) + pad;
+                out.copy_within(sy * wp * c..(sy + 1) * wp * c, yp * wp * c);
+            }
         }
     }
     Map {
@@ -273,7 +280,7 @@ mod tests {
         let (s, b) = norm_coefficients(&mean, &var, 1e-5);
         let res = crate::map::pad(&m, 2, 2, 2, 2, PadMode::Zero);
         for mode in [PadMode::Reflect, PadMode::Zero] {
-            let got = normalize_into_padded(&m, &s, &b, Act::LeakyRelu(0.2), Some((&res, 2)), 1, mode);
+            let got = normalize_into_padded(&m, &s, &b, Act::LeakyRelu(0.2), Some((&res, 2)), 1, mode, &Workspace::default());
             let mut want = m.clone();
             scale_shift_act(&mut want, &s, &b, Act::LeakyRelu(0.2), Some(&m));
             let want = crate::map::pad(&want, 1, 1, 1, 1, mode);

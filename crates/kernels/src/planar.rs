@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::{pad, Map, PadMode};
+use crate::map::{Map, PadMode, Workspace};
 use crate::micro::Isa;
 use crate::ops::{activate, Act};
 use crate::{Error, Result};
@@ -74,41 +74,37 @@ impl PlanarConv {
         })
     }
 
-    /// The border [`PlanarConv::forward_padded`] expects.
-    pub fn input_padding(&self) -> (usize, PadMode) {
-        (self.padding, self.pad_mode)
-    }
-
     /// Applies it to one NHWC map; returns `(C, H, W)` planes.
     pub fn forward(&self, x: &Map) -> Result<(Vec<f32>, usize, usize)> {
-        let p = self.padding;
-        self.forward_padded(&pad(x, p, p, p, p, self.pad_mode))
+        self.forward_ws(x, &Workspace::default())
     }
 
-    /// Same on an input that already carries its padding.
-    pub fn forward_padded(&self, xp: &Map) -> Result<(Vec<f32>, usize, usize)> {
-        if xp.c != self.c_in {
+    /// [`PlanarConv::forward`] with buffers from `ws`.
+    pub fn forward_ws(&self, x: &Map, ws: &Workspace) -> Result<(Vec<f32>, usize, usize)> {
+        if x.c != self.c_in {
             return Err(Error::Shape(format!(
                 "input has {} channels, the convolution takes {}",
-                xp.c, self.c_in
+                x.c, self.c_in
             )));
         }
-        let (hp, wp) = (xp.h, xp.w);
+        let p = self.padding;
+        let (hp, wp) = (x.h + 2 * p, x.w + 2 * p);
         if hp < self.k || wp < self.k {
-            return Err(Error::Shape(format!("input {hp}×{wp} is too small")));
+            return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
         }
         let (ho, wo) = (hp - self.k + 1, wp - self.k + 1);
-        // Planar copy of the padded input, plus a vector of slack so row tails can be loaded.
-        let mut planes = xp.to_chw();
+        // Row-planar padded copy, plus a vector of slack so row tails can be loaded.
+        let mut planes = x.to_hcw_padded(p, self.pad_mode, ws);
         planes.extend(std::iter::repeat_n(0.0, 64));
         let rows: Vec<Vec<f32>> = (0..ho)
             .into_par_iter()
             .map(|y| {
                 let mut out = vec![0f32; self.c_out * wo];
-                self.row(&planes, hp, wp, y, wo, &mut out);
+                self.row(&planes, wp, y, wo, &mut out);
                 out
             })
             .collect();
+        ws.give(planes);
         let mut out = vec![0f32; self.c_out * ho * wo];
         for (y, r) in rows.iter().enumerate() {
             for o in 0..self.c_out {
@@ -119,19 +115,19 @@ impl PlanarConv {
         Ok((out, ho, wo))
     }
 
-    fn row(&self, planes: &[f32], hp: usize, wp: usize, y: usize, wo: usize, out: &mut [f32]) {
+    fn row(&self, planes: &[f32], wp: usize, y: usize, wo: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Isa::Avx512 { .. } = self.isa {
-            // SAFETY: AVX-512F was detected; `row_avx512` reads planes[ci][y+ky][x+kx] for
+            // SAFETY: AVX-512F was detected; `row_avx512` reads planes[y+ky][ci][x+kx] for
             // x < wo rounded up to 16 (the 64 floats of slack cover the last row's tail) and
             // writes `c_out · wo` floats of `out`.
             #[allow(unsafe_code)]
             unsafe {
                 match self.c_out {
-                    1 => self.row_avx512::<1>(planes, hp, wp, y, wo, out),
-                    2 => self.row_avx512::<2>(planes, hp, wp, y, wo, out),
-                    3 => self.row_avx512::<3>(planes, hp, wp, y, wo, out),
-                    _ => self.row_avx512::<4>(planes, hp, wp, y, wo, out),
+                    1 => self.row_avx512::<1>(planes, wp, y, wo, out),
+                    2 => self.row_avx512::<2>(planes, wp, y, wo, out),
+                    3 => self.row_avx512::<3>(planes, wp, y, wo, out),
+                    _ => self.row_avx512::<4>(planes, wp, y, wo, out),
                 }
             }
             return;
@@ -142,7 +138,7 @@ impl PlanarConv {
         }
         for i in 0..self.c_in {
             for ky in 0..k {
-                let src = &planes[(i * hp + y + ky) * wp..][..wp];
+                let src = &planes[((y + ky) * self.c_in + i) * wp..][..wp];
                 for kx in 0..k {
                     let wv = &self.packed[((i * k + ky) * k + kx) * 4..][..4];
                     for o in 0..self.c_out {
@@ -157,12 +153,11 @@ impl PlanarConv {
     }
 
     #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code, clippy::too_many_arguments)]
+    #[allow(unsafe_code)]
     #[target_feature(enable = "avx512f")]
     unsafe fn row_avx512<const CO: usize>(
         &self,
         planes: &[f32],
-        hp: usize,
         wp: usize,
         y: usize,
         wo: usize,
@@ -177,7 +172,7 @@ impl PlanarConv {
             let mut acc = [[_mm512_setzero_ps(); XV]; CO];
             for i in 0..self.c_in {
                 for ky in 0..k {
-                    let src = base.add((i * hp + y + ky) * wp + x0);
+                    let src = base.add(((y + ky) * self.c_in + i) * wp + x0);
                     let wrow = self.packed.as_ptr().add((i * k + ky) * k * 4);
                     for kx in 0..k {
                         let mut a = [_mm512_setzero_ps(); XV];

@@ -9,9 +9,10 @@
 //! and the light generator. Everything else (and batch norm with batch statistics) stays on
 //! candle; [`Compiled::new`] returns `None` for it.
 
-use atelier_kernels::{
-    ops, Act, Conv, ConvSpec, Depthwise, Map, PadMode, PlanarConv, Precision,
-};
+use std::sync::Arc;
+
+use atelier_kernels::map::Workspace;
+use atelier_kernels::{ops, Act, Conv, ConvSpec, Depthwise, Map, PadMode, PlanarConv, Precision};
 use candle_core::{Device, Tensor};
 
 use crate::layers::{Conv2d, ConvTranspose2d};
@@ -93,29 +94,12 @@ impl FastNorm {
         act: Act,
         residual: Option<(&Map, usize)>,
         next: (usize, PadMode),
+        ws: &Workspace,
     ) -> Result<Map> {
         let (s, b) = self.coefficients(x, ctx)?;
-        Ok(ops::normalize_into_padded(x, &s, &b, act, residual, next.0, next.1))
+        Ok(ops::normalize_into_padded(x, &s, &b, act, residual, next.0, next.1, ws))
     }
 
-    /// Normalizes `x` in place, applies `act`, then adds `residual`.
-    fn apply(&self, x: &mut Map, ctx: &mut Ctx, act: Act, residual: Option<&Map>) -> Result<()> {
-        match self {
-            FastNorm::Instance { eps } => {
-                let (mean, var) = ctx.stats_values(x.c, || ops::channel_stats(x))?;
-                let (s, b) = ops::norm_coefficients(&mean, &var, *eps);
-                ops::scale_shift_act(x, &s, &b, act, residual);
-            }
-            FastNorm::Affine { scale, shift } => {
-                ops::scale_shift_act(x, scale, shift, act, residual)
-            }
-            FastNorm::None => {
-                let c = x.c;
-                ops::scale_shift_act(x, &vec![1.0; c], &vec![0.0; c], act, residual)
-            }
-        }
-        Ok(())
-    }
 }
 
 fn conv(c: &Conv2d, pad: usize, mode: PadMode, precision: Precision) -> Result<Conv> {
@@ -171,31 +155,20 @@ impl Head {
     }
 
     /// Planar output and its height and width.
+    /// The border the head reads (the planar head pads while it transposes: none).
     fn input_padding(&self) -> (usize, PadMode) {
         match self {
-            Head::Planar(p) => p.input_padding(),
+            Head::Planar(_) => (0, PadMode::Zero),
             Head::Wide(c) => c.input_padding(),
         }
     }
 
-    fn forward_padded(&self, xp: &Map) -> Result<Out> {
+    /// Planar output and its height and width, from an input with [`Head::input_padding`].
+    fn forward(&self, x: &Map, ws: &Workspace) -> Result<Out> {
         match self {
-            Head::Planar(p) => p.forward_padded(xp).map_err(kerr),
+            Head::Planar(p) => p.forward_ws(x, ws).map_err(kerr),
             Head::Wide(c) => {
-                let y = c.forward_padded(xp).map_err(kerr)?;
-                let mut out = y.to_chw();
-                ops::activate(&mut out, Act::Tanh);
-                Ok((out, y.h, y.w))
-            }
-        }
-    }
-
-    #[allow(dead_code)]
-    fn forward(&self, x: &Map) -> Result<Out> {
-        match self {
-            Head::Planar(p) => p.forward(x).map_err(kerr),
-            Head::Wide(c) => {
-                let y = c.forward(x).map_err(kerr)?;
+                let y = c.forward_padded(x, ws).map_err(kerr)?;
                 let mut out = y.to_chw();
                 ops::activate(&mut out, Act::Tanh);
                 Ok((out, y.h, y.w))
@@ -243,10 +216,10 @@ impl ResnetPlan {
     }
 
     /// Every activation is written once, already padded for the layer that reads it.
-    fn forward(&self, x: Map, ctx: &mut Ctx) -> Result<Out> {
+    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace) -> Result<Out> {
         let (p, mode) = self.stem.0.input_padding();
-        let xp = atelier_kernels::map::pad(&x, p, p, p, p, mode);
-        drop(x);
+        let xp = atelier_kernels::map::pad_in(&x, p, p, p, p, mode, ws);
+        ws.recycle(x);
         // The padding the layer after each normalization reads.
         let mut wants: Vec<(usize, PadMode)> = Vec::new();
         wants.extend(self.down.iter().map(|l| l.0.input_padding()));
@@ -259,31 +232,40 @@ impl ResnetPlan {
         let mut next = wants.into_iter();
         let mut want = || next.next().unwrap_or((0, PadMode::Zero));
 
-        let y = self.stem.0.forward_padded(&xp).map_err(kerr)?;
-        drop(xp);
-        let mut hp = self.stem.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
+        let y = self.stem.0.forward_padded(&xp, ws).map_err(kerr)?;
+        ws.recycle(xp);
+        let mut hp = self.stem.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
+        ws.recycle(y);
         for l in &self.down {
-            let y = l.0.forward_padded(&hp).map_err(kerr)?;
-            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
+            let y = l.0.forward_padded(&hp, ws).map_err(kerr)?;
+            ws.recycle(hp);
+            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
+            ws.recycle(y);
         }
         for [a, b] in &self.blocks {
             let border = a.0.input_padding().0;
-            let t = a.0.forward_padded(&hp).map_err(kerr)?;
-            let tp = a.1.apply_padded(&t, ctx, Act::Relu, None, want())?;
-            drop(t);
-            let u = b.0.forward_padded(&tp).map_err(kerr)?;
-            drop(tp);
-            hp = b.1.apply_padded(&u, ctx, Act::None, Some((&hp, border)), want())?;
+            let t = a.0.forward_padded(&hp, ws).map_err(kerr)?;
+            let tp = a.1.apply_padded(&t, ctx, Act::Relu, None, want(), ws)?;
+            ws.recycle(t);
+            let u = b.0.forward_padded(&tp, ws).map_err(kerr)?;
+            ws.recycle(tp);
+            let next = b.1.apply_padded(&u, ctx, Act::None, Some((&hp, border)), want(), ws)?;
+            ws.recycle(u);
+            ws.recycle(std::mem::replace(&mut hp, next));
         }
         for l in &self.up {
             let y = if l.0.spec().transposed {
-                l.0.forward(&hp).map_err(kerr)?
+                l.0.forward_ws(&hp, ws).map_err(kerr)?
             } else {
-                l.0.forward_padded(&hp).map_err(kerr)?
+                l.0.forward_padded(&hp, ws).map_err(kerr)?
             };
-            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want())?;
+            ws.recycle(hp);
+            hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
+            ws.recycle(y);
         }
-        self.head.forward_padded(&hp)
+        let out = self.head.forward(&hp, ws);
+        ws.recycle(hp);
+        out
     }
 }
 
@@ -333,31 +315,46 @@ impl LightPlan {
         })
     }
 
-    fn forward(&self, x: Map, ctx: &mut Ctx) -> Result<Out> {
+    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace) -> Result<Out> {
         let n = &self.norm;
-        let mut h = self.stem.forward(&x).map_err(kerr)?;
-        drop(x);
-        n.apply(&mut h, ctx, Act::Relu, None)?;
+        let z = (0, PadMode::Zero);
+        let norm = |y: Map, ctx: &mut Ctx, act, res: Option<&Map>| -> Result<Map> {
+            let out = n.apply_padded(&y, ctx, act, res.map(|r| (r, 0)), z, ws)?;
+            ws.recycle(y);
+            Ok(out)
+        };
+        let y = self.stem.forward_ws(&x, ws).map_err(kerr)?;
+        ws.recycle(x);
+        let mut h = norm(y, ctx, Act::Relu, None)?;
         for d in &self.down {
-            h = d.forward(&h).map_err(kerr)?;
-            n.apply(&mut h, ctx, Act::Relu, None)?;
+            let y = d.forward_ws(&h, ws).map_err(kerr)?;
+            ws.recycle(h);
+            h = norm(y, ctx, Act::Relu, None)?;
         }
         for b in &self.blocks {
-            let t = b.dw1.forward(&h).map_err(kerr)?;
-            let mut t = b.pw1.forward(&t).map_err(kerr)?;
-            n.apply(&mut t, ctx, Act::Relu, None)?;
-            let t = b.dw2.forward(&t).map_err(kerr)?;
-            let mut t = b.pw2.forward(&t).map_err(kerr)?;
-            n.apply(&mut t, ctx, Act::None, Some(&h))?;
-            h = t;
+            let t = b.dw1.forward_ws(&h, ws).map_err(kerr)?;
+            let t2 = b.pw1.forward_ws(&t, ws).map_err(kerr)?;
+            ws.recycle(t);
+            let t = norm(t2, ctx, Act::Relu, None)?;
+            let t2 = b.dw2.forward_ws(&t, ws).map_err(kerr)?;
+            ws.recycle(t);
+            let t = b.pw2.forward_ws(&t2, ws).map_err(kerr)?;
+            ws.recycle(t2);
+            let next = norm(t, ctx, Act::None, Some(&h))?;
+            ws.recycle(std::mem::replace(&mut h, next));
         }
         for (dw, pw) in &self.up {
-            let t = atelier_kernels::map::upsample_nearest2(&h);
-            let t = dw.forward(&t).map_err(kerr)?;
-            h = pw.forward(&t).map_err(kerr)?;
-            n.apply(&mut h, ctx, Act::Relu, None)?;
+            let t = atelier_kernels::map::upsample_nearest2(&h, ws);
+            ws.recycle(h);
+            let t2 = dw.forward_ws(&t, ws).map_err(kerr)?;
+            ws.recycle(t);
+            let y = pw.forward_ws(&t2, ws).map_err(kerr)?;
+            ws.recycle(t2);
+            h = norm(y, ctx, Act::Relu, None)?;
         }
-        self.head.forward(&h)
+        let out = self.head.forward(&h, ws);
+        ws.recycle(h);
+        out
     }
 }
 
@@ -376,6 +373,8 @@ pub struct Compiled {
     precision: Precision,
     /// Whether normalization needs data statistics (instance norm).
     data_stats: bool,
+    /// Activation buffers reused across layers and calls.
+    ws: Arc<Workspace>,
 }
 
 impl Compiled {
@@ -404,6 +403,7 @@ impl Compiled {
             out_channels,
             precision,
             data_stats,
+            ws: Arc::new(Workspace::default()),
         }))
     }
 
@@ -432,8 +432,8 @@ impl Compiled {
         }
         let x = Map::from_chw(chw, self.in_channels, h, w);
         match &self.plan {
-            Plan::Resnet(p) => p.forward(x, ctx),
-            Plan::Light(p) => p.forward(x, ctx),
+            Plan::Resnet(p) => p.forward(x, ctx, &self.ws),
+            Plan::Light(p) => p.forward(x, ctx, &self.ws),
         }
     }
 
