@@ -32,6 +32,31 @@ impl Act {
     }
 }
 
+/// Runs `$body` with `$f` bound to `act` as a plain closure, so the loop inside is
+/// monomorphic (and vectorizes) instead of matching the activation per element.
+macro_rules! by_act {
+    ($act:expr, |$f:ident| $body:expr) => {
+        match $act {
+            Act::None => {
+                let $f = |v: f32| v;
+                $body
+            }
+            Act::Relu => {
+                let $f = |v: f32| v.max(0.0);
+                $body
+            }
+            Act::LeakyRelu(slope) => {
+                let $f = move |v: f32| if v >= 0.0 { v } else { v * slope };
+                $body
+            }
+            Act::Tanh => {
+                let $f = tanh;
+                $body
+            }
+        }
+    };
+}
+
 /// tanh by the rational approximation Eigen uses for `float` (max error ~1e-7 absolute in
 /// [-9, 9]; saturated outside). Branch-free, so loops over it vectorize.
 #[inline(always)]
@@ -150,6 +175,7 @@ pub fn normalize_into_padded(
 ) -> Map {
     let c = x.c;
     assert!(scale.len() == c && shift.len() == c, "normalize: channels");
+    let (scale, shift) = (&scale[..c], &shift[..c]);
     if let Some((r, b)) = residual {
         assert_eq!((r.h, r.w, r.c), (x.h + 2 * b, x.w + 2 * b, c), "normalize: residual");
     }
@@ -168,23 +194,27 @@ pub fn normalize_into_padded(
             match residual {
                 Some((r, b)) => {
                     let rrow = &r.data[((y + b) * r.w + b) * c..][..w * c];
-                    for ((d, s), rp) in
-                        dst.chunks_exact_mut(c).zip(src.chunks_exact(c)).zip(rrow.chunks_exact(c))
-                    {
-                        for ((((d, s), a), b), rv) in
-                            d.iter_mut().zip(s).zip(scale).zip(shift).zip(rp)
+                    by_act!(act, |f| {
+                        for ((d, s), rp) in dst
+                            .chunks_exact_mut(c)
+                            .zip(src.chunks_exact(c))
+                            .zip(rrow.chunks_exact(c))
                         {
-                            *d = act.apply(s * a + b) + rv;
+                            let (d, s, rp) = (&mut d[..c], &s[..c], &rp[..c]);
+                            for i in 0..c {
+                                d[i] = f(s[i] * scale[i] + shift[i]) + rp[i];
+                            }
                         }
-                    }
+                    })
                 }
-                None => {
+                None => by_act!(act, |f| {
                     for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-                        for (((d, s), a), b) in d.iter_mut().zip(s).zip(scale).zip(shift) {
-                            *d = act.apply(s * a + b);
+                        let (d, s) = (&mut d[..c], &s[..c]);
+                        for i in 0..c {
+                            d[i] = f(s[i] * scale[i] + shift[i]);
                         }
                     }
-                }
+                }),
             }
             for xp in (0..pad).chain(pad + w..wp) {
                 match mode {
@@ -211,6 +241,75 @@ pub fn normalize_into_padded(
         c,
         data: out,
     }
+}
+
+/// Like [`normalize_into_padded`], but the output is row-planar `(H + 2p, C, W + 2p)` for
+/// [`crate::PlanarConv::forward_hcw`]: the transposition rides along with the normalization.
+pub fn normalize_into_hcw_padded(
+    x: &Map,
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+    pad: usize,
+    mode: PadMode,
+    ws: &Workspace,
+) -> Vec<f32> {
+    let c = x.c;
+    assert!(scale.len() == c && shift.len() == c, "normalize: channels");
+    let (scale, shift) = (&scale[..c], &shift[..c]);
+    let (h, w) = (x.h, x.w);
+    let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+    let mut out = ws.take(hp * c * wp);
+    out.par_chunks_mut(c * wp)
+        .enumerate()
+        .skip(pad)
+        .take(h)
+        .for_each(|(yp, orow)| {
+            let y = yp - pad;
+            let src = &x.data[y * w * c..][..w * c];
+            // Normalize a block of pixels into a small buffer, then scatter per channel.
+            const B: usize = 16;
+            let mut buf = vec![0f32; B * c];
+            for x0 in (0..w).step_by(B) {
+                let n = (w - x0).min(B);
+                by_act!(act, |f| {
+                    for (d, s) in buf[..n * c]
+                        .chunks_exact_mut(c)
+                        .zip(src[x0 * c..(x0 + n) * c].chunks_exact(c))
+                    {
+                        let (d, s) = (&mut d[..c], &s[..c]);
+                        for i in 0..c {
+                            d[i] = f(s[i] * scale[i] + shift[i]);
+                        }
+                    }
+                });
+                for ch in 0..c {
+                    let line = &mut orow[ch * wp + pad + x0..][..n];
+                    for (i, v) in line.iter_mut().enumerate() {
+                        *v = buf[i * c + ch];
+                    }
+                }
+            }
+            for ch in 0..c {
+                let line = &mut orow[ch * wp..(ch + 1) * wp];
+                for xp in (0..pad).chain(pad + w..wp) {
+                    line[xp] = match mode {
+                        PadMode::Zero => 0.0,
+                        PadMode::Reflect => line[crate::map::reflect(xp as isize - pad as isize, w) + pad],
+                    };
+                }
+            }
+        });
+    for yp in (0..pad).chain(pad + h..hp) {
+        match mode {
+            PadMode::Zero => out[yp * c * wp..(yp + 1) * c * wp].fill(0.0),
+            PadMode::Reflect => {
+                let sy = crate::map::reflect(yp as isize - pad as isize, h) + pad;
+                out.copy_within(sy * c * wp..(sy + 1) * c * wp, yp * c * wp);
+            }
+        }
+    }
+    out
 }
 
 /// `x = act(x)` in place.
@@ -262,6 +361,22 @@ mod tests {
             let ch = i % 2;
             let want = ((r.data[i] - mean[ch]) / (var[ch] + 1e-5).sqrt()).max(0.0) + r.data[i];
             assert!((v - want).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn hcw_normalization_is_normalize_then_transpose() {
+        let mut m = Map::zeros(5, 19, 3);
+        for (i, v) in m.data.iter_mut().enumerate() {
+            *v = ((i * 29) % 17) as f32 - 8.0;
+        }
+        let (s, b) = (vec![0.5, 2.0, -1.0], vec![0.1, -0.2, 0.3]);
+        let ws = Workspace::default();
+        for mode in [PadMode::Reflect, PadMode::Zero] {
+            let got = normalize_into_hcw_padded(&m, &s, &b, Act::Relu, 3, mode, &ws);
+            let mut want = m.clone();
+            scale_shift_act(&mut want, &s, &b, Act::Relu, None);
+            assert_eq!(got, want.to_hcw_padded(3, mode, &ws));
         }
     }
 

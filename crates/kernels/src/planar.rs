@@ -74,6 +74,16 @@ impl PlanarConv {
         })
     }
 
+    /// The border it reads.
+    pub fn input_padding(&self) -> (usize, PadMode) {
+        (self.padding, self.pad_mode)
+    }
+
+    /// Kernel side.
+    pub fn kernel(&self) -> usize {
+        self.k
+    }
+
     /// Applies it to one NHWC map; returns `(C, H, W)` planes.
     pub fn forward(&self, x: &Map) -> Result<(Vec<f32>, usize, usize)> {
         self.forward_ws(x, &Workspace::default())
@@ -93,26 +103,134 @@ impl PlanarConv {
             return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
         }
         let (ho, wo) = (hp - self.k + 1, wp - self.k + 1);
-        // Row-planar padded copy, plus a vector of slack so row tails can be loaded.
-        let mut planes = x.to_hcw_padded(p, self.pad_mode, ws);
+        let planes = x.to_hcw_padded(p, self.pad_mode, ws);
+        let out = self.forward_hcw(planes, hp, wp, ws);
+        Ok((out, ho, wo))
+    }
+
+    /// From a row-planar `(H + 2p, C, W + 2p)` input that already carries the padding (see
+    /// [`crate::map::Map::to_hcw_padded`], [`crate::ops::normalize_into_hcw_padded`]);
+    /// returns `(C_out, H, W)` planes. The buffer goes back to `ws`.
+    pub fn forward_hcw(&self, mut planes: Vec<f32>, hp: usize, wp: usize, ws: &Workspace) -> Vec<f32> {
+        assert_eq!(planes.len(), hp * self.c_in * wp, "forward_hcw: input size");
+        let (ho, wo) = (hp + 1 - self.k, wp + 1 - self.k);
+        // A vector of slack so row tails can be loaded.
         planes.extend(std::iter::repeat_n(0.0, 64));
-        let rows: Vec<Vec<f32>> = (0..ho)
+        // Output rows in pairs: row y+1 with kernel row ky reads the input row that row y
+        // reads with ky+1, so each loaded input vector feeds both.
+        let pairs: Vec<Vec<f32>> = (0..ho.div_ceil(2))
             .into_par_iter()
-            .map(|y| {
-                let mut out = vec![0f32; self.c_out * wo];
-                self.row(&planes, wp, y, wo, &mut out);
+            .map(|py| {
+                let y = 2 * py;
+                let two = y + 1 < ho;
+                let mut out = vec![0f32; self.c_out * wo * if two { 2 } else { 1 }];
+                if two {
+                    self.row_pair(&planes, wp, y, wo, &mut out);
+                } else {
+                    self.row(&planes, wp, y, wo, &mut out);
+                }
                 out
             })
             .collect();
         ws.give(planes);
         let mut out = vec![0f32; self.c_out * ho * wo];
-        for (y, r) in rows.iter().enumerate() {
-            for o in 0..self.c_out {
-                out[(o * ho + y) * wo..][..wo].copy_from_slice(&r[o * wo..][..wo]);
+        for (py, r) in pairs.iter().enumerate() {
+            for (i, chunk) in r.chunks(self.c_out * wo).enumerate() {
+                let y = 2 * py + i;
+                for o in 0..self.c_out {
+                    out[(o * ho + y) * wo..][..wo].copy_from_slice(&chunk[o * wo..][..wo]);
+                }
             }
         }
         activate(&mut out, self.act);
-        Ok((out, ho, wo))
+        out
+    }
+
+    /// Rows `y` and `y + 1` into `out` (`[row][c_out][wo]`).
+    fn row_pair(&self, planes: &[f32], wp: usize, y: usize, wo: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if let Isa::Avx512 { .. } = self.isa {
+            // SAFETY: as in `row`, for input rows y..=y+k (y + 1 < ho, so all exist).
+            #[allow(unsafe_code)]
+            unsafe {
+                match self.c_out {
+                    1 => self.row_pair_avx512::<1>(planes, wp, y, wo, out),
+                    2 => self.row_pair_avx512::<2>(planes, wp, y, wo, out),
+                    3 => self.row_pair_avx512::<3>(planes, wp, y, wo, out),
+                    _ => self.row_pair_avx512::<4>(planes, wp, y, wo, out),
+                }
+            }
+            return;
+        }
+        let n = self.c_out * wo;
+        let (a, b) = out.split_at_mut(n);
+        self.row(planes, wp, y, wo, a);
+        self.row(planes, wp, y + 1, wo, b);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn row_pair_avx512<const CO: usize>(
+        &self,
+        planes: &[f32],
+        wp: usize,
+        y: usize,
+        wo: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        // 2 rows × CO outputs × XV vectors ≤ 24 accumulators.
+        const XV: usize = 3;
+        let k = self.k;
+        let base = planes.as_ptr();
+        let mut x0 = 0;
+        while x0 < wo {
+            let mut acc = [[[_mm512_setzero_ps(); XV]; CO]; 2];
+            for i in 0..self.c_in {
+                for r in 0..=k {
+                    let src = base.add(((y + r) * self.c_in + i) * wp + x0);
+                    for kx in 0..k {
+                        let mut a = [_mm512_setzero_ps(); XV];
+                        for (v, av) in a.iter_mut().enumerate() {
+                            *av = _mm512_loadu_ps(src.add(kx + 16 * v));
+                        }
+                        // Output row 0 uses kernel row r, row 1 kernel row r − 1.
+                        for (row, ky) in [(0usize, r), (1, r.wrapping_sub(1))] {
+                            if ky >= k {
+                                continue;
+                            }
+                            let wrow = self.packed.as_ptr().add(((i * k + ky) * k + kx) * 4);
+                            for o in 0..CO {
+                                let w = _mm512_set1_ps(*wrow.add(o));
+                                for v in 0..XV {
+                                    acc[row][o][v] = _mm512_fmadd_ps(a[v], w, acc[row][o][v]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for (row, per) in acc.iter().enumerate() {
+                for (o, vs) in per.iter().enumerate() {
+                    let b = _mm512_set1_ps(self.bias[o]);
+                    for (v, r) in vs.iter().enumerate() {
+                        let x = x0 + 16 * v;
+                        if x >= wo {
+                            break;
+                        }
+                        let n = (wo - x).min(16);
+                        let mask: __mmask16 = ((1u32 << n) - 1) as u16;
+                        _mm512_mask_storeu_ps(
+                            out.as_mut_ptr().add((row * CO + o) * wo + x),
+                            mask,
+                            _mm512_add_ps(*r, b),
+                        );
+                    }
+                }
+            }
+            x0 += 16 * XV;
+        }
     }
 
     fn row(&self, planes: &[f32], wp: usize, y: usize, wo: usize, out: &mut [f32]) {

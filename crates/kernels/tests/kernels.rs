@@ -61,6 +61,11 @@ fn cases() -> Vec<(ConvSpec, usize, usize)> {
         (ConvSpec::new(5, 6, 3).stride(1).pad(1, z).transposed(0), 6, 4),
         (ConvSpec::new(9, 20, 5).stride(3).pad(2, z).transposed(2), 3, 4),
         (ConvSpec::new(4, 4, 2).stride(2).transposed(0), 3, 3),
+        // Full tiles with the compile-time pixel strides (64, 128, 256 floats).
+        (ConvSpec::new(64, 32, 3).pad(1, r), 3, 26),
+        (ConvSpec::new(128, 64, 1), 2, 13),
+        (ConvSpec::new(256, 16, 1), 2, 29),
+        (ConvSpec::new(64, 64, 3).stride(2).pad(1, z), 3, 26),
     ]
 }
 

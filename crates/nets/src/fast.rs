@@ -85,6 +85,19 @@ impl FastNorm {
         })
     }
 
+    /// Normalizes `x` and applies `act` into the row-planar, padded input of a planar head.
+    fn apply_hcw(
+        &self,
+        x: &Map,
+        ctx: &mut Ctx,
+        act: Act,
+        pad: (usize, PadMode),
+        ws: &Workspace,
+    ) -> Result<Vec<f32>> {
+        let (s, b) = self.coefficients(x, ctx)?;
+        Ok(ops::normalize_into_hcw_padded(x, &s, &b, act, pad.0, pad.1, ws))
+    }
+
     /// Normalizes `x`, applies `act`, adds `residual` (with its border), and writes the result
     /// with the border the next layer reads (`next`).
     fn apply_padded(
@@ -155,18 +168,51 @@ impl Head {
     }
 
     /// Planar output and its height and width.
-    /// The border the head reads (the planar head pads while it transposes: none).
+    /// The border the head reads.
     fn input_padding(&self) -> (usize, PadMode) {
         match self {
-            Head::Planar(_) => (0, PadMode::Zero),
+            Head::Planar(p) => p.input_padding(),
             Head::Wide(c) => c.input_padding(),
+        }
+    }
+
+    /// Normalizes the last feature map into the head's input and runs the head.
+    fn norm_and_forward(
+        &self,
+        norm: &FastNorm,
+        y: &Map,
+        ctx: &mut Ctx,
+        ws: &Workspace,
+    ) -> Result<Out> {
+        let pad = self.input_padding();
+        match self {
+            Head::Planar(p) => {
+                let planes = norm.apply_hcw(y, ctx, Act::Relu, pad, ws)?;
+                let (hp, wp) = (y.h + 2 * pad.0, y.w + 2 * pad.0);
+                let (ho, wo) = (hp + 1 - p.kernel(), wp + 1 - p.kernel());
+                Ok((p.forward_hcw(planes, hp, wp, ws), ho, wo))
+            }
+            Head::Wide(_) => {
+                let xp = norm.apply_padded(y, ctx, Act::Relu, None, pad, ws)?;
+                let out = self.forward(&xp, ws);
+                ws.recycle(xp);
+                out
+            }
         }
     }
 
     /// Planar output and its height and width, from an input with [`Head::input_padding`].
     fn forward(&self, x: &Map, ws: &Workspace) -> Result<Out> {
         match self {
-            Head::Planar(p) => p.forward_ws(x, ws).map_err(kerr),
+            Head::Planar(p) => {
+                let (hp, wp) = (x.h, x.w);
+                if hp < p.kernel() || wp < p.kernel() {
+                    return Err(Error::Input(format!("input {hp}×{wp} is too small")));
+                }
+                let planes = x.to_hcw_padded(0, PadMode::Zero, ws);
+                let (ho, wo) = (hp + 1 - p.kernel(), wp + 1 - p.kernel());
+                Ok((p.forward_hcw(planes, hp, wp, ws), ho, wo))
+            }
             Head::Wide(c) => {
                 let y = c.forward_padded(x, ws).map_err(kerr)?;
                 let mut out = y.to_chw();
@@ -253,18 +299,28 @@ impl ResnetPlan {
             ws.recycle(u);
             ws.recycle(std::mem::replace(&mut hp, next));
         }
-        for l in &self.up {
+        let n_up = self.up.len();
+        for (i, l) in self.up.iter().enumerate() {
             let y = if l.0.spec().transposed {
                 l.0.forward_ws(&hp, ws).map_err(kerr)?
             } else {
                 l.0.forward_padded(&hp, ws).map_err(kerr)?
             };
             ws.recycle(hp);
+            if i + 1 == n_up {
+                // The last normalization writes the head's input directly.
+                let out = self.head.norm_and_forward(&l.1, &y, ctx, ws);
+                ws.recycle(y);
+                return out;
+            }
             hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
             ws.recycle(y);
         }
-        let out = self.head.forward(&hp, ws);
+        let (p, mode) = self.head.input_padding();
+        let xp = atelier_kernels::map::pad_in(&hp, p, p, p, p, mode, ws);
         ws.recycle(hp);
+        let out = self.head.forward(&xp, ws);
+        ws.recycle(xp);
         out
     }
 }
@@ -343,17 +399,26 @@ impl LightPlan {
             let next = norm(t, ctx, Act::None, Some(&h))?;
             ws.recycle(std::mem::replace(&mut h, next));
         }
-        for (dw, pw) in &self.up {
+        let n_up = self.up.len();
+        for (i, (dw, pw)) in self.up.iter().enumerate() {
             let t = atelier_kernels::map::upsample_nearest2(&h, ws);
             ws.recycle(h);
             let t2 = dw.forward_ws(&t, ws).map_err(kerr)?;
             ws.recycle(t);
             let y = pw.forward_ws(&t2, ws).map_err(kerr)?;
             ws.recycle(t2);
+            if i + 1 == n_up {
+                let out = self.head.norm_and_forward(n, &y, ctx, ws);
+                ws.recycle(y);
+                return out;
+            }
             h = norm(y, ctx, Act::Relu, None)?;
         }
-        let out = self.head.forward(&h, ws);
+        let (p, mode) = self.head.input_padding();
+        let xp = atelier_kernels::map::pad_in(&h, p, p, p, p, mode, ws);
         ws.recycle(h);
+        let out = self.head.forward(&xp, ws);
+        ws.recycle(xp);
         out
     }
 }
