@@ -154,6 +154,28 @@ def make_session(path, threads):
     return ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def _status_mb(field):
+    """A field of /proc/self/status (VmRSS, VmHWM) in MiB, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss():
+    """Resets VmHWM to the current RSS (Linux clear_refs 5); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def time_ort(sess, x_np, warmup, repeat):
     feed = {"input": x_np}
     for _ in range(warmup):
@@ -206,7 +228,15 @@ def main():
                     export_onnx(model, x, p, a.opset, dynamic=False)
                     sess = make_session(p, a.threads)
                 log("size %d: onnxruntime ..." % size)
-                ort_ms, y_ort = time_ort(sess, x.numpy(), a.warmup, a.repeat)
+                x_np = x.numpy()
+                rss_ok = reset_peak_rss()
+                rss_before = _status_mb("VmRSS")
+                ort_ms, y_ort = time_ort(sess, x_np, a.warmup, a.repeat)
+                if rss_ok and rss_before is not None:
+                    # Peak RSS while onnxruntime ran this size, and its growth over the RSS
+                    # before (torch, the exported model and the session are already loaded).
+                    r["onnxruntime_peak_rss_mb"] = _status_mb("VmHWM")
+                    r["onnxruntime_rss_growth_mb"] = r["onnxruntime_peak_rss_mb"] - rss_before
                 r["onnxruntime_ms"] = ort_ms
                 r["onnxruntime_median_ms"] = statistics.median(ort_ms)
                 r["max_abs_diff"] = float(np.abs(y_ort - y_pt.numpy()).max())

@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Stylize jobs run at once by this process [default: 1].
     #[arg(long, env = "ATELIER_STYLIZE_WORKERS")]
     pub stylize_workers: Option<usize>,
+    /// Kernel precision of stylization: f32, or bf16 on CPUs with AVX512_BF16 [default: f32].
+    #[arg(long, env = "ATELIER_PRECISION")]
+    pub precision: Option<String>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "ATELIER_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -373,6 +376,9 @@ pub struct StylizeArgs {
     /// (exact for images up to this side).
     #[arg(long, default_value_t = 1024)]
     pub stats_side: u32,
+    /// Kernel precision: f32, or bf16 on CPUs with AVX512_BF16 (others run f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub precision: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -454,12 +460,25 @@ pub struct BenchArgs {
     /// Image sides to time.
     #[arg(long, value_delimiter = ',', default_values_t = [256u32, 512, 1024])]
     pub sizes: Vec<u32>,
-    /// Generator: resnet_9blocks, resnet_6blocks or light.
-    #[arg(long, default_value = "resnet_9blocks")]
+    /// Generator: resnet_9blocks, resnet_6blocks or light. The default is the benchmark
+    /// network of the kernels issue: 32-64-128 channels, 6 blocks, 9.07 GMAC at 256².
+    #[arg(long, default_value = "resnet_6blocks")]
     pub arch: String,
     /// Generator width.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     pub ngf: usize,
+    /// Image sides for the light generator's rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [512u32])]
+    pub light_sizes: Vec<u32>,
+    /// Width of the light generator.
+    #[arg(long, default_value_t = 32)]
+    pub light_ngf: usize,
+    /// Skip the light generator's rows.
+    #[arg(long)]
+    pub no_light: bool,
+    /// Skip the bf16 rows.
+    #[arg(long)]
+    pub no_bf16: bool,
     /// Timed repetitions per size (median reported).
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,

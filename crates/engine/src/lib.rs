@@ -20,7 +20,7 @@
 //! independent.
 
 use atelier_imaging::{Blender, Image, Rect, TileGrid};
-use atelier_nets::{Arch, Ctx, LayerStats, Model, Role};
+use atelier_nets::{Arch, Ctx, LayerStats, Model, Precision, Role};
 use candle_core::{Device, Tensor};
 
 /// Errors of the engine.
@@ -83,6 +83,8 @@ pub struct Progress {
 pub struct Stylizer {
     model: Model,
     device: Device,
+    /// The network on Atelier's CPU kernels (CPU, supported architectures).
+    compiled: Option<atelier_nets::Compiled>,
 }
 
 /// Reflect-pads a CHW buffer on the right and bottom.
@@ -116,8 +118,15 @@ fn round_up(v: u32, m: u32) -> u32 {
 }
 
 impl Stylizer {
-    /// Wraps a loaded model; fails if it is not an RGB image-to-image generator.
+    /// Wraps a loaded model; fails if it is not an RGB image-to-image generator. On the CPU
+    /// the network runs on Atelier's own kernels in fp32 (see [`Stylizer::with_precision`]).
     pub fn new(model: Model, device: Device) -> Result<Self> {
+        Self::with_precision(model, device, Precision::F32)
+    }
+
+    /// Like [`Stylizer::new`] with a kernel precision: bf16 where the CPU has AVX512_BF16
+    /// (measured PSNR ≥ 50 dB against fp32), fp32 otherwise.
+    pub fn with_precision(model: Model, device: Device, precision: Precision) -> Result<Self> {
         let arch = model.card.arch;
         let not = |why: String| Error::NotATranslator {
             name: model.card.name.clone(),
@@ -137,7 +146,21 @@ impl Stylizer {
                 arch.output_channels()
             )));
         }
-        Ok(Self { model, device })
+        let compiled = if device.is_cpu() {
+            atelier_nets::Compiled::new(&model.net, precision)?
+        } else {
+            None
+        };
+        Ok(Self {
+            model,
+            device,
+            compiled,
+        })
+    }
+
+    /// Whether the model runs on Atelier's CPU kernels (else on candle).
+    pub fn uses_kernels(&self) -> bool {
+        self.compiled.is_some()
     }
 
     /// The model's card.
@@ -161,8 +184,11 @@ impl Stylizer {
     }
 
     fn run(&self, chw: Vec<f32>, w: usize, h: usize, ctx: &mut Ctx) -> Result<Vec<f32>> {
-        let x = Tensor::from_vec(chw, (1, 3, h, w), &self.device)?;
         ctx.rewind();
+        if let Some(c) = self.compiled.as_ref().filter(|c| c.supports(ctx)) {
+            return Ok(c.forward_chw(&chw, h, w, ctx)?.0);
+        }
+        let x = Tensor::from_vec(chw, (1, 3, h, w), &self.device)?;
         let y = self.model.net.forward(&x, ctx)?;
         Ok(y.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -348,6 +374,29 @@ mod tests {
 
     fn psnr(a: &Image, b: &Image) -> f64 {
         atelier_imaging::psnr(&a.rgb, &b.rgb, 2.0)
+    }
+
+    /// The kernels path (default on the CPU) and candle's give the same image, untiled and
+    /// tiled (statistics recorded and replayed through both).
+    #[test]
+    fn kernels_and_candle_agree() {
+        let mut s = stylizer();
+        assert!(s.uses_kernels());
+        let img = photo(136, 100);
+        for tile in [0, 64] {
+            let opts = Options {
+                tile,
+                overlap: 16,
+                context: 16,
+                ..Options::default()
+            };
+            let a = s.stylize(&img, &opts, &mut |_| {}).unwrap();
+            let kernels = s.compiled.take();
+            let b = s.stylize(&img, &opts, &mut |_| {}).unwrap();
+            s.compiled = kernels;
+            let db = psnr(&a, &b);
+            assert!(db > 80.0, "tile {tile}: kernels vs candle PSNR {db}");
+        }
     }
 
     #[test]

@@ -173,6 +173,7 @@ pub struct Catalog {
     builtins: Vec<Arc<Builtin>>,
     loaded: Mutex<Vec<(String, Arc<Stylizer>)>>,
     thumbnail_lock: tokio::sync::Mutex<()>,
+    precision: atelier_nets::Precision,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -239,7 +240,14 @@ impl Catalog {
             builtins,
             loaded: Mutex::new(Vec::new()),
             thumbnail_lock: tokio::sync::Mutex::new(()),
+            precision: atelier_nets::Precision::F32,
         })
+    }
+
+    /// Kernel precision of the stylizers this catalog loads (default fp32).
+    pub fn with_precision(mut self, precision: atelier_nets::Precision) -> Self {
+        self.precision = precision;
+        self
     }
 
     pub fn builtins(&self) -> &[Arc<Builtin>] {
@@ -336,10 +344,11 @@ impl Catalog {
             return Ok(s);
         }
         let path = self.local_file(m).await?;
+        let precision = self.precision;
         let s = tokio::task::spawn_blocking(move || -> Result<Stylizer, JobsError> {
             let model = atelier_nets::load(&path, &Device::Cpu)
                 .map_err(|e| JobsError::Internal(format!("loading {}: {e}", path.display())))?;
-            Ok(Stylizer::new(model, Device::Cpu)?)
+            Ok(Stylizer::with_precision(model, Device::Cpu, precision)?)
         })
         .await
         .map_err(|e| JobsError::Internal(e.to_string()))??;

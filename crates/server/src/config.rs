@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub max_dataset_images: usize,
     /// `text` or `json` log lines.
     pub log_format: String,
+    /// Kernel precision of stylization: `f32`, or `bf16` (AVX512_BF16 CPUs; others run f32).
+    pub precision: String,
     /// The in-process workers.
     pub worker: WorkerConfig,
 }
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             max_active_jobs: 4,
             max_dataset_images: 5000,
             log_format: "text".into(),
+            precision: "f32".into(),
             worker: WorkerConfig::default(),
         }
     }
@@ -121,10 +124,18 @@ impl ServerConfig {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return bad("log_format: expected text or json");
         }
+        if atelier_nets::Precision::parse(&self.precision).is_none() {
+            return bad("precision: expected f32 or bf16");
+        }
         if self.worker.lease_s <= self.worker.heartbeat_s {
             return bad("worker.lease_s must be longer than worker.heartbeat_s");
         }
         Ok(())
+    }
+
+    /// The kernel precision (validated).
+    pub fn kernel_precision(&self) -> atelier_nets::Precision {
+        atelier_nets::Precision::parse(&self.precision).unwrap_or_default()
     }
 
     /// Whether key-less requests are allowed.

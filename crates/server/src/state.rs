@@ -57,7 +57,8 @@ impl AppState {
             blobs.clone(),
             data,
             config.models_dir.as_deref(),
-        )?;
+        )?
+        .with_precision(config.kernel_precision());
         Ok(AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute)),

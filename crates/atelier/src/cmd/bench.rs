@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use atelier_nets::light::LightConfig;
 use atelier_nets::resnet::ResnetConfig;
-use atelier_nets::{Arch, Ctx, Network, NormKind};
+use atelier_nets::{Arch, Compiled, Ctx, Network, NormKind, Precision};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::Serialize;
@@ -19,12 +19,46 @@ use crate::cli::{BenchArgs, Global};
 struct Row {
     name: String,
     size: u32,
+    /// Arithmetic precision of Atelier's kernels for this row (the peers run fp32).
+    precision: &'static str,
     gmac: f64,
     atelier_ms: f64,
     onnxruntime_ms: Option<f64>,
     pytorch_ms: Option<f64>,
     /// Atelier's median over the best peer's median.
     ratio: Option<f64>,
+    /// Achieved GFLOP/s (2 FLOP per MAC) and its fraction of the measured fp32 peak.
+    gflops: Option<f64>,
+    peak_fraction: Option<f64>,
+    /// PSNR (dB) of this precision's output against Atelier's fp32 output, same input.
+    psnr_db_vs_f32: Option<f64>,
+    /// Peak RSS of the process while this case ran, and its growth over the RSS before.
+    peak_rss_mb: Option<f64>,
+    rss_growth_mb: Option<f64>,
+    onnxruntime_peak_rss_mb: Option<f64>,
+    onnxruntime_rss_growth_mb: Option<f64>,
+}
+
+impl Row {
+    fn new(name: String, size: u32, precision: &'static str, gmac: f64, ms: f64) -> Self {
+        Self {
+            name,
+            size,
+            precision,
+            gmac,
+            atelier_ms: ms,
+            onnxruntime_ms: None,
+            pytorch_ms: None,
+            ratio: None,
+            gflops: None,
+            peak_fraction: None,
+            psnr_db_vs_f32: None,
+            peak_rss_mb: None,
+            rss_growth_mb: None,
+            onnxruntime_peak_rss_mb: None,
+            onnxruntime_rss_growth_mb: None,
+        }
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -39,16 +73,16 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-fn arch_of(args: &BenchArgs) -> anyhow::Result<(Arch, &'static str)> {
-    Ok(match args.arch.as_str() {
+fn arch_of(arch: &str, ngf: usize) -> anyhow::Result<(Arch, &'static str)> {
+    Ok(match arch {
         "resnet_9blocks" | "resnet_6blocks" => (
             Arch::Resnet(ResnetConfig {
-                ngf: args.ngf,
-                n_blocks: if args.arch == "resnet_9blocks" { 9 } else { 6 },
+                ngf,
+                n_blocks: if arch == "resnet_9blocks" { 9 } else { 6 },
                 norm: NormKind::Instance,
                 ..ResnetConfig::default()
             }),
-            if args.arch == "resnet_9blocks" {
+            if arch == "resnet_9blocks" {
                 "resnet_9blocks"
             } else {
                 "resnet_6blocks"
@@ -56,7 +90,7 @@ fn arch_of(args: &BenchArgs) -> anyhow::Result<(Arch, &'static str)> {
         ),
         "light" => (
             Arch::Light(LightConfig {
-                ngf: args.ngf,
+                ngf,
                 ..LightConfig::default()
             }),
             "light",
@@ -74,8 +108,140 @@ fn peers_script() -> Option<PathBuf> {
     built.is_file().then_some(built)
 }
 
+/// `/proc/self/status` field in MiB (Linux).
+fn status_mb(field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Resets the peak RSS to the current RSS (Linux `clear_refs` 5).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// PSNR of `a` against `b`, both in [-1, 1] (data range 2).
+fn psnr(a: &[f32], b: &[f32]) -> f64 {
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((x - y) as f64).powi(2))
+        .sum::<f64>()
+        / a.len().max(1) as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (4.0 / mse).log10()
+    }
+}
+
+/// Times one forward pass `repeat` times after a warm-up; the median in ms and the output.
+fn time_forward(
+    f: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
+    x: &Tensor,
+    repeat: usize,
+) -> anyhow::Result<(f64, Vec<f32>)> {
+    f(x)?;
+    let mut times = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..repeat.max(1) {
+        let t = Instant::now();
+        let y = f(x)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+        out = y.flatten_all()?.to_vec1::<f32>()?;
+    }
+    Ok((median(&mut times), out))
+}
+
 pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let (arch, arch_name) = arch_of(&args)?;
+    let isa = atelier_kernels::Isa::detect();
+    let peak = atelier_kernels::peak::fp32_gflops(args.threads, 300);
+    eprintln!(
+        "bench: kernels {}, measured fp32 peak {peak:.0} GFLOP/s on {} threads",
+        isa.name(),
+        args.threads
+    );
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if !args.train_only {
+        let (arch, name) = arch_of(&args.arch, args.ngf)?;
+        rows.extend(forward_rows(&args, arch, name, &args.sizes, peak, &mut notes)?);
+        if !args.no_light && name != "light" {
+            let (light, lname) = arch_of("light", args.light_ngf)?;
+            rows.extend(forward_rows(&args, light, lname, &args.light_sizes, peak, &mut notes)?);
+        }
+    }
+    if args.train || args.train_only {
+        let (arch, name) = arch_of(&args.arch, args.ngf)?;
+        rows.push(train_row(&args, arch, name)?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
+    println!(
+        "| case | precision | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer \
+         | GFLOP/s | % of fp32 peak | PSNR vs f32 |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} |",
+            r.name,
+            r.precision,
+            r.gmac,
+            r.atelier_ms,
+            fmt(r.onnxruntime_ms, 1),
+            fmt(r.pytorch_ms, 1),
+            r.ratio.map_or("-".to_string(), |v| format!("{v:.2}x")),
+            fmt(r.gflops, 0),
+            fmt(r.peak_fraction.map(|f| f * 100.0), 0),
+            r.psnr_db_vs_f32
+                .map_or("-".to_string(), |v| format!("{v:.1} dB")),
+        );
+    }
+    for r in rows.iter().filter(|r| r.peak_rss_mb.is_some()) {
+        println!(
+            "\npeak RSS {}: atelier {} MiB (+{} MiB during the case), onnxruntime {} MiB (+{} MiB)",
+            r.name,
+            fmt(r.peak_rss_mb, 0),
+            fmt(r.rss_growth_mb, 0),
+            fmt(r.onnxruntime_peak_rss_mb, 0),
+            fmt(r.onnxruntime_rss_growth_mb, 0),
+        );
+    }
+    println!(
+        "\nkernels {}, fp32 peak {peak:.0} GFLOP/s measured on {} threads; peers fp32, {} threads",
+        isa.name(),
+        args.threads,
+        args.threads
+    );
+    for n in notes {
+        println!("{n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Forward rows of one generator: fp32 (and bf16 where the CPU has it) at every size,
+/// beside the peers on the same weights.
+fn forward_rows(
+    args: &BenchArgs,
+    arch: Arch,
+    arch_name: &str,
+    sizes: &[u32],
+    peak: f64,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Vec<Row>> {
+    if sizes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ngf = match arch {
+        Arch::Resnet(c) => c.ngf,
+        Arch::Light(c) => c.ngf,
+        _ => 0,
+    };
     let map = VarMap::new();
     let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
     let net = Network::new(arch, vb)?;
@@ -84,51 +250,70 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir)?;
     let weights = dir.join("weights.safetensors");
     candle_core::safetensors::save(&tensors, &weights)?;
-
     eprintln!(
-        "bench: {arch_name} ngf {} ({} parameters), {} threads, median of {} runs",
-        args.ngf,
+        "bench: {arch_name} ngf {ngf} ({} parameters), {} threads, median of {} runs",
         arch.parameter_count()?,
         args.threads,
         args.repeat
     );
-    let mut atelier: Vec<f64> = Vec::new();
-    let sizes: Vec<u32> = if args.train_only {
-        Vec::new()
+    let f32_net = Compiled::new(&net, Precision::F32)?;
+    let low = if atelier_kernels::Isa::detect().has_bf16() && !args.no_bf16 {
+        Compiled::new(&net, Precision::Bf16)?
     } else {
-        args.sizes.clone()
+        None
     };
-    let fast = atelier_nets::Compiled::new(&net, atelier_nets::Precision::F32)?;
-    let fwd = |x: &Tensor| -> anyhow::Result<Tensor> {
-        Ok(match &fast {
+    let fwd32 = |x: &Tensor| -> anyhow::Result<Tensor> {
+        Ok(match &f32_net {
             Some(f) => f.forward(x, &mut Ctx::eval())?,
             None => net.forward(x, &mut Ctx::eval())?,
         })
     };
-    for &s in &sizes {
+    let mut rows = Vec::new();
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    for &s in sizes {
         let x = Tensor::rand(-1f32, 1f32, (1, 3, s as usize, s as usize), &Device::Cpu)?;
-        fwd(&x)?; // warm-up
-        let mut times = Vec::new();
-        for _ in 0..args.repeat.max(1) {
-            let t = Instant::now();
-            let y = fwd(&x)?;
-            y.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        let rss = s == largest && reset_peak_rss();
+        let before = status_mb("VmRSS");
+        let (ms, out32) = time_forward(&fwd32, &x, args.repeat)?;
+        let gmac = arch.macs(s as usize, s as usize).unwrap_or(0) as f64 / 1e9;
+        let mut row = Row::new(
+            format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
+            s,
+            "f32",
+            gmac,
+            ms,
+        );
+        if rss {
+            row.peak_rss_mb = status_mb("VmHWM");
+            row.rss_growth_mb = row.peak_rss_mb.zip(before).map(|(p, b)| p - b);
         }
-        let m = median(&mut times);
-        eprintln!("  atelier {s}x{s}: {m:.1} ms");
-        atelier.push(m);
+        eprintln!("  atelier {s}x{s} f32: {ms:.1} ms");
+        rows.push(row);
+        if let Some(low) = &low {
+            let f = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(low.forward(x, &mut Ctx::eval())?) };
+            let (ms, out) = time_forward(&f, &x, args.repeat)?;
+            let mut row = Row::new(
+                format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
+                s,
+                "bf16",
+                gmac,
+                ms,
+            );
+            row.psnr_db_vs_f32 = Some(psnr(&out, &out32));
+            eprintln!("  atelier {s}x{s} bf16: {ms:.1} ms");
+            rows.push(row);
+        }
     }
-
-    let peers = if args.no_peers || sizes.is_empty() {
+    if low.is_none() && !args.no_bf16 {
+        notes.push("bf16 rows skipped: this CPU has no AVX512_BF16".into());
+    }
+    let peers = if args.no_peers {
         None
     } else {
-        run_peers(&args, arch_name, &weights, &dir, &net)?
+        run_peers(args, arch_name, ngf, sizes, &weights, &dir, &net)?
     };
     let _ = std::fs::remove_dir_all(&dir);
-
-    let mut rows = Vec::new();
-    for (i, &s) in sizes.iter().enumerate() {
+    for row in &mut rows {
         let find = |key: &str| -> Option<f64> {
             peers
                 .as_ref()?
@@ -136,62 +321,39 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 .as_array()?
                 .iter()
                 .find_map(|r| {
-                    (r.get("size")?.as_u64()? == s as u64).then(|| r.get(key)?.as_f64())?
+                    (r.get("size")?.as_u64()? == row.size as u64).then(|| r.get(key)?.as_f64())?
                 })
         };
-        let ort = find("onnxruntime_median_ms");
-        let pt = find("pytorch_median_ms");
-        let best = match (ort, pt) {
+        row.onnxruntime_ms = find("onnxruntime_median_ms");
+        row.pytorch_ms = find("pytorch_median_ms");
+        if row.peak_rss_mb.is_some() {
+            row.onnxruntime_peak_rss_mb = find("onnxruntime_peak_rss_mb");
+            row.onnxruntime_rss_growth_mb = find("onnxruntime_rss_growth_mb");
+        }
+        let best = match (row.onnxruntime_ms, row.pytorch_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        rows.push(Row {
-            name: format!("{arch_name} ngf{} fwd {s}x{s}", args.ngf),
-            size: s,
-            gmac: arch.macs(s as usize, s as usize).unwrap_or(0) as f64 / 1e9,
-            atelier_ms: atelier[i],
-            onnxruntime_ms: ort,
-            pytorch_ms: pt,
-            ratio: best.map(|b| atelier[i] / b),
-        });
-    }
-    if args.train || args.train_only {
-        rows.push(train_row(&args, arch, arch_name)?);
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
-        println!("| case | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer |");
-        println!("|---|---|---|---|---|---|");
-        for r in &rows {
-            println!(
-                "| {} | {:.2} | {:.1} | {} | {} | {} |",
-                r.name,
-                r.gmac,
-                r.atelier_ms,
-                fmt(r.onnxruntime_ms),
-                fmt(r.pytorch_ms),
-                r.ratio.map_or("-".to_string(), |v| format!("{v:.2}x"))
-            );
-        }
-        if let Some(p) = &peers {
-            println!(
-                "\npeers: torch {}, onnxruntime {}, {} threads; outputs agree with Atelier's to {}",
-                p.get("torch_version")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?"),
-                p.get("onnxruntime_version")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("?"),
-                args.threads,
-                p.get("atelier_max_abs_diff")
-                    .and_then(|v| v.as_f64())
-                    .map_or("?".into(), |v| format!("{v:.1e} max abs")),
-            );
+        row.ratio = best.map(|b| row.atelier_ms / b);
+        if row.gmac > 0.0 {
+            let g = 2.0 * row.gmac / (row.atelier_ms / 1e3);
+            row.gflops = Some(g);
+            row.peak_fraction = (peak > 0.0).then(|| g / peak);
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(p) = &peers {
+        notes.push(format!(
+            "{arch_name}: peers torch {}, onnxruntime {}; outputs agree with Atelier's to {}",
+            p.get("torch_version").and_then(|v| v.as_str()).unwrap_or("?"),
+            p.get("onnxruntime_version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
+            p.get("atelier_max_abs_diff")
+                .and_then(|v| v.as_f64())
+                .map_or("?".into(), |v| format!("{v:.1e} max abs")),
+        ));
+    }
+    Ok(rows)
 }
 
 /// The Python of the peers (`--python`, default `bench/.venv/bin/python`), if it exists.
@@ -214,6 +376,8 @@ fn peer_python(args: &BenchArgs) -> Option<PathBuf> {
 fn run_peers(
     args: &BenchArgs,
     arch_name: &str,
+    ngf: usize,
+    sizes: &[u32],
     weights: &Path,
     dir: &Path,
     net: &Network,
@@ -226,7 +390,7 @@ fn run_peers(
         return Ok(None);
     };
     let check = dir.join("check.safetensors");
-    let sizes: Vec<String> = args.sizes.iter().map(|s| s.to_string()).collect();
+    let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
     eprintln!(
         "bench: running peers ({} {})",
         python.display(),
@@ -239,7 +403,7 @@ fn run_peers(
             "--arch",
             arch_name,
             "--ngf",
-            &args.ngf.to_string(),
+            &ngf.to_string(),
             "--norm",
             "instance",
         ])
@@ -341,18 +505,16 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
     } else {
         run_train_peer(args, arch, size, warmup, repeat)?
     };
-    Ok(Row {
-        name: format!(
-            "cyclegan step {arch_name} ngf{} {size}x{size} batch 1",
-            args.ngf
-        ),
+    let mut row = Row::new(
+        format!("cyclegan step {arch_name} ngf{} {size}x{size} batch 1", args.ngf),
         size,
-        gmac: 0.0,
-        atelier_ms: ours,
-        onnxruntime_ms: None,
-        pytorch_ms: pytorch,
-        ratio: pytorch.map(|p| ours / p),
-    })
+        "f32",
+        0.0,
+        ours,
+    );
+    row.pytorch_ms = pytorch;
+    row.ratio = pytorch.map(|p| ours / p);
+    Ok(row)
 }
 
 fn run_train_peer(

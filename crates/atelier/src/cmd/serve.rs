@@ -29,6 +29,7 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(worker.train_workers = a.train_workers);
     set!(worker.stylize_workers = a.stylize_workers);
     set!(log_format = a.log_format);
+    set!(precision = a.precision);
     if a.open {
         c.open = Some(true);
     }

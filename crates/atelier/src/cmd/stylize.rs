@@ -62,7 +62,8 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     let model_path = global.model_path(&args.model)?;
     let model = atelier_nets::load(&model_path, &Device::Cpu)
         .with_context(|| format!("loading model {}", model_path.display()))?;
-    let stylizer = Stylizer::new(model, Device::Cpu)?;
+    let precision = atelier_nets::Precision::parse(&args.precision).unwrap_or_default();
+    let stylizer = Stylizer::with_precision(model, Device::Cpu, precision)?;
     let opts = Options {
         tile: args.tile,
         overlap: args.overlap,
