@@ -402,6 +402,14 @@ impl Conv {
         Ok(out)
     }
 
+    /// A transposed convolution into an output of `ho`×`wo` (any output padding below the
+    /// stride, per axis).
+    pub fn forward_sized(&self, x: &Map, ho: usize, wo: usize, ws: &Workspace) -> Result<Map> {
+        let mut out = ws.map(ho, wo, self.spec.c_out);
+        self.forward_into_ws(x, &mut out, false, ws)?;
+        Ok(out)
+    }
+
     /// Writes (or, with `accumulate`, adds) the convolution of `x` into `out`.
     pub fn forward_into(&self, x: &Map, out: &mut Map, accumulate: bool) -> Result<()> {
         self.forward_into_ws(x, out, accumulate, &Workspace::default())
@@ -415,9 +423,20 @@ impl Conv {
         ws: &Workspace,
     ) -> Result<()> {
         let (ho, wo) = self.out_size(x)?;
-        if (out.h, out.w, out.c) != (ho, wo, self.spec.c_out) {
+        // A transposed convolution may produce any output padding below the stride (the
+        // input gradient of a strided convolution needs a different one per axis).
+        let fits = |got: usize, want: usize| {
+            if self.spec.transposed {
+                let base = want - self.spec.output_padding;
+                got >= base && got < base + self.spec.stride
+            } else {
+                got == want
+            }
+        };
+        if !fits(out.h, ho) || !fits(out.w, wo) || out.c != self.spec.c_out {
             return Err(Error::Shape("output map has the wrong shape".into()));
         }
+        let (ho, wo) = (out.h, out.w);
         let (t, b, l, r) = self.padding_for(x, ho, wo);
         let xp = if (t, b, l, r) == (0, 0, 0, 0) {
             None

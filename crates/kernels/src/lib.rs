@@ -18,6 +18,7 @@
 
 pub mod conv;
 pub mod depthwise;
+pub mod grad;
 pub mod map;
 pub mod micro;
 pub mod ops;

@@ -172,3 +172,86 @@ fn bad_layers_and_inputs_are_errors() {
     assert!(conv.forward(&Map::zeros(2, 5, 4)).is_err(), "too small");
     assert!(PlanarConv::new(4, 5, 3, 1, PadMode::Zero, &[0.0; 180], None, Act::None).is_err());
 }
+
+/// Reference gradients of `y = conv(x, w)` (zero padding `p`, stride `s`) for an output
+/// gradient `g`: (dx, dw), f64 sums.
+fn conv_grads(
+    spec: &ConvSpec,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    wt: &[f32],
+    g: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
+    let (ho, wo) = spec.output_size(h, w).unwrap();
+    let mut dx = vec![0f64; ci * h * w];
+    let mut dw = vec![0f64; co * ci * k * k];
+    for o in 0..co {
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let gv = g[(o * ho + oy) * wo + ox] as f64;
+                for i in 0..ci {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let iy = (oy * s + ky) as isize - p as isize;
+                            let ix = (ox * s + kx) as isize - p as isize;
+                            if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                continue;
+                            }
+                            let xi = (i * h + iy as usize) * w + ix as usize;
+                            let wi = ((o * ci + i) * k + ky) * k + kx;
+                            dx[xi] += gv * wt[wi] as f64;
+                            dw[wi] += gv * x[xi] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (
+        dx.into_iter().map(|v| v as f32).collect(),
+        dw.into_iter().map(|v| v as f32).collect(),
+    )
+}
+
+/// The training identities the custom ops use: the input gradient of a convolution is the
+/// transposed convolution of its output gradient with the same weights (and vice versa), and
+/// `grad::weight_grad` gives the weight gradient, on every ISA.
+#[test]
+fn convolution_gradients_match_the_reference() {
+    let mut rng = Rng(0xDEADBEEF);
+    let z = PadMode::Zero;
+    for (spec, h, w) in [
+        (ConvSpec::new(3, 16, 7).pad(3, z), 9, 11),
+        (ConvSpec::new(8, 12, 3).pad(1, z), 7, 6),
+        (ConvSpec::new(16, 32, 3).stride(2).pad(1, z), 8, 9),
+        (ConvSpec::new(6, 70, 4).stride(2).pad(1, z), 10, 7),
+        (ConvSpec::new(9, 3, 3), 6, 5),
+        (ConvSpec::new(64, 1, 4).pad(1, z), 5, 6),
+    ] {
+        let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
+        let (ho, wo) = spec.output_size(h, w).unwrap();
+        let x = rng.vec(ci * h * w);
+        let wt = rng.vec(co * ci * k * k);
+        let g = rng.vec(co * ho * wo);
+        let (dx_ref, dw_ref) = conv_grads(&spec, &x, h, w, &wt, &g);
+        let gm = Map::from_chw(&g, co, ho, wo);
+        for isa in isas() {
+            // dx: transposed convolution of g, weight (co, ci, k, k) read as (in, out, k, k).
+            let tspec = ConvSpec::new(co, ci, k).stride(s).pad(p, z).transposed(0);
+            let t = Conv::with_isa(tspec, &wt, None, Precision::F32, isa).unwrap();
+            let ws = atelier_kernels::map::Workspace::default();
+            let dx = t.forward_sized(&gm, h, w, &ws).unwrap();
+            assert_eq!((dx.h, dx.w), (h, w), "{spec:?}");
+            let e = rel_err(&dx.to_chw(), &dx_ref);
+            assert!(e < 1e-5, "{spec:?} {isa:?} dx {e}");
+            // dw from the zero-padded input.
+            let xm = Map::from_chw(&x, ci, h, w);
+            let xp = atelier_kernels::map::pad(&xm, p, p, p, p, z);
+            let dw = atelier_kernels::grad::weight_grad_with_isa(&xp, &gm, k, s, isa).unwrap();
+            let e = rel_err(&dw, &dw_ref);
+            assert!(e < 1e-5, "{spec:?} {isa:?} dw {e}");
+        }
+    }
+}
