@@ -17,7 +17,10 @@
 //! The custom op is used on the CPU when gradients may flow (a weight or input that is tracked);
 //! inference on loaded weights and other devices use candle's `conv2d` directly.
 
-use candle_core::{CpuStorage, CustomOp2, Device, Layout, Shape, Tensor};
+use atelier_kernels::grad::weight_grad;
+use atelier_kernels::map::Workspace;
+use atelier_kernels::{Conv, ConvSpec, Map, PadMode, Precision};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
 use crate::Result;
 
@@ -51,6 +54,17 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
+        if let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (s1, s2) {
+            let x = f32_slice(xs, l1)?;
+            let w = f32_slice(ws, l2)?;
+            let (n, ci, h, wd) = l1.shape().dims4()?;
+            let (co, _, k, _) = l2.shape().dims4()?;
+            let spec = ConvSpec::new(ci, co, k)
+                .stride(self.stride)
+                .pad(self.padding, PadMode::Zero);
+            let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, None)?;
+            return Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))));
+        }
         let x = storage_tensor(s1, l1)?;
         let w = storage_tensor(s2, l2)?;
         let y = x.conv2d(&w, self.padding, self.stride, 1, 1)?;
@@ -71,9 +85,45 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (p, s) = (self.padding, self.stride);
-        let (_, _, h, wd) = x.dims4()?;
-        let k = w.dim(2)?;
+        let (n, ci, h, wd) = x.dims4()?;
+        let (co, _, k, _) = w.dims4()?;
         let grad = grad.contiguous()?;
+        if x.dtype() == DType::F32 && x.device().is_cpu() {
+            // Input gradient: the transposed convolution of the gradient with the same
+            // weights; weight gradient: `grad::weight_grad` over the zero-padded input.
+            let g = grad.flatten_all()?.to_vec1::<f32>()?;
+            let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
+            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let grad_x = if x.track_op() {
+                let spec = ConvSpec::new(co, ci, k)
+                    .stride(s)
+                    .pad(p, PadMode::Zero)
+                    .transposed(0);
+                let t = Conv::new(spec, &wv, None, Precision::F32).map_err(cerr)?;
+                let ws = Workspace::default();
+                let mut out = Vec::with_capacity(n * ci * h * wd);
+                for i in 0..n {
+                    let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
+                    out.extend(t.forward_sized(&gm, h, wd, &ws).map_err(cerr)?.to_chw());
+                }
+                Some(Tensor::from_vec(out, (n, ci, h, wd), &Device::Cpu)?)
+            } else {
+                None
+            };
+            let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+            let mut dw = vec![0f32; co * ci * k * k];
+            for i in 0..n {
+                let xm = Map::from_chw(&xv[i * ci * h * wd..(i + 1) * ci * h * wd], ci, h, wd);
+                let xp = atelier_kernels::map::pad(&xm, p, p, p, p, PadMode::Zero);
+                let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
+                let d = weight_grad(&xp, &gm, k, s).map_err(cerr)?;
+                for (a, b) in dw.iter_mut().zip(d) {
+                    *a += b;
+                }
+            }
+            let gw = Tensor::from_vec(dw, (co, ci, k, k), &Device::Cpu)?;
+            return Ok((grad_x, Some(gw)));
+        }
         // Input gradient (not needed for data, e.g. the first layer's input).
         let grad_x = if x.track_op() {
             let g = dilate(&grad, s)?;
@@ -95,6 +145,130 @@ impl CustomOp2 for Conv2dOp {
             .conv2d(&grad.transpose(0, 1)?.contiguous()?, p, 1, s, 1)?
             .transpose(0, 1)?;
         let gw = gw.narrow(2, 0, k)?.narrow(3, 0, w.dim(3)?)?.contiguous()?;
+        Ok((grad_x, Some(gw)))
+    }
+}
+
+fn cerr(e: atelier_kernels::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+fn f32_slice<'a>(v: &'a [f32], l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("atelier conv: non-contiguous input"),
+    }
+}
+
+/// Runs a (transposed) convolution on the kernels over a batch of NCHW images.
+fn kernels_conv(
+    spec: ConvSpec,
+    x: &[f32],
+    n: usize,
+    h: usize,
+    w: usize,
+    weight: &[f32],
+    size: Option<(usize, usize)>,
+) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let conv = Conv::new(spec, weight, None, Precision::F32).map_err(cerr)?;
+    let (ho, wo) = match size {
+        Some(s) => s,
+        None => spec
+            .output_size(h, w)
+            .ok_or_else(|| candle_core::Error::Msg(format!("input {h}×{w} is too small")))?,
+    };
+    let ci = spec.c_in;
+    let ws = Workspace::default();
+    let mut out = Vec::with_capacity(n * spec.c_out * ho * wo);
+    for i in 0..n {
+        let m = Map::from_chw(&x[i * ci * h * w..(i + 1) * ci * h * w], ci, h, w);
+        let y = if spec.transposed {
+            conv.forward_sized(&m, ho, wo, &ws)
+        } else {
+            conv.forward_ws(&m, &ws)
+        }
+        .map_err(cerr)?;
+        out.extend(y.to_chw());
+        ws.recycle(y);
+    }
+    Ok((out, ho, wo))
+}
+
+/// `conv_transpose2d` (weight `(in, out, k, k)`, zero padding) on the kernels, with a
+/// backward pass: the input gradient is the ordinary convolution of the gradient with the
+/// same weights, the weight gradient `grad::weight_grad` with input and gradient swapped.
+#[derive(Debug, Clone, Copy)]
+struct ConvTranspose2dOp {
+    padding: usize,
+    output_padding: usize,
+    stride: usize,
+}
+
+impl CustomOp2 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "atelier-conv-transpose2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(xs), CpuStorage::F32(ws)) = (s1, s2) else {
+            candle_core::bail!("atelier conv_transpose2d: f32 only");
+        };
+        let x = f32_slice(xs, l1)?;
+        let w = f32_slice(ws, l2)?;
+        let (n, ci, h, wd) = l1.shape().dims4()?;
+        let (_, co, k, _) = l2.shape().dims4()?;
+        let spec = ConvSpec::new(ci, co, k)
+            .stride(self.stride)
+            .pad(self.padding, PadMode::Zero)
+            .transposed(self.output_padding);
+        let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, None)?;
+        Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (p, s) = (self.padding, self.stride);
+        let (n, ci, h, wd) = x.dims4()?;
+        let (_, co, k, _) = w.dims4()?;
+        let grad = grad.contiguous()?;
+        let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
+        let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let grad_x = if x.track_op() {
+            // The weight (ci, co, k, k) read as an ordinary (out, in, k, k) convolution.
+            let spec = ConvSpec::new(co, ci, k).stride(s).pad(p, PadMode::Zero);
+            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let (dx, hh, ww) = kernels_conv(spec, &g, n, ho, wo, &wv, None)?;
+            if (hh, ww) != (h, wd) {
+                candle_core::bail!("conv_transpose2d backward: {hh}×{ww} is not {h}×{wd}");
+            }
+            Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let mut dw = vec![0f32; ci * co * k * k];
+        for i in 0..n {
+            let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
+            let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
+            let gp = atelier_kernels::map::pad(&gm, p, need(h, ho), p, need(wd, wo), PadMode::Zero);
+            let xm = Map::from_chw(&xv[i * ci * h * wd..(i + 1) * ci * h * wd], ci, h, wd);
+            let d = weight_grad(&gp, &xm, k, s).map_err(cerr)?;
+            for (a, b) in dw.iter_mut().zip(d) {
+                *a += b;
+            }
+        }
+        let gw = Tensor::from_vec(dw, (ci, co, k, k), &Device::Cpu)?;
         Ok((grad_x, Some(gw)))
     }
 }
@@ -133,11 +307,9 @@ fn flip(w: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 fn wants_custom(x: &Tensor, w: &Tensor) -> bool {
-    use candle_core::DType::{F32, F64};
     x.device().is_cpu()
         && x.dtype() == w.dtype()
-        && matches!(x.dtype(), F32 | F64)
-        && (x.track_op() || w.track_op())
+        && (x.dtype() == DType::F32 || (x.dtype() == DType::F64 && (x.track_op() || w.track_op())))
 }
 
 /// `conv2d` (groups 1, dilation 1) whose CPU backward uses only `conv2d` forwards.
@@ -162,6 +334,16 @@ pub fn conv_transpose2d(
 ) -> Result<Tensor> {
     if !x.device().is_cpu() {
         return Ok(x.conv_transpose2d(w, padding, output_padding, stride, 1)?);
+    }
+    if x.dtype() == DType::F32 && w.dtype() == DType::F32 && output_padding < stride.max(1) {
+        return Ok(x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            ConvTranspose2dOp {
+                padding,
+                output_padding,
+                stride,
+            },
+        )?);
     }
     let k = w.dim(2)?;
     if padding > k - 1 {
@@ -206,6 +388,44 @@ mod tests {
             let b = x.conv_transpose2d(&w, p, op, s, 1).unwrap();
             assert_eq!(a.dims(), b.dims());
             assert!(close(&a, &b) < 1e-4, "{h} {k} {s} {p} {op}");
+        }
+    }
+
+    /// The kernels' transposed convolution (f32) against the dilated-convolution formulation
+    /// run in f64 through candle: outputs and both gradients.
+    #[test]
+    fn transposed_gradients_match_the_f64_formulation() {
+        let dev = Device::Cpu;
+        for (h, w_, k, s, p, op) in [
+            (5, 4, 3, 2, 1, 1),
+            (4, 6, 4, 2, 1, 0),
+            (6, 3, 3, 1, 1, 0),
+            (7, 7, 5, 2, 2, 1),
+        ] {
+            let x = Tensor::randn(0f32, 1., (2, 3, h, w_), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (3, 5, k, k), &dev).unwrap();
+            let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let y = conv_transpose2d(xv.as_tensor(), wv.as_tensor(), p, op, s).unwrap();
+            let r = Tensor::randn(0f32, 1., y.dims(), &dev).unwrap();
+            let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let x64 = Var::from_tensor(&x.to_dtype(DType::F64).unwrap()).unwrap();
+            let w64 = Var::from_tensor(&w.to_dtype(DType::F64).unwrap()).unwrap();
+            let y64 = conv_transpose2d(x64.as_tensor(), w64.as_tensor(), p, op, s).unwrap();
+            let g64 = y64
+                .mul(&r.to_dtype(DType::F64).unwrap())
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            assert!(close(&y, &f(&y64)) < 1e-4, "{h} {k} {s} forward");
+            for (a, b) in [(&xv, &x64), (&wv, &w64)] {
+                let ga = g.get(a.as_tensor()).unwrap();
+                let gb = f(g64.get(b.as_tensor()).unwrap());
+                assert_eq!(ga.dims(), a.dims());
+                assert!(close(ga, &gb) < 1e-3, "{h} {k} {s} grad {:?}", a.dims());
+            }
         }
     }
 
