@@ -36,6 +36,11 @@ pub fn weight_grad_with_isa(
             xp.h, xp.w, dy.h, dy.w
         )));
     }
+    // Few output channels (an RGB head, a PatchGAN's last layer): vectorize over the input
+    // channels instead, so the lanes are not mostly masked off.
+    if co < 16 && ci > co {
+        return weight_grad_by_input(xp, dy, k, stride, isa);
+    }
     const LANES: usize = 64;
     const MR: usize = 6;
     let use_avx512 = matches!(isa, Isa::Avx512 { .. });
@@ -104,6 +109,75 @@ pub fn weight_grad_with_isa(
         for m in 0..mr {
             for o in 0..co {
                 dw[(o * ci + i0 + m) * taps + t] = acc[m * co + o];
+            }
+        }
+    }
+    Ok(dw)
+}
+
+/// [`weight_grad`] with the roles swapped: tiles of ≤ 6 output channels × 64 input channels
+/// per tap (for `c_out` < 16).
+fn weight_grad_by_input(xp: &Map, dy: &Map, k: usize, stride: usize, isa: Isa) -> Result<Vec<f32>> {
+    let (ci, co) = (xp.c, dy.c);
+    const LANES: usize = 64;
+    const MR: usize = 6;
+    let use_avx512 = matches!(isa, Isa::Avx512 { .. });
+    let taps = k * k;
+    let tasks: Vec<(usize, usize, usize)> = (0..taps)
+        .flat_map(|t| {
+            (0..co.div_ceil(MR)).flat_map(move |ob| (0..ci.div_ceil(LANES)).map(move |ib| (t, ob, ib)))
+        })
+        .collect();
+    let results: Vec<(usize, usize, usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(t, ob, ib)| {
+            let (ky, kx) = (t / k, t % k);
+            let (o0, i0) = (ob * MR, ib * LANES);
+            let (mr, n) = ((co - o0).min(MR), (ci - i0).min(LANES));
+            let mut acc = vec![0f32; mr * LANES];
+            for y in 0..dy.h {
+                let grow = &dy.data[y * dy.w * co + o0..];
+                let xrow = &xp.data[((y * stride + ky) * xp.w + kx) * ci + i0..];
+                #[cfg(target_arch = "x86_64")]
+                if use_avx512 {
+                    // SAFETY: AVX-512F was detected; reads dy at `p·co + m` (m < mr) and x at
+                    // `p·stride·ci + l` (l < n) inside the rows (size checked by the caller),
+                    // adds into `acc[m·LANES + l]`.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        tile_avx512(
+                            grow.as_ptr(),
+                            co,
+                            mr,
+                            xrow.as_ptr(),
+                            stride * ci,
+                            n,
+                            dy.w,
+                            acc.as_mut_ptr(),
+                            LANES,
+                        );
+                    }
+                    continue;
+                }
+                for p in 0..dy.w {
+                    let g = &grow[p * co..][..mr];
+                    let xv = &xrow[p * stride * ci..][..n];
+                    for (m, a) in g.iter().enumerate() {
+                        for (d, x) in acc[m * LANES..][..n].iter_mut().zip(xv) {
+                            *d += a * x;
+                        }
+                    }
+                }
+            }
+            (t, o0, i0, acc)
+        })
+        .collect();
+    let mut dw = vec![0f32; co * ci * taps];
+    for (t, o0, i0, acc) in results {
+        let mr = acc.len() / LANES;
+        for m in 0..mr {
+            for l in 0..(ci - i0).min(LANES) {
+                dw[((o0 + m) * ci + i0 + l) * taps + t] = acc[m * LANES + l];
             }
         }
     }
