@@ -74,16 +74,33 @@ impl Depthwise {
         }
         let p = self.padding;
         let xp = pad_in(x, p, p, p, p, self.pad_mode, ws);
+        let out = self.forward_padded(&xp, ws);
+        ws.recycle(xp);
+        out
+    }
+
+    /// The border [`Depthwise::forward_padded`] expects.
+    pub fn input_padding(&self) -> (usize, PadMode) {
+        (self.padding, self.pad_mode)
+    }
+
+    /// On an input that already carries its padding.
+    pub fn forward_padded(&self, xp: &Map, ws: &Workspace) -> Result<Map> {
+        if xp.c != self.c {
+            return Err(Error::Shape(format!(
+                "input has {} channels, the convolution takes {}",
+                xp.c, self.c
+            )));
+        }
         if xp.h < self.k || xp.w < self.k {
-            return Err(Error::Shape(format!("input {}×{} is too small", x.h, x.w)));
+            return Err(Error::Shape(format!("input {}×{} is too small", xp.h, xp.w)));
         }
         let (ho, wo) = (xp.h - self.k + 1, xp.w - self.k + 1);
         let mut out = ws.map(ho, wo, self.c);
         out.data
             .par_chunks_mut(wo * self.c)
             .enumerate()
-            .for_each(|(y, row)| self.row(&xp, y, row));
-        ws.recycle(xp);
+            .for_each(|(y, row)| self.row(xp, y, row));
         Ok(out)
     }
 
@@ -104,7 +121,51 @@ impl Depthwise {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn row_avx512(&self, xp: &Map, y: usize, row: &mut [f32]) {
-        self.row_body(xp, y, row)
+        if self.k != 3 || self.c % 16 != 0 {
+            return self.row_body(xp, y, row);
+        }
+        // 3×3: per block of 16 channels the 9 tap weights stay in registers while the row
+        // is swept, one load and one FMA per tap.
+        use std::arch::x86_64::*;
+        let c = self.c;
+        let wo = row.len() / c;
+        let wp = xp.w;
+        for c0 in (0..c).step_by(16) {
+            let w: [__m512; 9] = std::array::from_fn(|t| {
+                let v: &[f32; 16] = self.w[t * c + c0..][..16].try_into().expect("16 lanes");
+                // SAFETY: `v` is 16 floats.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm512_loadu_ps(v.as_ptr())
+                }
+            });
+            let b: &[f32; 16] = self.bias[c0..c0 + 16].try_into().expect("16 lanes");
+            // SAFETY: `b` is 16 floats.
+            #[allow(unsafe_code)]
+            let bias = unsafe { _mm512_loadu_ps(b.as_ptr()) };
+            let rows: [&[f32]; 3] =
+                std::array::from_fn(|ky| &xp.data[(y + ky) * wp * c..(y + ky + 1) * wp * c]);
+            for x in 0..wo {
+                let mut acc = bias;
+                for (ky, r) in rows.iter().enumerate() {
+                    for kx in 0..3 {
+                        let s: &[f32; 16] =
+                            r[(x + kx) * c + c0..][..16].try_into().expect("16 lanes");
+                        // SAFETY: `s` is 16 floats.
+                        #[allow(unsafe_code)]
+                        let v = unsafe { _mm512_loadu_ps(s.as_ptr()) };
+                        acc = _mm512_fmadd_ps(v, w[ky * 3 + kx], acc);
+                    }
+                }
+                let o: &mut [f32; 16] =
+                    (&mut row[x * c + c0..x * c + c0 + 16]).try_into().expect("16 lanes");
+                // SAFETY: `o` is 16 floats.
+                #[allow(unsafe_code)]
+                unsafe {
+                    _mm512_storeu_ps(o.as_mut_ptr(), acc)
+                };
+            }
+        }
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -263,6 +263,43 @@ pub fn upsample_nearest2(x: &Map, ws: &Workspace) -> Map {
     }
 }
 
+/// Nearest ×2 upsampling written with a border of `p` pixels (`mode`) around the upsampled
+/// map, for the convolution that follows.
+pub fn upsample_nearest2_padded(x: &Map, p: usize, mode: PadMode, ws: &Workspace) -> Map {
+    let (h, w, c) = (x.h, x.w, x.c);
+    let (hu, wu) = (2 * h, 2 * w);
+    let (hp, wp) = (hu + 2 * p, wu + 2 * p);
+    let mut out = ws.take(hp * wp * c);
+    let src_of = |i: usize, n: usize| -> Option<usize> {
+        let d = i as isize - p as isize;
+        match mode {
+            PadMode::Zero if d < 0 || d >= n as isize => None,
+            PadMode::Zero => Some(d as usize / 2),
+            PadMode::Reflect => Some(reflect(d, n) / 2),
+        }
+    };
+    out.par_chunks_mut(wp * c).enumerate().for_each(|(yp, row)| {
+        let Some(sy) = src_of(yp, hu) else {
+            row.fill(0.0);
+            return;
+        };
+        let src = &x.data[sy * w * c..][..w * c];
+        for xp in 0..wp {
+            let d = &mut row[xp * c..(xp + 1) * c];
+            match src_of(xp, wu) {
+                Some(sx) => d.copy_from_slice(&src[sx * c..(sx + 1) * c]),
+                None => d.fill(0.0),
+            }
+        }
+    });
+    Map {
+        h: hp,
+        w: wp,
+        c,
+        data: out,
+    }
+}
+
 /// f32 → bf16 bits, rounding to nearest even (NaN stays NaN).
 #[inline]
 pub(crate) fn bf16_bits(v: f32) -> u16 {
@@ -314,6 +351,17 @@ mod tests {
         assert_eq!(z.px(0, 0), &[0.0, 0.0]);
         assert_eq!(z.px(1, 4), &[0.0, 0.0]);
         assert_eq!(z.px(1, 3), m.px(0, 3));
+    }
+
+    #[test]
+    fn padded_upsampling_is_upsample_then_pad() {
+        let chw: Vec<f32> = (0..2 * 3 * 5).map(|v| v as f32).collect();
+        let m = Map::from_chw(&chw, 2, 3, 5);
+        let ws = Workspace::default();
+        for mode in [PadMode::Reflect, PadMode::Zero] {
+            let want = pad(&upsample_nearest2(&m, &ws), 1, 1, 1, 1, mode);
+            assert_eq!(upsample_nearest2_padded(&m, 1, mode, &ws), want);
+        }
     }
 
     #[test]

@@ -371,39 +371,59 @@ impl LightPlan {
         })
     }
 
+    /// Like the ResNet plan, normalizations write the padded input of the depthwise
+    /// convolution that reads them, and upsampling writes its padding too.
     fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace) -> Result<Out> {
         let n = &self.norm;
         let z = (0, PadMode::Zero);
-        let norm = |y: Map, ctx: &mut Ctx, act, res: Option<&Map>| -> Result<Map> {
-            let out = n.apply_padded(&y, ctx, act, res.map(|r| (r, 0)), z, ws)?;
-            ws.recycle(y);
-            Ok(out)
-        };
         let y = self.stem.forward_ws(&x, ws).map_err(kerr)?;
         ws.recycle(x);
-        let mut h = norm(y, ctx, Act::Relu, None)?;
-        for d in &self.down {
+        let mut h = n.apply_padded(&y, ctx, Act::Relu, None, z, ws)?;
+        ws.recycle(y);
+        let n_down = self.down.len();
+        // The block input carries the border of the first depthwise convolution.
+        let block_pad = self.blocks.first().map_or(z, |b| b.dw1.input_padding());
+        for (i, d) in self.down.iter().enumerate() {
             let y = d.forward_ws(&h, ws).map_err(kerr)?;
             ws.recycle(h);
-            h = norm(y, ctx, Act::Relu, None)?;
+            let next = if i + 1 == n_down { block_pad } else { z };
+            h = n.apply_padded(&y, ctx, Act::Relu, None, next, ws)?;
+            ws.recycle(y);
         }
-        for b in &self.blocks {
-            let t = b.dw1.forward_ws(&h, ws).map_err(kerr)?;
+        let mut border = if n_down > 0 { block_pad.0 } else { 0 };
+        let n_blocks = self.blocks.len();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let t = if border == b.dw1.input_padding().0 {
+                b.dw1.forward_padded(&h, ws)
+            } else {
+                b.dw1.forward_ws(&h, ws)
+            }
+            .map_err(kerr)?;
             let t2 = b.pw1.forward_ws(&t, ws).map_err(kerr)?;
             ws.recycle(t);
-            let t = norm(t2, ctx, Act::Relu, None)?;
-            let t2 = b.dw2.forward_ws(&t, ws).map_err(kerr)?;
-            ws.recycle(t);
-            let t = b.pw2.forward_ws(&t2, ws).map_err(kerr)?;
+            let tp = n.apply_padded(&t2, ctx, Act::Relu, None, b.dw2.input_padding(), ws)?;
             ws.recycle(t2);
-            let next = norm(t, ctx, Act::None, Some(&h))?;
-            ws.recycle(std::mem::replace(&mut h, next));
+            let t = b.dw2.forward_padded(&tp, ws).map_err(kerr)?;
+            ws.recycle(tp);
+            let u = b.pw2.forward_ws(&t, ws).map_err(kerr)?;
+            ws.recycle(t);
+            let next = if i + 1 == n_blocks { z } else { block_pad };
+            let hn = n.apply_padded(&u, ctx, Act::None, Some((&h, border)), next, ws)?;
+            ws.recycle(u);
+            ws.recycle(std::mem::replace(&mut h, hn));
+            border = next.0;
+        }
+        if border != 0 {
+            // No blocks ran after a padded down layer: drop the border.
+            let inner = crop(&h, border);
+            ws.recycle(std::mem::replace(&mut h, inner));
         }
         let n_up = self.up.len();
         for (i, (dw, pw)) in self.up.iter().enumerate() {
-            let t = atelier_kernels::map::upsample_nearest2(&h, ws);
+            let (p, mode) = dw.input_padding();
+            let t = atelier_kernels::map::upsample_nearest2_padded(&h, p, mode, ws);
             ws.recycle(h);
-            let t2 = dw.forward_ws(&t, ws).map_err(kerr)?;
+            let t2 = dw.forward_padded(&t, ws).map_err(kerr)?;
             ws.recycle(t);
             let y = pw.forward_ws(&t2, ws).map_err(kerr)?;
             ws.recycle(t2);
@@ -412,7 +432,8 @@ impl LightPlan {
                 ws.recycle(y);
                 return out;
             }
-            h = norm(y, ctx, Act::Relu, None)?;
+            h = n.apply_padded(&y, ctx, Act::Relu, None, z, ws)?;
+            ws.recycle(y);
         }
         let (p, mode) = self.head.input_padding();
         let xp = atelier_kernels::map::pad_in(&h, p, p, p, p, mode, ws);
@@ -421,6 +442,16 @@ impl LightPlan {
         ws.recycle(xp);
         out
     }
+}
+
+/// The interior of a map with a border of `b` pixels.
+fn crop(x: &Map, b: usize) -> Map {
+    let (h, w, c) = (x.h - 2 * b, x.w - 2 * b, x.c);
+    let mut data = Vec::with_capacity(h * w * c);
+    for y in 0..h {
+        data.extend_from_slice(&x.data[((y + b) * x.w + b) * c..][..w * c]);
+    }
+    Map { h, w, c, data }
 }
 
 #[derive(Debug, Clone)]
