@@ -133,7 +133,7 @@ fn choose_nv(c_out: usize) -> usize {
     }
     if c_out <= 16 {
         1
-    } else if c_out % 64 == 0 {
+    } else if c_out.is_multiple_of(64) {
         4
     } else {
         2
@@ -172,7 +172,10 @@ impl Conv {
         }
         if let Some(b) = bias {
             if b.len() != co {
-                return Err(Error::Spec(format!("bias has {} values, not {co}", b.len())));
+                return Err(Error::Spec(format!(
+                    "bias has {} values, not {co}",
+                    b.len()
+                )));
             }
         }
         if spec.transposed && spec.pad_mode != PadMode::Zero {
@@ -205,7 +208,10 @@ impl Conv {
                     .map(|kk| ((r as isize + p - kk as isize).div_euclid(si), kk))
                     .collect();
                 t.sort();
-                (t.iter().map(|x| x.1).collect(), t.iter().map(|x| x.0).collect())
+                (
+                    t.iter().map(|x| x.1).collect(),
+                    t.iter().map(|x| x.0).collect(),
+                )
             };
             let per: Vec<(Vec<usize>, Vec<isize>)> = (0..s).map(axis).collect();
             let lead = per
@@ -393,7 +399,10 @@ impl Conv {
             )));
         }
         if xp.h < sp.k || xp.w < sp.k {
-            return Err(Error::Shape(format!("input {}×{} is too small", xp.h, xp.w)));
+            return Err(Error::Shape(format!(
+                "input {}×{} is too small",
+                xp.h, xp.w
+            )));
         }
         let (ho, wo) = ((xp.h - sp.k) / sp.stride + 1, (xp.w - sp.k) / sp.stride + 1);
         let mut out = ws.map(ho, wo, sp.c_out);
@@ -517,7 +526,11 @@ impl Conv {
                                             as isize]
                                     };
                                     let nseg = usize::from(ri != usize::MAX);
-                                    let boff = if ri == usize::MAX { 0 } else { ri * ph.klen + j0 };
+                                    let boff = if ri == usize::MAX {
+                                        0
+                                    } else {
+                                        ri * ph.klen + j0
+                                    };
                                     let orow = &mut rows[r * row_floats..(r + 1) * row_floats];
                                     let mut t0 = 0;
                                     while t0 < nt {
@@ -566,7 +579,10 @@ impl Conv {
                                                     segs: seg.as_ptr(),
                                                     nseg,
                                                     klen: n,
-                                                    b: ph.packed.as_ptr().add((p * kk + boff) * lanes),
+                                                    b: ph
+                                                        .packed
+                                                        .as_ptr()
+                                                        .add((p * kk + boff) * lanes),
                                                     c: orow.as_mut_ptr().add(c_off),
                                                     c_pix: s * co,
                                                     nvalid,
@@ -588,7 +604,14 @@ impl Conv {
 }
 
 /// Plain reference convolution (PyTorch semantics) for tests: NCHW in, NCHW out, one image.
-pub fn reference(spec: &ConvSpec, x: &[f32], h: usize, w: usize, weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+pub fn reference(
+    spec: &ConvSpec,
+    x: &[f32],
+    h: usize,
+    w: usize,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
     let (ho, wo) = spec.output_size(h, w).expect("size");
     let mut out = vec![0f64; co * ho * wo];
@@ -630,7 +653,8 @@ pub fn reference(spec: &ConvSpec, x: &[f32], h: usize, w: usize, weight: &[f32],
                                 let ix = (ox * s + kx) as isize - p as isize;
                                 let (iy, ix) = match spec.pad_mode {
                                     PadMode::Zero => {
-                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
                                             continue;
                                         }
                                         (iy as usize, ix as usize)

@@ -93,7 +93,10 @@ impl Depthwise {
             )));
         }
         if xp.h < self.k || xp.w < self.k {
-            return Err(Error::Shape(format!("input {}×{} is too small", xp.h, xp.w)));
+            return Err(Error::Shape(format!(
+                "input {}×{} is too small",
+                xp.h, xp.w
+            )));
         }
         let (ho, wo) = (xp.h - self.k + 1, xp.w - self.k + 1);
         let mut out = ws.map(ho, wo, self.c);
@@ -121,7 +124,7 @@ impl Depthwise {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     fn row_avx512(&self, xp: &Map, y: usize, row: &mut [f32]) {
-        if self.k != 3 || self.c % 16 != 0 {
+        if self.k != 3 || !self.c.is_multiple_of(16) {
             return self.row_body(xp, y, row);
         }
         // 3×3: per block of 16 channels the 9 tap weights stay in registers while the row
@@ -157,8 +160,9 @@ impl Depthwise {
                         acc = _mm512_fmadd_ps(v, w[ky * 3 + kx], acc);
                     }
                 }
-                let o: &mut [f32; 16] =
-                    (&mut row[x * c + c0..x * c + c0 + 16]).try_into().expect("16 lanes");
+                let o: &mut [f32; 16] = (&mut row[x * c + c0..x * c + c0 + 16])
+                    .try_into()
+                    .expect("16 lanes");
                 // SAFETY: `o` is 16 floats.
                 #[allow(unsafe_code)]
                 unsafe {

@@ -125,7 +125,8 @@ fn weight_grad_by_input(xp: &Map, dy: &Map, k: usize, stride: usize, isa: Isa) -
     let taps = k * k;
     let tasks: Vec<(usize, usize, usize)> = (0..taps)
         .flat_map(|t| {
-            (0..co.div_ceil(MR)).flat_map(move |ob| (0..ci.div_ceil(LANES)).map(move |ib| (t, ob, ib)))
+            (0..co.div_ceil(MR))
+                .flat_map(move |ob| (0..ci.div_ceil(LANES)).map(move |ib| (t, ob, ib)))
         })
         .collect();
     let results: Vec<(usize, usize, usize, Vec<f32>)> = tasks

@@ -109,16 +109,14 @@ impl Map {
     pub fn from_chw(chw: &[f32], c: usize, h: usize, w: usize) -> Self {
         assert_eq!(chw.len(), c * h * w, "Map::from_chw: length");
         let mut data = vec![0f32; c * h * w];
-        data.par_chunks_mut(w * c)
-            .enumerate()
-            .for_each(|(y, row)| {
-                for ch in 0..c {
-                    let src = &chw[(ch * h + y) * w..][..w];
-                    for (x, v) in src.iter().enumerate() {
-                        row[x * c + ch] = *v;
-                    }
+        data.par_chunks_mut(w * c).enumerate().for_each(|(y, row)| {
+            for ch in 0..c {
+                let src = &chw[(ch * h + y) * w..][..w];
+                for (x, v) in src.iter().enumerate() {
+                    row[x * c + ch] = *v;
                 }
-            });
+            }
+        });
         Self { h, w, c, data }
     }
 
@@ -127,11 +125,13 @@ impl Map {
         let (h, w, c) = (self.h, self.w, self.c);
         let mut out = vec![0f32; c * h * w];
         // Parallel over channels: each task writes one plane.
-        out.par_chunks_mut(h * w).enumerate().for_each(|(ch, plane)| {
-            for (i, v) in plane.iter_mut().enumerate() {
-                *v = self.data[i * c + ch];
-            }
-        });
+        out.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(ch, plane)| {
+                for (i, v) in plane.iter_mut().enumerate() {
+                    *v = self.data[i * c + ch];
+                }
+            });
         out
     }
 
@@ -142,38 +142,40 @@ impl Map {
         let (h, w, c) = (self.h, self.w, self.c);
         let (hp, wp) = (h + 2 * p, w + 2 * p);
         let mut out = ws.take(hp * c * wp);
-        out.par_chunks_mut(c * wp).enumerate().for_each(|(yp, row)| {
-            let sy = yp as isize - p as isize;
-            let y = match mode {
-                PadMode::Zero if sy < 0 || sy >= h as isize => {
-                    row.fill(0.0);
-                    return;
-                }
-                PadMode::Zero => sy as usize,
-                PadMode::Reflect => reflect(sy, h),
-            };
-            let src = &self.data[y * w * c..][..w * c];
-            for xp in 0..wp {
-                let sx = xp as isize - p as isize;
-                let x = match mode {
-                    PadMode::Zero if sx < 0 || sx >= w as isize => None,
-                    PadMode::Zero => Some(sx as usize),
-                    PadMode::Reflect => Some(reflect(sx, w)),
+        out.par_chunks_mut(c * wp)
+            .enumerate()
+            .for_each(|(yp, row)| {
+                let sy = yp as isize - p as isize;
+                let y = match mode {
+                    PadMode::Zero if sy < 0 || sy >= h as isize => {
+                        row.fill(0.0);
+                        return;
+                    }
+                    PadMode::Zero => sy as usize,
+                    PadMode::Reflect => reflect(sy, h),
                 };
-                match x {
-                    Some(x) => {
-                        for (ch, v) in src[x * c..(x + 1) * c].iter().enumerate() {
-                            row[ch * wp + xp] = *v;
+                let src = &self.data[y * w * c..][..w * c];
+                for xp in 0..wp {
+                    let sx = xp as isize - p as isize;
+                    let x = match mode {
+                        PadMode::Zero if sx < 0 || sx >= w as isize => None,
+                        PadMode::Zero => Some(sx as usize),
+                        PadMode::Reflect => Some(reflect(sx, w)),
+                    };
+                    match x {
+                        Some(x) => {
+                            for (ch, v) in src[x * c..(x + 1) * c].iter().enumerate() {
+                                row[ch * wp + xp] = *v;
+                            }
                         }
-                    }
-                    None => {
-                        for ch in 0..c {
-                            row[ch * wp + xp] = 0.0;
+                        None => {
+                            for ch in 0..c {
+                                row[ch * wp + xp] = 0.0;
+                            }
                         }
                     }
                 }
-            }
-        });
+            });
         out
     }
 
@@ -215,28 +217,30 @@ pub fn pad_in(
     let (h, w, c) = (x.h, x.w, x.c);
     let (hp, wp) = (h + t + b, w + l + r);
     let mut out = ws.take(hp * wp * c);
-    out.par_chunks_mut(wp * c).enumerate().for_each(|(yp, row)| {
-        let sy = yp as isize - t as isize;
-        let src_y = match mode {
-            PadMode::Zero if sy < 0 || sy >= h as isize => {
-                row.fill(0.0);
-                return;
-            }
-            PadMode::Zero => sy as usize,
-            PadMode::Reflect => reflect(sy, h),
-        };
-        let src = &x.data[src_y * w * c..][..w * c];
-        row[l * c..(l + w) * c].copy_from_slice(src);
-        for xp in (0..l).chain(l + w..wp) {
-            match mode {
-                PadMode::Zero => row[xp * c..(xp + 1) * c].fill(0.0),
-                PadMode::Reflect => {
-                    let sx = reflect(xp as isize - l as isize, w);
-                    row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c]);
+    out.par_chunks_mut(wp * c)
+        .enumerate()
+        .for_each(|(yp, row)| {
+            let sy = yp as isize - t as isize;
+            let src_y = match mode {
+                PadMode::Zero if sy < 0 || sy >= h as isize => {
+                    row.fill(0.0);
+                    return;
+                }
+                PadMode::Zero => sy as usize,
+                PadMode::Reflect => reflect(sy, h),
+            };
+            let src = &x.data[src_y * w * c..][..w * c];
+            row[l * c..(l + w) * c].copy_from_slice(src);
+            for xp in (0..l).chain(l + w..wp) {
+                match mode {
+                    PadMode::Zero => row[xp * c..(xp + 1) * c].fill(0.0),
+                    PadMode::Reflect => {
+                        let sx = reflect(xp as isize - l as isize, w);
+                        row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c]);
+                    }
                 }
             }
-        }
-    });
+        });
     Map {
         h: hp,
         w: wp,
@@ -249,12 +253,14 @@ pub fn pad_in(
 pub fn upsample_nearest2(x: &Map, ws: &Workspace) -> Map {
     let (h, w, c) = (x.h, x.w, x.c);
     let mut out = ws.take(4 * h * w * c);
-    out.par_chunks_mut(2 * w * c).enumerate().for_each(|(y, row)| {
-        let src = &x.data[(y / 2) * w * c..][..w * c];
-        for xo in 0..2 * w {
-            row[xo * c..(xo + 1) * c].copy_from_slice(&src[(xo / 2) * c..(xo / 2 + 1) * c]);
-        }
-    });
+    out.par_chunks_mut(2 * w * c)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let src = &x.data[(y / 2) * w * c..][..w * c];
+            for xo in 0..2 * w {
+                row[xo * c..(xo + 1) * c].copy_from_slice(&src[(xo / 2) * c..(xo / 2 + 1) * c]);
+            }
+        });
     Map {
         h: 2 * h,
         w: 2 * w,
@@ -278,20 +284,22 @@ pub fn upsample_nearest2_padded(x: &Map, p: usize, mode: PadMode, ws: &Workspace
             PadMode::Reflect => Some(reflect(d, n) / 2),
         }
     };
-    out.par_chunks_mut(wp * c).enumerate().for_each(|(yp, row)| {
-        let Some(sy) = src_of(yp, hu) else {
-            row.fill(0.0);
-            return;
-        };
-        let src = &x.data[sy * w * c..][..w * c];
-        for xp in 0..wp {
-            let d = &mut row[xp * c..(xp + 1) * c];
-            match src_of(xp, wu) {
-                Some(sx) => d.copy_from_slice(&src[sx * c..(sx + 1) * c]),
-                None => d.fill(0.0),
+    out.par_chunks_mut(wp * c)
+        .enumerate()
+        .for_each(|(yp, row)| {
+            let Some(sy) = src_of(yp, hu) else {
+                row.fill(0.0);
+                return;
+            };
+            let src = &x.data[sy * w * c..][..w * c];
+            for xp in 0..wp {
+                let d = &mut row[xp * c..(xp + 1) * c];
+                match src_of(xp, wu) {
+                    Some(sx) => d.copy_from_slice(&src[sx * c..(sx + 1) * c]),
+                    None => d.fill(0.0),
+                }
             }
-        }
-    });
+        });
     Map {
         h: hp,
         w: wp,
@@ -369,10 +377,7 @@ mod tests {
         assert_eq!(bf16_to_f32(bf16_bits(1.0)), 1.0);
         // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties to even (1).
         assert_eq!(bf16_to_f32(bf16_bits(1.0 + 1.0 / 256.0)), 1.0);
-        assert_eq!(
-            bf16_to_f32(bf16_bits(1.0 + 3.0 / 256.0)),
-            1.0 + 1.0 / 64.0
-        );
+        assert_eq!(bf16_to_f32(bf16_bits(1.0 + 3.0 / 256.0)), 1.0 + 1.0 / 64.0);
         assert!(bf16_to_f32(bf16_bits(f32::NAN)).is_nan());
         assert_eq!(half::bf16::from_f32(-3.3).to_bits(), bf16_bits(-3.3));
     }

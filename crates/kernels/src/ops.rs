@@ -59,6 +59,7 @@ macro_rules! by_act {
 
 /// tanh by the rational approximation Eigen uses for `float` (max error ~1e-7 absolute in
 /// [-9, 9]; saturated outside). Branch-free, so loops over it vectorize.
+#[allow(clippy::excessive_precision)]
 #[inline(always)]
 pub fn tanh(x: f32) -> f32 {
     let x = x.clamp(-7.905_311, 7.905_311);
@@ -131,11 +132,24 @@ pub fn norm_coefficients(mean: &[f32], var: &[f32], eps: f32) -> (Vec<f32>, Vec<
 }
 
 /// `x = act(x·scale + shift)` per channel, then `+ residual` if given.
-pub fn scale_shift_act(x: &mut Map, scale: &[f32], shift: &[f32], act: Act, residual: Option<&Map>) {
+pub fn scale_shift_act(
+    x: &mut Map,
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+    residual: Option<&Map>,
+) {
     let c = x.c;
-    assert!(scale.len() == c && shift.len() == c, "scale_shift_act: channels");
+    assert!(
+        scale.len() == c && shift.len() == c,
+        "scale_shift_act: channels"
+    );
     if let Some(r) = residual {
-        assert_eq!((r.h, r.w, r.c), (x.h, x.w, x.c), "scale_shift_act: residual shape");
+        assert_eq!(
+            (r.h, r.w, r.c),
+            (x.h, x.w, x.c),
+            "scale_shift_act: residual shape"
+        );
     }
     let row = x.w * c;
     x.data
@@ -163,6 +177,7 @@ pub fn scale_shift_act(x: &mut Map, scale: &[f32], shift: &[f32], act: Act, resi
 /// `act(x·scale + shift) [+ residual]` written into a new map padded by `pad` on every side
 /// (`mode`), ready for the next convolution. `residual` may itself carry a border of
 /// `residual_border` pixels (its interior is what is added).
+#[allow(clippy::too_many_arguments)]
 pub fn normalize_into_padded(
     x: &Map,
     scale: &[f32],
@@ -177,7 +192,11 @@ pub fn normalize_into_padded(
     assert!(scale.len() == c && shift.len() == c, "normalize: channels");
     let (scale, shift) = (&scale[..c], &shift[..c]);
     if let Some((r, b)) = residual {
-        assert_eq!((r.h, r.w, r.c), (x.h + 2 * b, x.w + 2 * b, c), "normalize: residual");
+        assert_eq!(
+            (r.h, r.w, r.c),
+            (x.h + 2 * b, x.w + 2 * b, c),
+            "normalize: residual"
+        );
     }
     let (h, w) = (x.h, x.w);
     let (hp, wp) = (h + 2 * pad, w + 2 * pad);
@@ -295,7 +314,9 @@ pub fn normalize_into_hcw_padded(
                 for xp in (0..pad).chain(pad + w..wp) {
                     line[xp] = match mode {
                         PadMode::Zero => 0.0,
-                        PadMode::Reflect => line[crate::map::reflect(xp as isize - pad as isize, w) + pad],
+                        PadMode::Reflect => {
+                            line[crate::map::reflect(xp as isize - pad as isize, w) + pad]
+                        }
                     };
                 }
             }
@@ -344,11 +365,21 @@ mod tests {
     fn stats_and_normalization() {
         let mut m = Map::zeros(3, 5, 2);
         for (i, v) in m.data.iter_mut().enumerate() {
-            *v = if i % 2 == 0 { i as f32 } else { 7.0 - (i as f32) * 0.5 };
+            *v = if i % 2 == 0 {
+                i as f32
+            } else {
+                7.0 - (i as f32) * 0.5
+            };
         }
         let (mean, var) = channel_stats(&m);
         for ch in 0..2 {
-            let vals: Vec<f64> = m.data.iter().skip(ch).step_by(2).map(|v| *v as f64).collect();
+            let vals: Vec<f64> = m
+                .data
+                .iter()
+                .skip(ch)
+                .step_by(2)
+                .map(|v| *v as f64)
+                .collect();
             let mu = vals.iter().sum::<f64>() / vals.len() as f64;
             let va = vals.iter().map(|v| (v - mu).powi(2)).sum::<f64>() / vals.len() as f64;
             assert!((mean[ch] as f64 - mu).abs() < 1e-5);
@@ -395,7 +426,16 @@ mod tests {
         let (s, b) = norm_coefficients(&mean, &var, 1e-5);
         let res = crate::map::pad(&m, 2, 2, 2, 2, PadMode::Zero);
         for mode in [PadMode::Reflect, PadMode::Zero] {
-            let got = normalize_into_padded(&m, &s, &b, Act::LeakyRelu(0.2), Some((&res, 2)), 1, mode, &Workspace::default());
+            let got = normalize_into_padded(
+                &m,
+                &s,
+                &b,
+                Act::LeakyRelu(0.2),
+                Some((&res, 2)),
+                1,
+                mode,
+                &Workspace::default(),
+            );
             let mut want = m.clone();
             scale_shift_act(&mut want, &s, &b, Act::LeakyRelu(0.2), Some(&m));
             let want = crate::map::pad(&want, 1, 1, 1, 1, mode);

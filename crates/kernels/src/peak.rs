@@ -54,10 +54,7 @@ fn burst(isa: Isa) -> (f64, f32) {
             }
         }
     }
-    (
-        (ITERS * 64 * 2) as f64,
-        acc.iter().flatten().sum::<f32>(),
-    )
+    ((ITERS * 64 * 2) as f64, acc.iter().flatten().sum::<f32>())
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -111,7 +111,13 @@ impl PlanarConv {
     /// From a row-planar `(H + 2p, C, W + 2p)` input that already carries the padding (see
     /// [`crate::map::Map::to_hcw_padded`], [`crate::ops::normalize_into_hcw_padded`]);
     /// returns `(C_out, H, W)` planes. The buffer goes back to `ws`.
-    pub fn forward_hcw(&self, mut planes: Vec<f32>, hp: usize, wp: usize, ws: &Workspace) -> Vec<f32> {
+    pub fn forward_hcw(
+        &self,
+        mut planes: Vec<f32>,
+        hp: usize,
+        wp: usize,
+        ws: &Workspace,
+    ) -> Vec<f32> {
         assert_eq!(planes.len(), hp * self.c_in * wp, "forward_hcw: input size");
         let (ho, wo) = (hp + 1 - self.k, wp + 1 - self.k);
         // A vector of slack so row tails can be loaded.
@@ -171,6 +177,7 @@ impl PlanarConv {
     #[cfg(target_arch = "x86_64")]
     #[allow(unsafe_code)]
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
     unsafe fn row_pair_avx512<const CO: usize>(
         &self,
         planes: &[f32],
@@ -315,7 +322,11 @@ impl PlanarConv {
                     }
                     let n = (wo - x).min(16);
                     let mask: __mmask16 = ((1u32 << n) - 1) as u16;
-                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(o * wo + x), mask, _mm512_add_ps(*r, b));
+                    _mm512_mask_storeu_ps(
+                        out.as_mut_ptr().add(o * wo + x),
+                        mask,
+                        _mm512_add_ps(*r, b),
+                    );
                 }
             }
             x0 += 16 * XV;

@@ -22,7 +22,8 @@ fn isas() -> Vec<Isa> {
     let mut v = vec![Isa::Portable];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             v.push(Isa::Avx2);
         }
         if std::arch::is_x86_feature_detected!("avx512f") {
@@ -55,11 +56,31 @@ fn cases() -> Vec<(ConvSpec, usize, usize)> {
         (ConvSpec::new(7, 3, 1), 5, 6),
         (ConvSpec::new(4, 130, 3).pad(1, z), 5, 5),
         (ConvSpec::new(3, 8, 5).stride(3).pad(2, r), 11, 13),
-        (ConvSpec::new(64, 32, 3).stride(2).pad(1, z).transposed(1), 6, 5),
-        (ConvSpec::new(16, 24, 3).stride(2).pad(1, z).transposed(1), 5, 7),
-        (ConvSpec::new(12, 8, 4).stride(2).pad(1, z).transposed(0), 4, 3),
-        (ConvSpec::new(5, 6, 3).stride(1).pad(1, z).transposed(0), 6, 4),
-        (ConvSpec::new(9, 20, 5).stride(3).pad(2, z).transposed(2), 3, 4),
+        (
+            ConvSpec::new(64, 32, 3).stride(2).pad(1, z).transposed(1),
+            6,
+            5,
+        ),
+        (
+            ConvSpec::new(16, 24, 3).stride(2).pad(1, z).transposed(1),
+            5,
+            7,
+        ),
+        (
+            ConvSpec::new(12, 8, 4).stride(2).pad(1, z).transposed(0),
+            4,
+            3,
+        ),
+        (
+            ConvSpec::new(5, 6, 3).stride(1).pad(1, z).transposed(0),
+            6,
+            4,
+        ),
+        (
+            ConvSpec::new(9, 20, 5).stride(3).pad(2, z).transposed(2),
+            3,
+            4,
+        ),
         (ConvSpec::new(4, 4, 2).stride(2).transposed(0), 3, 3),
         // Full tiles with the compile-time pixel strides (64, 128, 256 floats).
         (ConvSpec::new(64, 32, 3).pad(1, r), 3, 26),
@@ -86,12 +107,18 @@ fn convolutions_match_the_reference_on_every_isa() {
                 assert_eq!((y.h, y.w, y.c), (ho, wo, spec.c_out), "{spec:?}");
                 let err = rel_err(&y.to_chw(), &want);
                 let tol = if conv.is_bf16() { 2e-2 } else { 1e-5 };
-                assert!(err < tol, "{spec:?} {h}x{w} {isa:?} {precision:?}: rel err {err}");
+                assert!(
+                    err < tol,
+                    "{spec:?} {h}x{w} {isa:?} {precision:?}: rel err {err}"
+                );
                 // Accumulating adds to what is there.
                 let mut acc = y.clone();
                 conv.forward_into(&m, &mut acc, true).unwrap();
                 let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
-                assert!(rel_err(&acc.to_chw(), &twice) < tol * 2.0, "{spec:?} accumulate");
+                assert!(
+                    rel_err(&acc.to_chw(), &twice) < tol * 2.0,
+                    "{spec:?} accumulate"
+                );
             }
         }
     }
@@ -113,7 +140,11 @@ fn bf16_is_used_where_the_cpu_has_it() {
 #[test]
 fn planar_head_matches_the_reference() {
     let mut rng = Rng(7);
-    for (ci, co, k, p, h, w) in [(32, 3, 7, 3, 9, 70), (5, 1, 3, 1, 4, 17), (8, 4, 5, 2, 6, 33)] {
+    for (ci, co, k, p, h, w) in [
+        (32, 3, 7, 3, 9, 70),
+        (5, 1, 3, 1, 4, 17),
+        (8, 4, 5, 2, 6, 33),
+    ] {
         let spec = ConvSpec::new(ci, co, k).pad(p, PadMode::Reflect);
         let x = rng.vec(ci * h * w);
         let wt = rng.vec(ci * co * k * k);
@@ -168,7 +199,10 @@ fn bad_layers_and_inputs_are_errors() {
     assert!(Conv::new(spec, &[0.0; 10], None, Precision::F32).is_err());
     assert!(Conv::new(spec, &[0.0; 288], Some(&[0.0; 3]), Precision::F32).is_err());
     let conv = Conv::new(spec, &[0.0; 288], None, Precision::F32).unwrap();
-    assert!(conv.forward(&Map::zeros(5, 5, 3)).is_err(), "wrong channels");
+    assert!(
+        conv.forward(&Map::zeros(5, 5, 3)).is_err(),
+        "wrong channels"
+    );
     assert!(conv.forward(&Map::zeros(2, 5, 4)).is_err(), "too small");
     assert!(PlanarConv::new(4, 5, 3, 1, PadMode::Zero, &[0.0; 180], None, Act::None).is_err());
 }

@@ -103,7 +103,8 @@ impl CustomOp2 for Conv2dOp {
                 let ws = Workspace::default();
                 let mut out = Vec::with_capacity(n * ci * h * wd);
                 for i in 0..n {
-                    let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
+                    let gm =
+                        Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
                     out.extend(t.forward_sized(&gm, h, wd, &ws).map_err(cerr)?.to_chw());
                 }
                 Some(Tensor::from_vec(out, (n, ci, h, wd), &Device::Cpu)?)

@@ -37,9 +37,14 @@ pub type Out = (Vec<f32>, usize, usize);
 /// A normalization layer with its data-independent part folded.
 #[derive(Debug, Clone)]
 enum FastNorm {
-    Instance { eps: f32 },
+    Instance {
+        eps: f32,
+    },
     /// Batch norm with running statistics: `x·scale + shift`.
-    Affine { scale: Vec<f32>, shift: Vec<f32> },
+    Affine {
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
     None,
 }
 
@@ -95,7 +100,9 @@ impl FastNorm {
         ws: &Workspace,
     ) -> Result<Vec<f32>> {
         let (s, b) = self.coefficients(x, ctx)?;
-        Ok(ops::normalize_into_hcw_padded(x, &s, &b, act, pad.0, pad.1, ws))
+        Ok(ops::normalize_into_hcw_padded(
+            x, &s, &b, act, pad.0, pad.1, ws,
+        ))
     }
 
     /// Normalizes `x`, applies `act`, adds `residual` (with its border), and writes the result
@@ -110,9 +117,10 @@ impl FastNorm {
         ws: &Workspace,
     ) -> Result<Map> {
         let (s, b) = self.coefficients(x, ctx)?;
-        Ok(ops::normalize_into_padded(x, &s, &b, act, residual, next.0, next.1, ws))
+        Ok(ops::normalize_into_padded(
+            x, &s, &b, act, residual, next.0, next.1, ws,
+        ))
     }
-
 }
 
 fn conv(c: &Conv2d, pad: usize, mode: PadMode, precision: Precision) -> Result<Conv> {
@@ -120,9 +128,10 @@ fn conv(c: &Conv2d, pad: usize, mode: PadMode, precision: Precision) -> Result<C
     if c.groups != 1 {
         return Err(Error::Input("grouped convolution".into()));
     }
-    let spec = ConvSpec::new(ci, co, k)
-        .stride(c.stride)
-        .pad(pad.max(c.padding), if pad > 0 { mode } else { PadMode::Zero });
+    let spec = ConvSpec::new(ci, co, k).stride(c.stride).pad(
+        pad.max(c.padding),
+        if pad > 0 { mode } else { PadMode::Zero },
+    );
     let bias = c.bias.as_ref().map(values).transpose()?;
     Conv::new(spec, &values(&c.weight)?, bias.as_deref(), precision).map_err(kerr)
 }
@@ -140,8 +149,15 @@ fn conv_t(c: &ConvTranspose2d, precision: Precision) -> Result<Conv> {
 fn depthwise(c: &Conv2d, pad: usize) -> Result<Depthwise> {
     let (co, _, k, _) = c.weight.dims4()?;
     let bias = c.bias.as_ref().map(values).transpose()?;
-    Depthwise::new(co, k, pad, PadMode::Reflect, &values(&c.weight)?, bias.as_deref())
-        .map_err(kerr)
+    Depthwise::new(
+        co,
+        k,
+        pad,
+        PadMode::Reflect,
+        &values(&c.weight)?,
+        bias.as_deref(),
+    )
+    .map_err(kerr)
 }
 
 /// The RGB head: a 7×7 reflect-padded convolution and tanh, planar output.
@@ -159,8 +175,17 @@ impl Head {
         let w = values(&c.weight)?;
         if co <= PlanarConv::MAX_OUT {
             Ok(Head::Planar(
-                PlanarConv::new(ci, co, k, 3, PadMode::Reflect, &w, bias.as_deref(), Act::Tanh)
-                    .map_err(kerr)?,
+                PlanarConv::new(
+                    ci,
+                    co,
+                    k,
+                    3,
+                    PadMode::Reflect,
+                    &w,
+                    bias.as_deref(),
+                    Act::Tanh,
+                )
+                .map_err(kerr)?,
             ))
         } else {
             Ok(Head::Wide(conv(c, 3, PadMode::Reflect, precision)?))
@@ -280,7 +305,10 @@ impl ResnetPlan {
 
         let y = self.stem.0.forward_padded(&xp, ws).map_err(kerr)?;
         ws.recycle(xp);
-        let mut hp = self.stem.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
+        let mut hp = self
+            .stem
+            .1
+            .apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
         ws.recycle(y);
         for l in &self.down {
             let y = l.0.forward_padded(&hp, ws).map_err(kerr)?;
@@ -295,7 +323,8 @@ impl ResnetPlan {
             ws.recycle(t);
             let u = b.0.forward_padded(&tp, ws).map_err(kerr)?;
             ws.recycle(tp);
-            let next = b.1.apply_padded(&u, ctx, Act::None, Some((&hp, border)), want(), ws)?;
+            let next =
+                b.1.apply_padded(&u, ctx, Act::None, Some((&hp, border)), want(), ws)?;
             ws.recycle(u);
             ws.recycle(std::mem::replace(&mut hp, next));
         }
@@ -348,7 +377,11 @@ impl LightPlan {
         let r = PadMode::Reflect;
         Ok(Self {
             stem: conv(&g.stem, 3, r, p)?,
-            down: g.down.iter().map(|c| conv(c, 0, r, p)).collect::<Result<_>>()?,
+            down: g
+                .down
+                .iter()
+                .map(|c| conv(c, 0, r, p))
+                .collect::<Result<_>>()?,
             blocks: g
                 .blocks
                 .iter()
@@ -489,7 +522,12 @@ impl Compiled {
             }
             Network::Light(g) => {
                 let c = g.config();
-                (Plan::Light(LightPlan::new(g, precision)?), c.input_nc, c.output_nc, true)
+                (
+                    Plan::Light(LightPlan::new(g, precision)?),
+                    c.input_nc,
+                    c.output_nc,
+                    true,
+                )
             }
             _ => return Ok(None),
         };

@@ -21,9 +21,9 @@ pub mod seeded;
 pub mod unet;
 
 pub use arch::{Arch, Network, Role};
+pub use atelier_kernels::Precision;
 pub use card::ModelCard;
 pub use error::{Error, Result};
-pub use atelier_kernels::Precision;
 pub use fast::Compiled;
 pub use file::{load, save, Model, Storage};
 pub use norm::{Ctx, LayerStats, NormKind};

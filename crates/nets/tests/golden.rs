@@ -172,10 +172,19 @@ fn check_case(c: &Value, weights: &Path) -> Vec<String> {
         if let Some(fast) = atelier_nets::Compiled::new(&net, precision).unwrap() {
             let out = fast.forward(&io["input"], &mut Ctx::eval()).unwrap();
             let err = max_abs(&out, &io["output"]);
-            report.push(format!("{name}: kernels {precision:?} max abs err {err:.2e}"));
+            report.push(format!(
+                "{name}: kernels {precision:?} max abs err {err:.2e}"
+            ));
             // bf16 rounds inputs and weights to 8 bits of mantissa: a looser bound.
-            let tol = if precision == atelier_nets::Precision::F32 { TOL } else { 0.1 };
-            assert!(err <= tol, "{name}: kernels {precision:?} output differs by {err}");
+            let tol = if precision == atelier_nets::Precision::F32 {
+                TOL
+            } else {
+                0.1
+            };
+            assert!(
+                err <= tol,
+                "{name}: kernels {precision:?} output differs by {err}"
+            );
         }
     }
 

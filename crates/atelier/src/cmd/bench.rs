@@ -166,10 +166,24 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut notes = Vec::new();
     if !args.train_only {
         let (arch, name) = arch_of(&args.arch, args.ngf)?;
-        rows.extend(forward_rows(&args, arch, name, &args.sizes, peak, &mut notes)?);
+        rows.extend(forward_rows(
+            &args,
+            arch,
+            name,
+            &args.sizes,
+            peak,
+            &mut notes,
+        )?);
         if !args.no_light && name != "light" {
             let (light, lname) = arch_of("light", args.light_ngf)?;
-            rows.extend(forward_rows(&args, light, lname, &args.light_sizes, peak, &mut notes)?);
+            rows.extend(forward_rows(
+                &args,
+                light,
+                lname,
+                &args.light_sizes,
+                peak,
+                &mut notes,
+            )?);
         }
     }
     if args.train || args.train_only {
@@ -290,7 +304,8 @@ fn forward_rows(
         eprintln!("  atelier {s}x{s} f32: {ms:.1} ms");
         rows.push(row);
         if let Some(low) = &low {
-            let f = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(low.forward(x, &mut Ctx::eval())?) };
+            let f =
+                |x: &Tensor| -> anyhow::Result<Tensor> { Ok(low.forward(x, &mut Ctx::eval())?) };
             let (ms, out) = time_forward(&f, &x, args.repeat)?;
             let mut row = Row::new(
                 format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
@@ -344,7 +359,9 @@ fn forward_rows(
     if let Some(p) = &peers {
         notes.push(format!(
             "{arch_name}: peers torch {}, onnxruntime {}; outputs agree with Atelier's to {}",
-            p.get("torch_version").and_then(|v| v.as_str()).unwrap_or("?"),
+            p.get("torch_version")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?"),
             p.get("onnxruntime_version")
                 .and_then(|v| v.as_str())
                 .unwrap_or("?"),
@@ -506,7 +523,10 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
         run_train_peer(args, arch, size, warmup, repeat)?
     };
     let mut row = Row::new(
-        format!("cyclegan step {arch_name} ngf{} {size}x{size} batch 1", args.ngf),
+        format!(
+            "cyclegan step {arch_name} ngf{} {size}x{size} batch 1",
+            args.ngf
+        ),
         size,
         "f32",
         0.0,
