@@ -160,10 +160,10 @@ impl PlanarConv {
             #[allow(unsafe_code)]
             unsafe {
                 match self.c_out {
-                    1 => self.row_pair_avx512::<1>(planes, wp, y, wo, out),
-                    2 => self.row_pair_avx512::<2>(planes, wp, y, wo, out),
-                    3 => self.row_pair_avx512::<3>(planes, wp, y, wo, out),
-                    _ => self.row_pair_avx512::<4>(planes, wp, y, wo, out),
+                    1 => self.rows_avx512::<1, 2>(planes, wp, y, wo, out),
+                    2 => self.rows_avx512::<2, 2>(planes, wp, y, wo, out),
+                    3 => self.rows_avx512::<3, 2>(planes, wp, y, wo, out),
+                    _ => self.rows_avx512::<4, 2>(planes, wp, y, wo, out),
                 }
             }
             return;
@@ -178,7 +178,7 @@ impl PlanarConv {
     #[allow(unsafe_code)]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::needless_range_loop)]
-    unsafe fn row_pair_avx512<const CO: usize>(
+    unsafe fn rows_avx512<const CO: usize, const R: usize>(
         &self,
         planes: &[f32],
         wp: usize,
@@ -187,23 +187,24 @@ impl PlanarConv {
         out: &mut [f32],
     ) {
         use std::arch::x86_64::*;
-        // 2 rows × CO outputs × XV vectors ≤ 24 accumulators.
+        // R ≤ 2 rows × CO ≤ 4 outputs × XV vectors ≤ 24 accumulators.
         const XV: usize = 3;
         let k = self.k;
         let base = planes.as_ptr();
         let mut x0 = 0;
         while x0 < wo {
-            let mut acc = [[[_mm512_setzero_ps(); XV]; CO]; 2];
+            let mut acc = [[[_mm512_setzero_ps(); XV]; CO]; R];
             for i in 0..self.c_in {
-                for r in 0..=k {
+                for r in 0..k + R - 1 {
                     let src = base.add(((y + r) * self.c_in + i) * wp + x0);
                     for kx in 0..k {
                         let mut a = [_mm512_setzero_ps(); XV];
                         for (v, av) in a.iter_mut().enumerate() {
                             *av = _mm512_loadu_ps(src.add(kx + 16 * v));
                         }
-                        // Output row 0 uses kernel row r, row 1 kernel row r − 1.
-                        for (row, ky) in [(0usize, r), (1, r.wrapping_sub(1))] {
+                        // Output row j uses kernel row r − j.
+                        for row in 0..R {
+                            let ky = r.wrapping_sub(row);
                             if ky >= k {
                                 continue;
                             }
@@ -243,16 +244,16 @@ impl PlanarConv {
     fn row(&self, planes: &[f32], wp: usize, y: usize, wo: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Isa::Avx512 { .. } = self.isa {
-            // SAFETY: AVX-512F was detected; `row_avx512` reads planes[y+ky][ci][x+kx] for
-            // x < wo rounded up to 16 (the 64 floats of slack cover the last row's tail) and
+            // SAFETY: AVX-512F was detected; `rows_avx512` reads planes[y+ky][ci][x+kx] for
+            // x < wo rounded up to 48 (the 64 floats of slack cover the last row's tail) and
             // writes `c_out · wo` floats of `out`.
             #[allow(unsafe_code)]
             unsafe {
                 match self.c_out {
-                    1 => self.row_avx512::<1>(planes, wp, y, wo, out),
-                    2 => self.row_avx512::<2>(planes, wp, y, wo, out),
-                    3 => self.row_avx512::<3>(planes, wp, y, wo, out),
-                    _ => self.row_avx512::<4>(planes, wp, y, wo, out),
+                    1 => self.rows_avx512::<1, 1>(planes, wp, y, wo, out),
+                    2 => self.rows_avx512::<2, 1>(planes, wp, y, wo, out),
+                    3 => self.rows_avx512::<3, 1>(planes, wp, y, wo, out),
+                    _ => self.rows_avx512::<4, 1>(planes, wp, y, wo, out),
                 }
             }
             return;
@@ -274,62 +275,6 @@ impl PlanarConv {
                     }
                 }
             }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[allow(unsafe_code)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn row_avx512<const CO: usize>(
-        &self,
-        planes: &[f32],
-        wp: usize,
-        y: usize,
-        wo: usize,
-        out: &mut [f32],
-    ) {
-        use std::arch::x86_64::*;
-        const XV: usize = 4;
-        let k = self.k;
-        let base = planes.as_ptr();
-        let mut x0 = 0;
-        while x0 < wo {
-            let mut acc = [[_mm512_setzero_ps(); XV]; CO];
-            for i in 0..self.c_in {
-                for ky in 0..k {
-                    let src = base.add(((y + ky) * self.c_in + i) * wp + x0);
-                    let wrow = self.packed.as_ptr().add((i * k + ky) * k * 4);
-                    for kx in 0..k {
-                        let mut a = [_mm512_setzero_ps(); XV];
-                        for (v, av) in a.iter_mut().enumerate() {
-                            *av = _mm512_loadu_ps(src.add(kx + 16 * v));
-                        }
-                        for (o, row) in acc.iter_mut().enumerate() {
-                            let w = _mm512_set1_ps(*wrow.add(kx * 4 + o));
-                            for v in 0..XV {
-                                row[v] = _mm512_fmadd_ps(a[v], w, row[v]);
-                            }
-                        }
-                    }
-                }
-            }
-            for (o, row) in acc.iter().enumerate() {
-                let b = _mm512_set1_ps(self.bias[o]);
-                for (v, r) in row.iter().enumerate() {
-                    let x = x0 + 16 * v;
-                    if x >= wo {
-                        break;
-                    }
-                    let n = (wo - x).min(16);
-                    let mask: __mmask16 = ((1u32 << n) - 1) as u16;
-                    _mm512_mask_storeu_ps(
-                        out.as_mut_ptr().add(o * wo + x),
-                        mask,
-                        _mm512_add_ps(*r, b),
-                    );
-                }
-            }
-            x0 += 16 * XV;
         }
     }
 }
