@@ -62,7 +62,7 @@ impl CustomOp2 for Conv2dOp {
             let spec = ConvSpec::new(ci, co, k)
                 .stride(self.stride)
                 .pad(self.padding, PadMode::Zero);
-            let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, None)?;
+            let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w)?;
             return Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))));
         }
         let x = storage_tensor(s1, l1)?;
@@ -93,35 +93,20 @@ impl CustomOp2 for Conv2dOp {
             // weights; weight gradient: `grad::weight_grad` over the zero-padded input.
             let g = grad.flatten_all()?.to_vec1::<f32>()?;
             let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
-            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let gms = to_maps(&g, n, co, ho, wo);
             let grad_x = if x.track_op() {
                 let spec = ConvSpec::new(co, ci, k)
                     .stride(s)
                     .pad(p, PadMode::Zero)
                     .transposed(0);
-                let t = Conv::new(spec, &wv, None, Precision::F32).map_err(cerr)?;
-                let ws = Workspace::default();
-                let mut out = Vec::with_capacity(n * ci * h * wd);
-                for i in 0..n {
-                    let gm =
-                        Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
-                    out.extend(t.forward_sized(&gm, h, wd, &ws).map_err(cerr)?.to_chw());
-                }
-                Some(Tensor::from_vec(out, (n, ci, h, wd), &Device::Cpu)?)
+                let wv = w.flatten_all()?.to_vec1::<f32>()?;
+                let dx = conv_maps(spec, &gms, &wv, (h, wd))?;
+                Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
             } else {
                 None
             };
             let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let mut dw = vec![0f32; co * ci * k * k];
-            for i in 0..n {
-                let xm = Map::from_chw(&xv[i * ci * h * wd..(i + 1) * ci * h * wd], ci, h, wd);
-                let xp = atelier_kernels::map::pad(&xm, p, p, p, p, PadMode::Zero);
-                let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
-                let d = weight_grad(&xp, &gm, k, s).map_err(cerr)?;
-                for (a, b) in dw.iter_mut().zip(d) {
-                    *a += b;
-                }
-            }
+            let dw = batch_weight_grad(&to_maps(&xv, n, ci, h, wd), &gms, (p, p, p), k, s)?;
             let gw = Tensor::from_vec(dw, (co, ci, k, k), &Device::Cpu)?;
             return Ok((grad_x, Some(gw)));
         }
@@ -161,6 +146,13 @@ fn f32_slice<'a>(v: &'a [f32], l: &Layout) -> candle_core::Result<&'a [f32]> {
     }
 }
 
+/// The images of an NCHW batch as channels-last maps.
+fn to_maps(v: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<Map> {
+    (0..n)
+        .map(|i| Map::from_chw(&v[i * c * h * w..(i + 1) * c * h * w], c, h, w))
+        .collect()
+}
+
 /// Runs a (transposed) convolution on the kernels over a batch of NCHW images.
 fn kernels_conv(
     spec: ConvSpec,
@@ -169,30 +161,59 @@ fn kernels_conv(
     h: usize,
     w: usize,
     weight: &[f32],
-    size: Option<(usize, usize)>,
 ) -> candle_core::Result<(Vec<f32>, usize, usize)> {
+    let (ho, wo) = spec
+        .output_size(h, w)
+        .ok_or_else(|| candle_core::Error::Msg(format!("input {h}×{w} is too small")))?;
+    let out = conv_maps(spec, &to_maps(x, n, spec.c_in, h, w), weight, (ho, wo))?;
+    Ok((out, ho, wo))
+}
+
+/// A (transposed) convolution of every map into an `ho`×`wo` output; NCHW values.
+fn conv_maps(
+    spec: ConvSpec,
+    maps: &[Map],
+    weight: &[f32],
+    (ho, wo): (usize, usize),
+) -> candle_core::Result<Vec<f32>> {
     let conv = Conv::new(spec, weight, None, Precision::F32).map_err(cerr)?;
-    let (ho, wo) = match size {
-        Some(s) => s,
-        None => spec
-            .output_size(h, w)
-            .ok_or_else(|| candle_core::Error::Msg(format!("input {h}×{w} is too small")))?,
-    };
-    let ci = spec.c_in;
     let ws = Workspace::default();
-    let mut out = Vec::with_capacity(n * spec.c_out * ho * wo);
-    for i in 0..n {
-        let m = Map::from_chw(&x[i * ci * h * w..(i + 1) * ci * h * w], ci, h, w);
+    let mut out = Vec::with_capacity(maps.len() * spec.c_out * ho * wo);
+    for m in maps {
         let y = if spec.transposed {
-            conv.forward_sized(&m, ho, wo, &ws)
+            conv.forward_sized(m, ho, wo, &ws)
         } else {
-            conv.forward_ws(&m, &ws)
+            conv.forward_ws(m, &ws)
         }
         .map_err(cerr)?;
         out.extend(y.to_chw());
         ws.recycle(y);
     }
-    Ok((out, ho, wo))
+    Ok(out)
+}
+
+/// Σ over the batch of `weight_grad(pad(inputs[i]), grads[i])`, each input zero-padded by
+/// `(top/left, bottom, right)` = `(p, bottom, right)`.
+fn batch_weight_grad(
+    inputs: &[Map],
+    grads: &[Map],
+    (p, bottom, right): (usize, usize, usize),
+    k: usize,
+    s: usize,
+) -> candle_core::Result<Vec<f32>> {
+    let mut dw: Vec<f32> = Vec::new();
+    for (x, g) in inputs.iter().zip(grads) {
+        let xp = atelier_kernels::map::pad(x, p, bottom, p, right, PadMode::Zero);
+        let d = weight_grad(&xp, g, k, s).map_err(cerr)?;
+        if dw.is_empty() {
+            dw = d;
+        } else {
+            for (a, b) in dw.iter_mut().zip(d) {
+                *a += b;
+            }
+        }
+    }
+    Ok(dw)
 }
 
 /// `conv_transpose2d` (weight `(in, out, k, k)`, zero padding) on the kernels, with a
@@ -228,7 +249,7 @@ impl CustomOp2 for ConvTranspose2dOp {
             .stride(self.stride)
             .pad(self.padding, PadMode::Zero)
             .transposed(self.output_padding);
-        let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, None)?;
+        let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w)?;
         Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))))
     }
 
@@ -245,30 +266,24 @@ impl CustomOp2 for ConvTranspose2dOp {
         let grad = grad.contiguous()?;
         let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
+        let gms = to_maps(&g, n, co, ho, wo);
         let grad_x = if x.track_op() {
             // The weight (ci, co, k, k) read as an ordinary (out, in, k, k) convolution.
             let spec = ConvSpec::new(co, ci, k).stride(s).pad(p, PadMode::Zero);
-            let wv = w.flatten_all()?.to_vec1::<f32>()?;
-            let (dx, hh, ww) = kernels_conv(spec, &g, n, ho, wo, &wv, None)?;
-            if (hh, ww) != (h, wd) {
-                candle_core::bail!("conv_transpose2d backward: {hh}×{ww} is not {h}×{wd}");
+            if spec.output_size(ho, wo) != Some((h, wd)) {
+                candle_core::bail!("conv_transpose2d backward: the gradient is not {h}×{wd}");
             }
+            let wv = w.flatten_all()?.to_vec1::<f32>()?;
+            let dx = conv_maps(spec, &gms, &wv, (h, wd))?;
             Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
         } else {
             None
         };
+        // The gradient, padded to cover every tap, plays the input; x plays the gradient.
+        let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
         let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let mut dw = vec![0f32; ci * co * k * k];
-        for i in 0..n {
-            let gm = Map::from_chw(&g[i * co * ho * wo..(i + 1) * co * ho * wo], co, ho, wo);
-            let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
-            let gp = atelier_kernels::map::pad(&gm, p, need(h, ho), p, need(wd, wo), PadMode::Zero);
-            let xm = Map::from_chw(&xv[i * ci * h * wd..(i + 1) * ci * h * wd], ci, h, wd);
-            let d = weight_grad(&gp, &xm, k, s).map_err(cerr)?;
-            for (a, b) in dw.iter_mut().zip(d) {
-                *a += b;
-            }
-        }
+        let pads = (p, need(h, ho), need(wd, wo));
+        let dw = batch_weight_grad(&gms, &to_maps(&xv, n, ci, h, wd), pads, k, s)?;
         let gw = Tensor::from_vec(dw, (ci, co, k, k), &Device::Cpu)?;
         Ok((grad_x, Some(gw)))
     }
