@@ -170,6 +170,29 @@ impl Ctx {
         self.cursor = c;
     }
 
+    /// Advances the layer cursor; in replay mode, the statistics recorded for this layer
+    /// (checked to have `c` channels).
+    fn next_replayed(&mut self, c: usize) -> Result<Option<&LayerStats>> {
+        let layer = self.cursor;
+        self.cursor += 1;
+        let StatsMode::Replay(stats) = &self.mode else {
+            return Ok(None);
+        };
+        let s = stats.get(layer).ok_or_else(|| {
+            crate::Error::Input(format!(
+                "replayed statistics have {} layers, the network has more",
+                stats.len()
+            ))
+        })?;
+        if s.mean.dim(1)? != c || s.var.dim(1)? != c {
+            return Err(crate::Error::Input(format!(
+                "replayed statistics of layer {layer} have {} channels, expected {c}",
+                s.mean.dim(1)?
+            )));
+        }
+        Ok(Some(s))
+    }
+
     /// Instance-norm statistics of the compiled path as plain values: `compute` gives the
     /// current input's; replay and record work as in [`Ctx::stats`].
     pub(crate) fn stats_values(
@@ -177,23 +200,9 @@ impl Ctx {
         c: usize,
         compute: impl FnOnce() -> (Vec<f32>, Vec<f32>),
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let layer = self.cursor;
-        self.cursor += 1;
-        if let StatsMode::Replay(stats) = &self.mode {
-            let s = stats.get(layer).ok_or_else(|| {
-                crate::Error::Input(format!(
-                    "replayed statistics have {} layers, the network has more",
-                    stats.len()
-                ))
-            })?;
+        if let Some(s) = self.next_replayed(c)? {
             let mean = s.mean.flatten_all()?.to_vec1::<f32>()?;
             let var = s.var.flatten_all()?.to_vec1::<f32>()?;
-            if mean.len() != c || var.len() != c {
-                return Err(crate::Error::Input(format!(
-                    "replayed statistics of layer {layer} have {} channels, expected {c}",
-                    mean.len()
-                )));
-            }
             return Ok((mean, var));
         }
         let (mean, var) = compute();
@@ -210,22 +219,7 @@ impl Ctx {
     /// Statistics for a data-dependent normalization: per sample (instance norm) or over the
     /// batch (batch norm).
     fn stats(&mut self, x: &Tensor, per_sample: bool) -> Result<(Tensor, Tensor)> {
-        let layer = self.cursor;
-        self.cursor += 1;
-        if let StatsMode::Replay(stats) = &self.mode {
-            let s = stats.get(layer).ok_or_else(|| {
-                crate::Error::Input(format!(
-                    "replayed statistics have {} layers, the network has more",
-                    stats.len()
-                ))
-            })?;
-            let c = x.dim(1)?;
-            if s.mean.dim(1)? != c {
-                return Err(crate::Error::Input(format!(
-                    "replayed statistics of layer {layer} have {} channels, expected {c}",
-                    s.mean.dim(1)?
-                )));
-            }
+        if let Some(s) = self.next_replayed(x.dim(1)?)? {
             return Ok((s.mean.clone(), s.var.clone()));
         }
         let (mean, var) = if per_sample {
