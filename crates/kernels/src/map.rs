@@ -145,24 +145,13 @@ impl Map {
         out.par_chunks_mut(c * wp)
             .enumerate()
             .for_each(|(yp, row)| {
-                let sy = yp as isize - p as isize;
-                let y = match mode {
-                    PadMode::Zero if sy < 0 || sy >= h as isize => {
-                        row.fill(0.0);
-                        return;
-                    }
-                    PadMode::Zero => sy as usize,
-                    PadMode::Reflect => reflect(sy, h),
+                let Some(y) = source(yp, p, h, mode) else {
+                    row.fill(0.0);
+                    return;
                 };
                 let src = &self.data[y * w * c..][..w * c];
                 for xp in 0..wp {
-                    let sx = xp as isize - p as isize;
-                    let x = match mode {
-                        PadMode::Zero if sx < 0 || sx >= w as isize => None,
-                        PadMode::Zero => Some(sx as usize),
-                        PadMode::Reflect => Some(reflect(sx, w)),
-                    };
-                    match x {
+                    match source(xp, p, w, mode) {
                         Some(x) => {
                             for (ch, v) in src[x * c..(x + 1) * c].iter().enumerate() {
                                 row[ch * wp + xp] = *v;
@@ -199,6 +188,17 @@ pub(crate) fn reflect(i: isize, n: usize) -> usize {
     i as usize
 }
 
+/// Source index in `0..n` of padded coordinate `i` (with `lead` pixels of padding before the
+/// first), or `None` where zero padding applies.
+pub(crate) fn source(i: usize, lead: usize, n: usize, mode: PadMode) -> Option<usize> {
+    let d = i as isize - lead as isize;
+    match mode {
+        PadMode::Zero if d < 0 || d >= n as isize => None,
+        PadMode::Zero => Some(d as usize),
+        PadMode::Reflect => Some(reflect(d, n)),
+    }
+}
+
 /// Pads `x` by `(top, bottom, left, right)` pixels.
 pub fn pad(x: &Map, t: usize, b: usize, l: usize, r: usize, mode: PadMode) -> Map {
     pad_in(x, t, b, l, r, mode, &Workspace::default())
@@ -220,23 +220,17 @@ pub fn pad_in(
     out.par_chunks_mut(wp * c)
         .enumerate()
         .for_each(|(yp, row)| {
-            let sy = yp as isize - t as isize;
-            let src_y = match mode {
-                PadMode::Zero if sy < 0 || sy >= h as isize => {
-                    row.fill(0.0);
-                    return;
-                }
-                PadMode::Zero => sy as usize,
-                PadMode::Reflect => reflect(sy, h),
+            let Some(src_y) = source(yp, t, h, mode) else {
+                row.fill(0.0);
+                return;
             };
             let src = &x.data[src_y * w * c..][..w * c];
             row[l * c..(l + w) * c].copy_from_slice(src);
             for xp in (0..l).chain(l + w..wp) {
-                match mode {
-                    PadMode::Zero => row[xp * c..(xp + 1) * c].fill(0.0),
-                    PadMode::Reflect => {
-                        let sx = reflect(xp as isize - l as isize, w);
-                        row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c]);
+                match source(xp, l, w, mode) {
+                    None => row[xp * c..(xp + 1) * c].fill(0.0),
+                    Some(sx) => {
+                        row[xp * c..(xp + 1) * c].copy_from_slice(&src[sx * c..(sx + 1) * c])
                     }
                 }
             }
@@ -276,14 +270,8 @@ pub fn upsample_nearest2_padded(x: &Map, p: usize, mode: PadMode, ws: &Workspace
     let (hu, wu) = (2 * h, 2 * w);
     let (hp, wp) = (hu + 2 * p, wu + 2 * p);
     let mut out = ws.take(hp * wp * c);
-    let src_of = |i: usize, n: usize| -> Option<usize> {
-        let d = i as isize - p as isize;
-        match mode {
-            PadMode::Zero if d < 0 || d >= n as isize => None,
-            PadMode::Zero => Some(d as usize / 2),
-            PadMode::Reflect => Some(reflect(d, n) / 2),
-        }
-    };
+    // The index into the upsampled map, halved: the source pixel.
+    let src_of = |i: usize, n: usize| source(i, p, n, mode).map(|u| u / 2);
     out.par_chunks_mut(wp * c)
         .enumerate()
         .for_each(|(yp, row)| {
