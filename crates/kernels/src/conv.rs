@@ -124,13 +124,6 @@ pub struct Conv {
 }
 
 fn choose_nv(c_out: usize) -> usize {
-    if let Some(nv) = std::env::var("ATELIER_NV")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|v| [1, 2, 4].contains(v))
-    {
-        return nv;
-    }
     if c_out <= 16 {
         1
     } else if c_out.is_multiple_of(64) {

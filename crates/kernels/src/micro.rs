@@ -23,14 +23,18 @@ pub enum Isa {
 
 impl Isa {
     /// The best instruction set of this CPU (`ATELIER_ISA=portable|avx2|avx512` lowers it,
-    /// for tests and comparisons).
+    /// for tests and comparisons). Detected once per process: layers are built on every
+    /// training step.
     pub fn detect() -> Isa {
-        let best = Self::best();
-        match std::env::var("ATELIER_ISA").as_deref() {
-            Ok("portable") => Isa::Portable,
-            Ok("avx2") if best != Isa::Portable => Isa::Avx2,
-            _ => best,
-        }
+        static DETECTED: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let best = Self::best();
+            match std::env::var("ATELIER_ISA").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if best != Isa::Portable => Isa::Avx2,
+                _ => best,
+            }
+        })
     }
 
     fn best() -> Isa {
