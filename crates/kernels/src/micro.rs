@@ -171,6 +171,13 @@ pub(crate) unsafe fn tile(isa: Isa, nv: usize, mr: usize, t: &Tile) {
             _ => unreachable!("nv {nv}"),
         },
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if nv == 1 && mr == 6 && matches!(t.a_pix, 32 | 64 | 128 | 256) => match t.a_pix {
+            32 => avx2_f32_fixed::<1, 6, 32>(t),
+            64 => avx2_f32_fixed::<1, 6, 64>(t),
+            128 => avx2_f32_fixed::<1, 6, 128>(t),
+            _ => avx2_f32_fixed::<1, 6, 256>(t),
+        },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match nv {
             1 => dispatch!(avx2_f32, 1, [1, 2, 3, 4, 5, 6]),
             2 => dispatch!(avx2_f32, 2, [1, 2, 3]),
@@ -361,7 +368,25 @@ unsafe fn avx512_bf16<const NV: usize, const MR: usize>(t: &TileBf16) {
 #[allow(unsafe_code)]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn avx2_f32<const NV: usize, const MR: usize>(t: &Tile) {
+    avx2_f32_body::<NV, MR, 0>(t)
+}
+
+/// Full AVX2 tiles with a compile-time pixel stride (as [`avx512_f32_fixed`]).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_f32_fixed<const NV: usize, const MR: usize, const AP: usize>(t: &Tile) {
+    avx2_f32_body::<NV, MR, AP>(t)
+}
+
+/// The accumulators are only ever touched by value (no references into the array, whose
+/// address would pin it to the stack and cost a store per FMA).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+unsafe fn avx2_f32_body<const NV: usize, const MR: usize, const AP: usize>(t: &Tile) {
     use std::arch::x86_64::*;
+    let a_pix = if AP > 0 { AP } else { t.a_pix };
     // NV counts 16-channel groups: two ymm per group.
     let mut acc = [[[_mm256_setzero_ps(); 2]; NV]; MR];
     let mut bp = t.b;
@@ -375,29 +400,35 @@ unsafe fn avx2_f32<const NV: usize, const MR: usize>(t: &Tile) {
             }
             bp = bp.add(NV * 16);
             let aj = ap.add(j);
-            for (m, row) in acc.iter_mut().enumerate() {
-                let a = _mm256_set1_ps(*aj.add(m * t.a_pix));
+            for m in 0..MR {
+                let a = _mm256_set1_ps(*aj.add(m * a_pix));
                 for v in 0..NV {
-                    row[v][0] = _mm256_fmadd_ps(a, b[v][0], row[v][0]);
-                    row[v][1] = _mm256_fmadd_ps(a, b[v][1], row[v][1]);
+                    acc[m][v][0] = _mm256_fmadd_ps(a, b[v][0], acc[m][v][0]);
+                    acc[m][v][1] = _mm256_fmadd_ps(a, b[v][1], acc[m][v][1]);
                 }
             }
         }
     }
-    for (m, row) in acc.iter().enumerate() {
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for m in 0..MR {
         let c = t.c.add(m * t.c_pix);
-        for (v, halves) in row.iter().enumerate() {
-            for (h, r) in halves.iter().enumerate() {
+        for v in 0..NV {
+            for h in 0..2 {
                 let base = v * 16 + h * 8;
-                let mut out = [0f32; 8];
-                _mm256_storeu_ps(out.as_mut_ptr(), *r);
-                for (l, o) in out.iter().enumerate() {
-                    let ch = base + l;
-                    if ch < t.nvalid {
-                        let val = o + *t.bias.add(ch);
-                        let p = c.add(ch);
-                        *p = if t.accumulate { *p + val } else { val };
+                let cv = c.add(base);
+                let mut r = _mm256_add_ps(acc[m][v][h], _mm256_loadu_ps(t.bias.add(base)));
+                if base + 8 <= t.nvalid {
+                    if t.accumulate {
+                        r = _mm256_add_ps(r, _mm256_loadu_ps(cv));
                     }
+                    _mm256_storeu_ps(cv, r);
+                } else if base < t.nvalid {
+                    let n = (t.nvalid - base) as i32;
+                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+                    if t.accumulate {
+                        r = _mm256_add_ps(r, _mm256_maskload_ps(cv, mask));
+                    }
+                    _mm256_maskstore_ps(cv, mask, r);
                 }
             }
         }

@@ -168,6 +168,20 @@ impl PlanarConv {
             }
             return;
         }
+        #[cfg(target_arch = "x86_64")]
+        if let Isa::Avx2 = self.isa {
+            // SAFETY: as in `row`.
+            #[allow(unsafe_code)]
+            unsafe {
+                match self.c_out {
+                    1 => self.rows_avx2::<1, 2>(planes, wp, y, wo, out),
+                    2 => self.rows_avx2::<2, 2>(planes, wp, y, wo, out),
+                    3 => self.rows_avx2::<3, 2>(planes, wp, y, wo, out),
+                    _ => self.rows_avx2::<4, 2>(planes, wp, y, wo, out),
+                }
+            }
+            return;
+        }
         let n = self.c_out * wo;
         let (a, b) = out.split_at_mut(n);
         self.row(planes, wp, y, wo, a);
@@ -241,6 +255,75 @@ impl PlanarConv {
         }
     }
 
+    /// [`PlanarConv::rows_avx512`] with 8-lane vectors: R ≤ 2 rows × CO ≤ 4 × 2 vectors ≤ 16
+    /// accumulators (CO = 4 with two rows spills a little; the RGB head has CO = 3).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn rows_avx2<const CO: usize, const R: usize>(
+        &self,
+        planes: &[f32],
+        wp: usize,
+        y: usize,
+        wo: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        const XV: usize = 2;
+        let k = self.k;
+        let base = planes.as_ptr();
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let mut x0 = 0;
+        while x0 < wo {
+            let mut acc = [[[_mm256_setzero_ps(); XV]; CO]; R];
+            for i in 0..self.c_in {
+                for r in 0..k + R - 1 {
+                    let src = base.add(((y + r) * self.c_in + i) * wp + x0);
+                    for kx in 0..k {
+                        let mut a = [_mm256_setzero_ps(); XV];
+                        for v in 0..XV {
+                            a[v] = _mm256_loadu_ps(src.add(kx + 8 * v));
+                        }
+                        for row in 0..R {
+                            let ky = r.wrapping_sub(row);
+                            if ky >= k {
+                                continue;
+                            }
+                            let wrow = self.packed.as_ptr().add(((i * k + ky) * k + kx) * 4);
+                            for o in 0..CO {
+                                let w = _mm256_set1_ps(*wrow.add(o));
+                                for v in 0..XV {
+                                    acc[row][o][v] = _mm256_fmadd_ps(a[v], w, acc[row][o][v]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for row in 0..R {
+                for o in 0..CO {
+                    let b = _mm256_set1_ps(self.bias[o]);
+                    for v in 0..XV {
+                        let x = x0 + 8 * v;
+                        if x >= wo {
+                            break;
+                        }
+                        let dst = out.as_mut_ptr().add((row * CO + o) * wo + x);
+                        let r = _mm256_add_ps(acc[row][o][v], b);
+                        if x + 8 <= wo {
+                            _mm256_storeu_ps(dst, r);
+                        } else {
+                            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((wo - x) as i32), lane);
+                            _mm256_maskstore_ps(dst, mask, r);
+                        }
+                    }
+                }
+            }
+            x0 += 8 * XV;
+        }
+    }
+
     fn row(&self, planes: &[f32], wp: usize, y: usize, wo: usize, out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if let Isa::Avx512 { .. } = self.isa {
@@ -254,6 +337,22 @@ impl PlanarConv {
                     2 => self.rows_avx512::<2, 1>(planes, wp, y, wo, out),
                     3 => self.rows_avx512::<3, 1>(planes, wp, y, wo, out),
                     _ => self.rows_avx512::<4, 1>(planes, wp, y, wo, out),
+                }
+            }
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if let Isa::Avx2 = self.isa {
+            // SAFETY: AVX2 and FMA were detected; `rows_avx2` reads planes[y+ky][ci][x+kx] for
+            // x < wo rounded up to 16 (inside the 64 floats of slack) and writes
+            // `c_out · wo` floats of `out`.
+            #[allow(unsafe_code)]
+            unsafe {
+                match self.c_out {
+                    1 => self.rows_avx2::<1, 1>(planes, wp, y, wo, out),
+                    2 => self.rows_avx2::<2, 1>(planes, wp, y, wo, out),
+                    3 => self.rows_avx2::<3, 1>(planes, wp, y, wo, out),
+                    _ => self.rows_avx2::<4, 1>(planes, wp, y, wo, out),
                 }
             }
             return;

@@ -82,7 +82,8 @@ fn cases() -> Vec<(ConvSpec, usize, usize)> {
             4,
         ),
         (ConvSpec::new(4, 4, 2).stride(2).transposed(0), 3, 3),
-        // Full tiles with the compile-time pixel strides (64, 128, 256 floats).
+        // Full tiles with the compile-time pixel strides (32 on AVX2, 64, 128, 256 floats).
+        (ConvSpec::new(32, 24, 3).pad(1, z), 2, 14),
         (ConvSpec::new(64, 32, 3).pad(1, r), 3, 26),
         (ConvSpec::new(128, 64, 1), 2, 13),
         (ConvSpec::new(256, 16, 1), 2, 29),
