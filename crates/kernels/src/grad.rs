@@ -44,6 +44,7 @@ pub fn weight_grad_with_isa(
     const LANES: usize = 64;
     const MR: usize = 6;
     let use_avx512 = matches!(isa, Isa::Avx512 { .. });
+    let use_avx2 = matches!(isa, Isa::Avx2);
     // Tasks: (tap, block of MR input channels); each writes dW rows [tap][i0..i0+MR][co].
     let blocks = ci.div_ceil(MR);
     let taps = k * k;
@@ -57,6 +58,33 @@ pub fn weight_grad_with_isa(
             let i0 = b * MR;
             let mr = (ci - i0).min(MR);
             let mut acc = vec![0f32; mr * co];
+            #[cfg(target_arch = "x86_64")]
+            if use_avx2 {
+                // SAFETY: AVX2 and FMA were detected. The tile reads x at
+                // `(y·stride + ky, p·stride + kx, i0 + m)` for y < dy.h, p < dy.w, m < mr
+                // (inside `xp` by the size check) and dy at `(y, p, l)` for l < co; it adds
+                // into `acc[m·co + l]`.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tile_avx2(
+                        Sweep {
+                            x: xp.data[((ky * xp.w) + kx) * ci + i0..].as_ptr(),
+                            x_pix: stride * ci,
+                            x_row: stride * xp.w * ci,
+                            d: dy.data.as_ptr(),
+                            d_pix: co,
+                            d_row: dy.w * co,
+                            rows: dy.h,
+                            cols: dy.w,
+                        },
+                        mr,
+                        co,
+                        acc.as_mut_ptr(),
+                        co,
+                    );
+                }
+                return (t, i0, acc);
+            }
             for y in 0..dy.h {
                 let xrow = &xp.data[((y * stride + ky) * xp.w + kx) * ci + i0..];
                 let drow = &dy.data[y * dy.w * co..][..dy.w * co];
@@ -122,6 +150,7 @@ fn weight_grad_by_input(xp: &Map, dy: &Map, k: usize, stride: usize, isa: Isa) -
     const LANES: usize = 64;
     const MR: usize = 6;
     let use_avx512 = matches!(isa, Isa::Avx512 { .. });
+    let use_avx2 = matches!(isa, Isa::Avx2);
     let taps = k * k;
     let tasks: Vec<(usize, usize, usize)> = (0..taps)
         .flat_map(|t| {
@@ -136,6 +165,32 @@ fn weight_grad_by_input(xp: &Map, dy: &Map, k: usize, stride: usize, isa: Isa) -
             let (o0, i0) = (ob * MR, ib * LANES);
             let (mr, n) = ((co - o0).min(MR), (ci - i0).min(LANES));
             let mut acc = vec![0f32; mr * LANES];
+            #[cfg(target_arch = "x86_64")]
+            if use_avx2 {
+                // SAFETY: AVX2 and FMA were detected; reads dy at `(y, p, o0 + m)` (m < mr)
+                // and x at `(y·stride + ky, p·stride + kx, i0 + l)` (l < n) inside the maps
+                // (size checked by the caller), adds into `acc[m·LANES + l]`.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tile_avx2(
+                        Sweep {
+                            x: dy.data[o0..].as_ptr(),
+                            x_pix: co,
+                            x_row: dy.w * co,
+                            d: xp.data[(ky * xp.w + kx) * ci + i0..].as_ptr(),
+                            d_pix: stride * ci,
+                            d_row: stride * xp.w * ci,
+                            rows: dy.h,
+                            cols: dy.w,
+                        },
+                        mr,
+                        n,
+                        acc.as_mut_ptr(),
+                        LANES,
+                    );
+                }
+                return (t, o0, i0, acc);
+            }
             for y in 0..dy.h {
                 let grow = &dy.data[y * dy.w * co + o0..];
                 let xrow = &xp.data[((y * stride + ky) * xp.w + kx) * ci + i0..];
@@ -228,6 +283,92 @@ unsafe fn tile_avx512(
             }
             let cur = _mm512_maskz_loadu_ps(masks[v], dst.add(v * 16));
             _mm512_mask_storeu_ps(dst.add(v * 16), masks[v], _mm512_add_ps(cur, *r));
+        }
+    }
+}
+
+/// Two operands swept over a `rows × cols` grid of output pixels: `x` (broadcast, `mr`
+/// consecutive values per pixel) and `d` (vectors, `n` consecutive values per pixel).
+#[cfg(target_arch = "x86_64")]
+struct Sweep {
+    x: *const f32,
+    x_pix: usize,
+    x_row: usize,
+    d: *const f32,
+    d_pix: usize,
+    d_row: usize,
+    rows: usize,
+    cols: usize,
+}
+
+/// `acc[m][l] += Σ_(y,p) x[y·x_row + p·x_pix + m] · d[y·d_row + p·d_pix + l]` for m < mr ≤ 6
+/// and l < n, on AVX2: the lanes in blocks of 16 (MR × 2 ymm accumulators), each block
+/// sweeping every pixel so the accumulators stay in registers.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_avx2(s: Sweep, mr: usize, n: usize, acc: *mut f32, acc_stride: usize) {
+    macro_rules! go {
+        ($($m:literal),*) => {
+            match mr {
+                $($m => tile_avx2_body::<$m>(&s, n, acc, acc_stride),)*
+                _ => unreachable!("mr {mr}"),
+            }
+        };
+    }
+    go!(1, 2, 3, 4, 5, 6)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline(always)]
+unsafe fn tile_avx2_body<const MR: usize>(s: &Sweep, n: usize, acc: *mut f32, acc_stride: usize) {
+    use std::arch::x86_64::*;
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for l0 in (0..n).step_by(16) {
+        let masks: [__m256i; 2] = std::array::from_fn(|h| {
+            let left = n.saturating_sub(l0 + h * 8).min(8) as i32;
+            _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane)
+        });
+        let full = l0 + 16 <= n;
+        let mut a = [[_mm256_setzero_ps(); 2]; MR];
+        for y in 0..s.rows {
+            let xr = s.x.add(y * s.x_row);
+            let dr = s.d.add(y * s.d_row + l0);
+            if full {
+                for p in 0..s.cols {
+                    let dp = dr.add(p * s.d_pix);
+                    let b = [_mm256_loadu_ps(dp), _mm256_loadu_ps(dp.add(8))];
+                    let xp = xr.add(p * s.x_pix);
+                    for m in 0..MR {
+                        let v = _mm256_set1_ps(*xp.add(m));
+                        a[m][0] = _mm256_fmadd_ps(v, b[0], a[m][0]);
+                        a[m][1] = _mm256_fmadd_ps(v, b[1], a[m][1]);
+                    }
+                }
+            } else {
+                for p in 0..s.cols {
+                    let dp = dr.add(p * s.d_pix);
+                    let b = [
+                        _mm256_maskload_ps(dp, masks[0]),
+                        _mm256_maskload_ps(dp.add(8), masks[1]),
+                    ];
+                    let xp = xr.add(p * s.x_pix);
+                    for m in 0..MR {
+                        let v = _mm256_set1_ps(*xp.add(m));
+                        a[m][0] = _mm256_fmadd_ps(v, b[0], a[m][0]);
+                        a[m][1] = _mm256_fmadd_ps(v, b[1], a[m][1]);
+                    }
+                }
+            }
+        }
+        for m in 0..MR {
+            let dst = acc.add(m * acc_stride + l0);
+            for h in 0..2 {
+                let p = dst.add(h * 8);
+                let cur = _mm256_maskload_ps(p, masks[h]);
+                _mm256_maskstore_ps(p, masks[h], _mm256_add_ps(cur, a[m][h]));
+            }
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod micro;
 pub mod ops;
 pub mod peak;
 pub mod planar;
+pub mod transpose;
 
 pub use conv::{Conv, ConvSpec};
 pub use depthwise::Depthwise;

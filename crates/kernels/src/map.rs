@@ -109,29 +109,14 @@ impl Map {
     pub fn from_chw(chw: &[f32], c: usize, h: usize, w: usize) -> Self {
         assert_eq!(chw.len(), c * h * w, "Map::from_chw: length");
         let mut data = vec![0f32; c * h * w];
-        data.par_chunks_mut(w * c).enumerate().for_each(|(y, row)| {
-            for ch in 0..c {
-                let src = &chw[(ch * h + y) * w..][..w];
-                for (x, v) in src.iter().enumerate() {
-                    row[x * c + ch] = *v;
-                }
-            }
-        });
+        crate::transpose::transpose(chw, c, h * w, &mut data);
         Self { h, w, c, data }
     }
 
     /// To planar `(C, H, W)`.
     pub fn to_chw(&self) -> Vec<f32> {
-        let (h, w, c) = (self.h, self.w, self.c);
-        let mut out = vec![0f32; c * h * w];
-        // Parallel over channels: each task writes one plane.
-        out.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(ch, plane)| {
-                for (i, v) in plane.iter_mut().enumerate() {
-                    *v = self.data[i * c + ch];
-                }
-            });
+        let mut out = vec![0f32; self.data.len()];
+        crate::transpose::transpose(&self.data, self.h * self.w, self.c, &mut out);
         out
     }
 

@@ -171,12 +171,14 @@ pub(crate) unsafe fn tile(isa: Isa, nv: usize, mr: usize, t: &Tile) {
             _ => unreachable!("nv {nv}"),
         },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if nv == 1 && mr == 6 && matches!(t.a_pix, 32 | 64 | 128 | 256) => match t.a_pix {
-            32 => avx2_f32_fixed::<1, 6, 32>(t),
-            64 => avx2_f32_fixed::<1, 6, 64>(t),
-            128 => avx2_f32_fixed::<1, 6, 128>(t),
-            _ => avx2_f32_fixed::<1, 6, 256>(t),
-        },
+        Isa::Avx2 if nv == 1 && mr == 6 && matches!(t.a_pix, 32 | 64 | 128 | 256) => {
+            match t.a_pix {
+                32 => avx2_f32_fixed::<1, 6, 32>(t),
+                64 => avx2_f32_fixed::<1, 6, 64>(t),
+                128 => avx2_f32_fixed::<1, 6, 128>(t),
+                _ => avx2_f32_fixed::<1, 6, 256>(t),
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => match nv {
             1 => dispatch!(avx2_f32, 1, [1, 2, 3, 4, 5, 6]),

@@ -5,6 +5,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::fused::Activation;
 use crate::layers::{leaky_relu, Conv2d, ConvCfg};
 use crate::norm::{Ctx, Norm, NormKind};
 use crate::Result;
@@ -83,7 +84,7 @@ impl NLayerDiscriminator {
         crate::layers::check_input(x, self.cfg.input_nc, "NLayerDiscriminator")?;
         let mut h = leaky_relu(&self.first.forward(x)?, 0.2)?;
         for (conv, norm) in &self.mids {
-            h = leaky_relu(&norm.forward(&conv.forward(&h)?, ctx)?, 0.2)?;
+            h = norm.forward_act(&conv.forward(&h)?, ctx, Activation::Leaky(0.2))?;
         }
         self.last.forward(&h)
     }
@@ -128,7 +129,9 @@ impl PixelDiscriminator {
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "PixelDiscriminator")?;
         let h = leaky_relu(&self.c0.forward(x)?, 0.2)?;
-        let h = leaky_relu(&self.n3.forward(&self.c2.forward(&h)?, ctx)?, 0.2)?;
+        let h = self
+            .n3
+            .forward_act(&self.c2.forward(&h)?, ctx, Activation::Leaky(0.2))?;
         self.c5.forward(&h)
     }
 }

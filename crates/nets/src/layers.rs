@@ -212,6 +212,9 @@ pub fn reflect_pad(x: &Tensor, p: usize) -> Result<Tensor> {
             "reflection padding {p} needs an input larger than {p}×{p}, got {w}×{h}"
         )));
     }
+    if crate::fused::applies(x) {
+        return crate::fused::reflect_pad(x, p);
+    }
     let idx = |n: usize| -> Result<Tensor> {
         let v: Vec<u32> = (0..n + 2 * p)
             .map(|i| {

@@ -12,6 +12,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::fused::Activation;
 use crate::layers::{reflect_pad, Conv2d, ConvCfg};
 use crate::norm::{Ctx, Norm};
 use crate::Result;
@@ -123,23 +124,25 @@ impl LightGenerator {
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "LightGenerator")?;
         let n = &self.norm;
-        let mut h = n
-            .forward(&self.stem.forward(&reflect_pad(x, 3)?)?, ctx)?
-            .relu()?;
+        let mut h = n.forward_act(
+            &self.stem.forward(&reflect_pad(x, 3)?)?,
+            ctx,
+            Activation::Relu,
+        )?;
         for d in &self.down {
-            h = n.forward(&d.forward(&h)?, ctx)?.relu()?;
+            h = n.forward_act(&d.forward(&h)?, ctx, Activation::Relu)?;
         }
         for b in &self.blocks {
             let t = b.pw1.forward(&b.dw1.forward(&reflect_pad(&h, 1)?)?)?;
-            let t = n.forward(&t, ctx)?.relu()?;
+            let t = n.forward_act(&t, ctx, Activation::Relu)?;
             let t = b.pw2.forward(&b.dw2.forward(&reflect_pad(&t, 1)?)?)?;
-            h = (h + n.forward(&t, ctx)?)?;
+            h = (h + n.forward_act(&t, ctx, Activation::None)?)?;
         }
         for u in &self.up {
             let (_, _, hh, ww) = h.dims4()?;
             let t = h.upsample_nearest2d(hh * 2, ww * 2)?;
             let t = u.pw.forward(&u.dw.forward(&reflect_pad(&t, 1)?)?)?;
-            h = n.forward(&t, ctx)?.relu()?;
+            h = n.forward_act(&t, ctx, Activation::Relu)?;
         }
         Ok(self.head.forward(&reflect_pad(&h, 3)?)?.tanh()?)
     }

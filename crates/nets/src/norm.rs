@@ -9,6 +9,7 @@
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::fused::Activation;
 use crate::Result;
 
 /// Statistics of one normalization layer: per-channel mean and biased variance, shape (1, C, 1, 1).
@@ -336,6 +337,18 @@ impl Norm {
                 eps,
             },
         })
+    }
+
+    /// `act(self(x))`; instance norm on its own statistics is one fused op for f32 on the
+    /// CPU ([`crate::fused::instance_norm_act`]).
+    pub fn forward_act(&self, x: &Tensor, ctx: &mut Ctx, act: Activation) -> Result<Tensor> {
+        if let Norm::Instance { eps } = self {
+            if matches!(ctx.mode, StatsMode::Own) && crate::fused::applies(x) {
+                ctx.cursor += 1;
+                return crate::fused::instance_norm_act(x, *eps, act);
+            }
+        }
+        act.apply(&self.forward(x, ctx)?)
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

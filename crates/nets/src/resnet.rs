@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::fused::Activation;
 use crate::layers::{dropout, reflect_pad, Conv2d, ConvCfg, ConvTranspose2d};
 use crate::norm::{Ctx, Norm, NormKind};
 use crate::Result;
@@ -63,10 +64,10 @@ impl ResnetBlock {
 
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let h = self.conv1.forward(&reflect_pad(x, 1)?)?;
-        let h = self.norm1.forward(&h, ctx)?.relu()?;
+        let h = self.norm1.forward_act(&h, ctx, Activation::Relu)?;
         let h = dropout(&h, 0.5, self.use_dropout && ctx.train, ctx)?;
         let h = self.conv2.forward(&reflect_pad(&h, 1)?)?;
-        let h = self.norm2.forward(&h, ctx)?;
+        let h = self.norm2.forward_act(&h, ctx, Activation::None)?;
         Ok((x + h)?)
     }
 }
@@ -142,15 +143,15 @@ impl ResnetGenerator {
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "ResnetGenerator")?;
         let h = self.stem.forward(&reflect_pad(x, 3)?)?;
-        let mut h = self.stem_norm.forward(&h, ctx)?.relu()?;
+        let mut h = self.stem_norm.forward_act(&h, ctx, Activation::Relu)?;
         for (conv, norm) in &self.down {
-            h = norm.forward(&conv.forward(&h)?, ctx)?.relu()?;
+            h = norm.forward_act(&conv.forward(&h)?, ctx, Activation::Relu)?;
         }
         for b in &self.blocks {
             h = b.forward(&h, ctx)?;
         }
         for (conv, norm) in &self.up {
-            h = norm.forward(&conv.forward(&h)?, ctx)?.relu()?;
+            h = norm.forward_act(&conv.forward(&h)?, ctx, Activation::Relu)?;
         }
         Ok(self.head.forward(&reflect_pad(&h, 3)?)?.tanh()?)
     }
