@@ -61,6 +61,48 @@ pub enum Command {
     Admin(AdminCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Measure image quality: FID and KID between two image folders.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Fréchet Inception Distance (pytorch-fid's network, preprocessing and formula).
+    Fid(EvalArgs),
+    /// Kernel Inception Distance (torch-fidelity's defaults: cubic kernel, 100 subsets of
+    /// up to 1000 images).
+    Kid(EvalArgs),
+}
+
+/// `atelier eval fid|kid`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Folder of reference images (e.g. the paintings).
+    #[arg(long)]
+    pub real: PathBuf,
+    /// Folder of images to score (e.g. translated photos).
+    #[arg(long)]
+    pub fake: PathBuf,
+    /// The FID Inception-v3 weights (`fid_inception_v3.safetensors`; see the README's
+    /// "Quality metrics" section) [default: <models-dir>/fid_inception_v3.safetensors].
+    #[arg(long, env = "ATELIER_FID_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// KID: number of random subsets.
+    #[arg(long, default_value_t = 100)]
+    pub subsets: usize,
+    /// KID: images per subset (capped at the smaller folder).
+    #[arg(long, default_value_t = 1000)]
+    pub subset_size: usize,
+    /// KID: seed of the subset draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of a line of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `atelier serve`: each flag overrides its environment variable, which overrides the

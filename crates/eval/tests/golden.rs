@@ -76,8 +76,15 @@ fn features_match_pytorch_fid() {
         // to 1e-3. The photos go through a different JPEG decoder than Pillow's
         // libjpeg-turbo (chroma upsampling differs by a level here and there), which moves
         // the features by about 2 %; they are held to a looser bound.
-        let bound = if name.starts_with("synthetic") { 1e-3 } else { 5e-2 };
-        assert!(rel <= bound, "{name}: relative error {rel:.2e} > {bound:.0e}");
+        let bound = if name.starts_with("synthetic") {
+            1e-3
+        } else {
+            5e-2
+        };
+        assert!(
+            rel <= bound,
+            "{name}: relative error {rel:.2e} > {bound:.0e}"
+        );
     }
 }
 

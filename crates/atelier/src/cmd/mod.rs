@@ -7,6 +7,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, Global};
 
 mod bench;
+mod eval;
 mod models;
 mod serve;
 mod stylize;
@@ -26,6 +27,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Train(cmd) => train::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
         Command::Admin(cmd) => serve::admin(cmd),
+        Command::Eval(cmd) => eval::run(&cli.global, cmd),
         Command::Openapi => {
             println!(
                 "{}",
