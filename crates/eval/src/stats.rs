@@ -23,7 +23,7 @@ impl<'a> Rows<'a> {
     /// # Errors
     /// [`Error::Samples`] when the data is not a whole number of rows.
     pub fn new(data: &'a [f32], dim: usize) -> Result<Self> {
-        if dim == 0 || data.len() % dim != 0 {
+        if dim == 0 || !data.len().is_multiple_of(dim) {
             return Err(Error::Samples(format!(
                 "{} values are not rows of {dim} features",
                 data.len()
@@ -249,13 +249,13 @@ fn symmetric_eigenvalues(mut a: Mat) -> Result<Vec<f64>> {
         v[..m].iter_mut().for_each(|t| *t /= vn);
         // Trailing block A₂₂ ← H A₂₂ H with H = I − 2vvᵀ: A₂₂ − 2(v wᵀ + w vᵀ),
         // w = p − (vᵀp) v, p = A₂₂ v.
-        for i in 0..m {
+        for (i, pi) in p[..m].iter_mut().enumerate() {
             let row = &a.v[(k + 1 + i) * n + k + 1..(k + 1 + i) * n + n];
-            p[i] = dot(row, &v[..m]);
+            *pi = dot(row, &v[..m]);
         }
         let kk = dot(&p[..m], &v[..m]);
-        for i in 0..m {
-            p[i] -= kk * v[i];
+        for (pi, vi) in p[..m].iter_mut().zip(&v[..m]) {
+            *pi -= kk * vi;
         }
         for i in 0..m {
             let (vi, wi) = (v[i], p[i]);
@@ -454,8 +454,8 @@ mod tests {
                 c: n,
                 v: vec![0.0; n * n],
             };
-            for i in 0..n {
-                a.v[i * n + i] = lambda[i];
+            for (i, &l) in lambda.iter().enumerate() {
+                a.v[i * n + i] = l;
             }
             let g = rng_mat(n, 7 + n as u64);
             for h in 0..3.min(n) {

@@ -1,9 +1,10 @@
 //! Weight gradients of convolutions (training).
 //!
 //! `dW[o][i][ky][kx] = Σ_pixels x_pad[y·s + ky][x·s + kx][i] · dy[y][x][o]`: a GEMM whose
-//! reduction runs over output pixels. Each task owns a block of `(ky, kx, i)` rows of dW and
-//! sweeps every pixel, so no reduction between threads is needed; the tile keeps `MR` input
-//! channels × `NV·16` output channels in registers.
+//! reduction runs over output pixels. Each task owns a block of `(ky, kx, i)` rows of dW, so no
+//! reduction between threads is needed; the tile keeps `MR` input channels × 16 (AVX2) or 64
+//! (AVX-512) output channels in registers. On AVX2 the pixels are swept in bands of rows that
+//! stay in cache while all tasks pass over them.
 
 use rayon::prelude::*;
 
@@ -45,6 +46,10 @@ pub fn weight_grad_with_isa(
     const MR: usize = 6;
     let use_avx512 = matches!(isa, Isa::Avx512 { .. });
     let use_avx2 = matches!(isa, Isa::Avx2);
+    #[cfg(target_arch = "x86_64")]
+    if use_avx2 {
+        return Ok(weight_grad_avx2_chunked(xp, dy, k, stride));
+    }
     // Tasks: (tap, block of MR input channels); each writes dW rows [tap][i0..i0+MR][co].
     let blocks = ci.div_ceil(MR);
     let taps = k * k;
@@ -58,33 +63,6 @@ pub fn weight_grad_with_isa(
             let i0 = b * MR;
             let mr = (ci - i0).min(MR);
             let mut acc = vec![0f32; mr * co];
-            #[cfg(target_arch = "x86_64")]
-            if use_avx2 {
-                // SAFETY: AVX2 and FMA were detected. The tile reads x at
-                // `(y·stride + ky, p·stride + kx, i0 + m)` for y < dy.h, p < dy.w, m < mr
-                // (inside `xp` by the size check) and dy at `(y, p, l)` for l < co; it adds
-                // into `acc[m·co + l]`.
-                #[allow(unsafe_code)]
-                unsafe {
-                    tile_avx2(
-                        Sweep {
-                            x: xp.data[((ky * xp.w) + kx) * ci + i0..].as_ptr(),
-                            x_pix: stride * ci,
-                            x_row: stride * xp.w * ci,
-                            d: dy.data.as_ptr(),
-                            d_pix: co,
-                            d_row: dy.w * co,
-                            rows: dy.h,
-                            cols: dy.w,
-                        },
-                        mr,
-                        co,
-                        acc.as_mut_ptr(),
-                        co,
-                    );
-                }
-                return (t, i0, acc);
-            }
             for y in 0..dy.h {
                 let xrow = &xp.data[((y * stride + ky) * xp.w + kx) * ci + i0..];
                 let drow = &dy.data[y * dy.w * co..][..dy.w * co];
@@ -141,6 +119,70 @@ pub fn weight_grad_with_isa(
         }
     }
     Ok(dw)
+}
+
+/// The AVX2 path of [`weight_grad_with_isa`]. The output rows are processed in bands small
+/// enough that their slice of `dy` (and of `xp`) stays in cache while every
+/// (tap, input-channel block) tile sweeps it; within a band the tiles run in parallel, each
+/// adding into its own rows of the gradient. (One sweep of the whole map per tile re-read `dy`
+/// from L3 once per tile instead.)
+#[cfg(target_arch = "x86_64")]
+fn weight_grad_avx2_chunked(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<f32> {
+    const MR: usize = 6;
+    let (ci, co) = (xp.c, dy.c);
+    let taps = k * k;
+    let blocks = ci.div_ceil(MR);
+    // About 128 KiB of dy per band.
+    let band = (32 * 1024 / (dy.w * co).max(1)).clamp(1, dy.h);
+    // [tap][block][MR][co]: every tile owns one chunk.
+    let mut acc = vec![0f32; taps * blocks * MR * co];
+    for y0 in (0..dy.h).step_by(band) {
+        let rows = band.min(dy.h - y0);
+        acc.par_chunks_mut(MR * co)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let (t, b) = (c / blocks, c % blocks);
+                let (ky, kx) = (t / k, t % k);
+                let i0 = b * MR;
+                let mr = (ci - i0).min(MR);
+                let x_off = (((y0 * stride + ky) * xp.w) + kx) * ci + i0;
+                // SAFETY: AVX2 and FMA were detected (the caller's ISA). The tile reads x at
+                // `(y·stride + ky, p·stride + kx, i0 + m)` for y0 ≤ y < y0 + rows ≤ dy.h,
+                // p < dy.w, m < mr (inside `xp` by the caller's size check) and dy at `(y, p, l)`
+                // for l < co; it adds into `dst[m·co + l]`, m < mr ≤ MR.
+                #[allow(unsafe_code)]
+                unsafe {
+                    tile_avx2(
+                        Sweep {
+                            x: xp.data[x_off..].as_ptr(),
+                            x_pix: stride * ci,
+                            x_row: stride * xp.w * ci,
+                            d: dy.data[y0 * dy.w * co..].as_ptr(),
+                            d_pix: co,
+                            d_row: dy.w * co,
+                            rows,
+                            cols: dy.w,
+                        },
+                        mr,
+                        co,
+                        dst.as_mut_ptr(),
+                        co,
+                    );
+                }
+            });
+    }
+    // [tap][block][m][out] → (out, in, ky, kx).
+    let mut dw = vec![0f32; co * ci * taps];
+    for t in 0..taps {
+        for i in 0..ci {
+            let (b, m) = (i / MR, i % MR);
+            let src = &acc[((t * blocks + b) * MR + m) * co..][..co];
+            for (o, &v) in src.iter().enumerate() {
+                dw[(o * ci + i) * taps + t] = v;
+            }
+        }
+    }
+    dw
 }
 
 /// [`weight_grad`] with the roles swapped: tiles of ≤ 6 output channels × 64 input channels

@@ -264,6 +264,8 @@ fn convolution_gradients_match_the_reference() {
         (ConvSpec::new(6, 70, 4).stride(2).pad(1, z), 10, 7),
         (ConvSpec::new(9, 3, 3), 6, 5),
         (ConvSpec::new(64, 1, 4).pad(1, z), 5, 6),
+        // dy of 40 × 64 px × 16 ch: more than one 128 KiB band of rows (AVX2 weight grad).
+        (ConvSpec::new(7, 16, 3).pad(1, z), 40, 64),
     ] {
         let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
         let (ho, wo) = spec.output_size(h, w).unwrap();
