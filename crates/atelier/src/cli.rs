@@ -85,7 +85,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub fake: PathBuf,
     /// The FID Inception-v3 weights (`fid_inception_v3.safetensors`; see the README's
-    /// "Quality metrics" section) [default: <models-dir>/fid_inception_v3.safetensors].
+    /// "Quality metrics" section) [default: weights/fid_inception_v3.safetensors].
     #[arg(long, env = "ATELIER_FID_WEIGHTS")]
     pub weights: Option<PathBuf>,
     /// Images per Inception batch.
@@ -376,6 +376,20 @@ pub struct TrainArgs {
     /// Licence of the data, for the model card.
     #[arg(long, default_value = "")]
     pub data_licence: String,
+    /// CycleGAN: KID of translated held-out images every N steps (and at the end), written
+    /// to metrics.jsonl and the loss plot; needs the FID Inception weights (--fid-weights).
+    #[arg(long)]
+    pub kid_every: Option<u64>,
+    /// With --kid-every: hold out every Nth image of each folder (sorted; never trained on).
+    #[arg(long, default_value_t = 10)]
+    pub val_every: usize,
+    /// With --kid-every: at most this many held-out images per domain.
+    #[arg(long, default_value_t = 100)]
+    pub val_max_images: usize,
+    /// With --kid-every: `fid_inception_v3.safetensors` (see the README's quality metrics)
+    /// [default: weights/fid_inception_v3.safetensors].
+    #[arg(long, env = "ATELIER_FID_WEIGHTS")]
+    pub fid_weights: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -147,6 +147,23 @@ pub struct TrainConfig {
     /// Free text about the data and its licence, copied into the model card.
     pub data_description: String,
     pub data_licence: String,
+    /// Periodic KID on held-out images (CycleGAN); `None`: off.
+    #[serde(default)]
+    pub validation: Option<Validation>,
+}
+
+/// Held-out validation images and the periodic KID on them (CycleGAN).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Validation {
+    /// Every `every`-th image of each folder (in sorted order, starting with the first) is
+    /// kept out of training.
+    pub every: usize,
+    /// At most this many held-out images per domain.
+    pub max_images: usize,
+    /// KID of the translated held-out images every this many steps (and at the end).
+    pub kid_every: u64,
+    /// The FID Inception weights (`fid_inception_v3.safetensors`).
+    pub weights: PathBuf,
 }
 
 /// Choices that shape the networks; resolved into [`Arch`]s by [`TrainConfig::new`].
@@ -267,6 +284,7 @@ impl TrainConfig {
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),
+            validation: None,
         })
     }
 
@@ -338,6 +356,16 @@ impl TrainConfig {
             return Err(bad(
                 "--log-every, --checkpoint-every and --sample-every must be positive",
             ));
+        }
+        if let Some(v) = &self.validation {
+            if self.family != Family::Cyclegan {
+                return Err(bad("--kid-every is for CycleGAN runs"));
+            }
+            if v.every < 2 || v.kid_every == 0 || v.max_images < 2 {
+                return Err(bad(
+                    "--val-every must be ≥ 2, --kid-every ≥ 1 and --val-max-images ≥ 2",
+                ));
+            }
         }
         if !(self.lr > 0.0 && self.lr < 1.0) {
             return Err(bad(format!("learning rate {} is outside (0, 1)", self.lr)));

@@ -358,6 +358,38 @@ impl Dataset {
         }
     }
 
+    /// Takes every `every`-th image (indices 0, every, 2·every, …; at most `max`) out of the
+    /// dataset and returns them decoded, for validation. The split depends only on the sorted
+    /// file list, so a resumed run holds out the same images. Images that fail to decode are
+    /// dropped from both sides and recorded as skipped.
+    pub fn hold_out(&mut self, every: usize, max: usize) -> Vec<Image> {
+        let every = every.max(2);
+        let mut keep = Vec::with_capacity(self.items.len());
+        let mut keep_bad = Vec::with_capacity(self.items.len());
+        let mut held = Vec::new();
+        let items = std::mem::take(&mut self.items);
+        let bad = std::mem::take(&mut self.bad);
+        let mut taken = Vec::new();
+        for (i, (item, b)) in items.into_iter().zip(bad).enumerate() {
+            if i % every == 0 && taken.len() < max && !b {
+                taken.push(item);
+            } else {
+                keep.push(item);
+                keep_bad.push(b);
+            }
+        }
+        self.items = taken;
+        self.bad = vec![false; self.items.len()];
+        for i in 0..self.items.len() {
+            if let Some(img) = self.load(i) {
+                held.push(img);
+            }
+        }
+        self.items = keep;
+        self.bad = keep_bad;
+        held
+    }
+
     fn mark_bad(&mut self, index: usize, reason: String) {
         if !self.bad[index] {
             self.bad[index] = true;

@@ -16,6 +16,7 @@ pub fn charts(metrics: &[serde_json::Value]) -> Vec<Chart> {
     let mut verdict: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     let mut lr = Vec::new();
     let mut diversity = Vec::new();
+    let mut kid: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
     for m in metrics {
         let Some(step) = m.get("step").and_then(|s| s.as_f64()) else {
             continue;
@@ -37,6 +38,11 @@ pub fn charts(metrics: &[serde_json::Value]) -> Vec<Chart> {
         }
         if let Some(v) = m.get("lr").and_then(|v| v.as_f64()) {
             lr.push((step, v));
+        }
+        for key in ["kid_a2b", "kid_b2a"] {
+            if let Some(v) = m.get(key).and_then(|v| v.as_f64()) {
+                kid.entry(key).or_default().push((step, v * 100.0));
+            }
         }
         if let Some(v) = m.get("diversity").and_then(|v| v.as_f64()) {
             diversity.push((step, v));
@@ -77,6 +83,23 @@ pub fn charts(metrics: &[serde_json::Value]) -> Vec<Chart> {
             x_label: "step".into(),
             y_label: "D".into(),
             series: judged,
+            ..Chart::default()
+        });
+    }
+    if !kid.is_empty() {
+        charts.push(Chart {
+            title: "KID x100 of translated held-out images vs the other domain's (lower is better)"
+                .into(),
+            x_label: "step".into(),
+            y_label: "KID x100".into(),
+            series: kid
+                .into_iter()
+                .map(|(k, points)| Series {
+                    name: if k == "kid_a2b" { "A -> B" } else { "B -> A" }.into(),
+                    points,
+                })
+                .collect(),
+            smoothing: atelier_plot::Smoothing::Off,
             ..Chart::default()
         });
     }

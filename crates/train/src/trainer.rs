@@ -19,6 +19,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde_json::json;
 
 use crate::config::{Direction, Family, TrainConfig};
+use crate::data::images_to_tensor;
 use crate::loss::l1;
 use crate::monitor::{collapse_warning, diversity, Monitor};
 use crate::run::{CheckpointState, RunDir, CHECKPOINT_FORMAT};
@@ -148,10 +149,20 @@ enum Batch {
     Pair(PairBatch),
 }
 
+/// Held-out validation images of domains A and B (decoded, original size).
+type Held = Option<[Vec<atelier_imaging::Image>; 2]>;
+
 impl Data {
     fn open(cfg: &TrainConfig, device: &Device) -> TrainResult<Data> {
+        Ok(Self::open_held(cfg, device)?.0)
+    }
+
+    /// Opens the data; with `cfg.validation`, the held-out images are taken out of the
+    /// training sets first and returned beside them.
+    fn open_held(cfg: &TrainConfig, device: &Device) -> TrainResult<(Data, Held)> {
         let seed = cfg.seed ^ 0xDA7A;
-        Ok(match cfg.family {
+        let mut held = None;
+        let data = match cfg.family {
             Family::Dcgan => Data::Single(Loader::new(
                 Dataset::open(&cfg.data_a)?,
                 cfg.augment,
@@ -171,15 +182,27 @@ impl Data {
                     .data_b
                     .as_ref()
                     .ok_or_else(|| TrainError::Config("CycleGAN needs --data-b".into()))?;
-                Data::Unpaired(Loader::new(
-                    UnpairedDataset::open(&cfg.data_a, b)?,
-                    cfg.augment,
-                    cfg.batch,
-                    seed,
-                    device,
-                )?)
+                let mut src = UnpairedDataset::open(&cfg.data_a, b)?;
+                if let Some(v) = &cfg.validation {
+                    let a = src.a.hold_out(v.every, v.max_images);
+                    let b = src.b.hold_out(v.every, v.max_images);
+                    if a.len() < 2 || b.len() < 2 || src.a.is_empty() || src.b.is_empty() {
+                        return Err(TrainError::Config(format!(
+                            "validation: holding out every {}th image leaves {} + {} held-out and \
+                             {} + {} training images; KID needs ≥ 2 held out per domain",
+                            v.every,
+                            a.len(),
+                            b.len(),
+                            src.a.len(),
+                            src.b.len()
+                        )));
+                    }
+                    held = Some([a, b]);
+                }
+                Data::Unpaired(Loader::new(src, cfg.augment, cfg.batch, seed, device)?)
             }
-        })
+        };
+        Ok((data, held))
     }
 
     fn next(&mut self) -> TrainResult<Batch> {
@@ -353,6 +376,28 @@ pub struct Trainer {
     notes: Vec<String>,
     resumed: bool,
     batches_per_epoch: u64,
+    /// Held-out images for the periodic KID (CycleGAN with `validation`).
+    val: Option<ValState>,
+}
+
+/// The held-out images and, once first needed, the Inception and the real images' features.
+struct ValState {
+    images: [Vec<atelier_imaging::Image>; 2],
+    /// Inception and the pool features of the held-out A and B images.
+    loaded: Option<(atelier_eval::Inception, [Vec<f32>; 2])>,
+}
+
+impl ValState {
+    fn new(a: Vec<atelier_imaging::Image>, b: Vec<atelier_imaging::Image>) -> Self {
+        Self {
+            images: [a, b],
+            loaded: None,
+        }
+    }
+}
+
+fn eval_err(e: atelier_eval::Error) -> TrainError {
+    TrainError::Config(format!("validation KID: {e}"))
 }
 
 impl Trainer {
@@ -362,9 +407,9 @@ impl Trainer {
         cfg.absolutize();
         cfg.validate()?;
         let device = parse_device(&cfg.device)?;
-        let data = Data::open(&cfg, &device)?;
+        let (data, held) = Data::open_held(&cfg, &device)?;
         let run = RunDir::create(out, &cfg)?;
-        Self::build(cfg, run, device, data)
+        Self::build(cfg, run, device, data, held)
     }
 
     /// Opens `run` and continues from its newest readable checkpoint (or from the start if it
@@ -386,8 +431,8 @@ impl Trainer {
     pub fn load_latest(run: &Path, device: Option<&str>) -> TrainResult<Trainer> {
         let (run, cfg) = RunDir::open(run)?;
         let device = parse_device(device.unwrap_or(&cfg.device))?;
-        let data = Data::open(&cfg, &device)?;
-        let mut t = Self::build(cfg, run, device, data)?;
+        let (data, held) = Data::open_held(&cfg, &device)?;
+        let mut t = Self::build(cfg, run, device, data, held)?;
         t.resumed = true;
         match t.run.latest_checkpoint(&t.device)? {
             Some((state, tensors, notes)) => {
@@ -401,7 +446,13 @@ impl Trainer {
         Ok(t)
     }
 
-    fn build(cfg: TrainConfig, run: RunDir, device: Device, data: Data) -> TrainResult<Trainer> {
+    fn build(
+        cfg: TrainConfig,
+        run: RunDir,
+        device: Device,
+        data: Data,
+        held: Held,
+    ) -> TrainResult<Trainer> {
         let mut seeds = Rng::new(cfg.seed);
         let (g, d) = match cfg.family {
             Family::Cyclegan => (
@@ -458,6 +509,7 @@ impl Trainer {
             notes: Vec::new(),
             resumed: false,
             batches_per_epoch,
+            val: held.map(|[a, b]| ValState::new(a, b)),
         })
     }
 
@@ -686,6 +738,12 @@ impl Trainer {
                 || (minutes > 0.0 && last_checkpoint.elapsed().as_secs_f64() >= 60.0 * minutes);
             if self.step.is_multiple_of(self.cfg.sample_every) && !checkpoint {
                 self.write_samples(false, obs)?;
+            }
+            if let Some(v) = &self.cfg.validation {
+                if self.step.is_multiple_of(v.kid_every) || self.step == self.cfg.steps {
+                    let line = self.validation_kid()?;
+                    self.run.append_metrics(&line)?;
+                }
             }
             if self.step.is_multiple_of(self.cfg.log_every) || checkpoint {
                 self.flush_metrics()?;
@@ -923,6 +981,52 @@ impl Trainer {
     // ------------------------------------------------------------------------------------
     // Samples and export
     // ------------------------------------------------------------------------------------
+
+    /// KID of the translated held-out images against the other domain's held-out images
+    /// (A → B and B → A), as one `metrics.jsonl` line.
+    fn validation_kid(&mut self) -> TrainResult<serde_json::Value> {
+        use atelier_eval::stats::Rows;
+        use atelier_eval::FEATURES;
+        let mut ctx = self.sample_ctx();
+        let (Some(v), Some(val)) = (self.cfg.validation.clone(), self.val.as_mut()) else {
+            return Err(TrainError::Config("validation is not set up".into()));
+        };
+        let t0 = Instant::now();
+        if val.loaded.is_none() {
+            let net = atelier_eval::Inception::load(&v.weights, &self.device).map_err(eval_err)?;
+            let mut feats = [Vec::new(), Vec::new()];
+            for (f, imgs) in feats.iter_mut().zip(&val.images) {
+                *f = image_features(&net, imgs, &self.device)?;
+            }
+            val.loaded = Some((net, feats));
+        }
+        let crop = self.cfg.augment.crop_size;
+        let mut line = json!({"event": "kid", "step": self.step});
+        for (dir, g, src, other) in [("a2b", 0, 0, 1), ("b2a", 1, 1, 0)] {
+            let mut fakes = Vec::new();
+            for img in &val.images[src] {
+                let x = atelier_imaging::resize(img, crop, crop);
+                let x = images_to_tensor(&[&x], &self.device)?;
+                let y = self.g[g].net.forward(&x, &mut ctx)?;
+                fakes.push(tensor_image(&y)?);
+            }
+            let (net, feats) = val.loaded.as_ref().expect("loaded above");
+            let fake = image_features(net, &fakes, &self.device)?;
+            let k = atelier_eval::kid(
+                Rows::new(&feats[other], FEATURES).map_err(eval_err)?,
+                Rows::new(&fake, FEATURES).map_err(eval_err)?,
+                100,
+                1000,
+                self.step,
+            )
+            .map_err(eval_err)?;
+            line[format!("kid_{dir}")] = json!(k.mean);
+            line[format!("kid_{dir}_std")] = json!(k.std);
+        }
+        line["val_images"] = json!([val.images[0].len(), val.images[1].len()]);
+        line["seconds"] = json!((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        Ok(line)
+    }
 
     /// Writes the sample grid to `samples/latest.png` (and `samples/step-N.png` when
     /// `keep`) and reports it (and a mode-collapse warning) to `obs`.
@@ -1221,4 +1325,37 @@ fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainRes
             }
         }
     })
+}
+
+/// Inception pool features of images (8-bit RGB as they would be saved).
+fn image_features(
+    net: &atelier_eval::Inception,
+    images: &[atelier_imaging::Image],
+    device: &Device,
+) -> TrainResult<Vec<f32>> {
+    use atelier_eval::preprocess::{input_from_rgb8, SIZE};
+    let mut out = Vec::with_capacity(images.len() * atelier_eval::FEATURES);
+    for chunk in images.chunks(8) {
+        let mut input = Vec::with_capacity(chunk.len() * 3 * SIZE * SIZE);
+        for img in chunk {
+            let rgb = img.to_rgb8();
+            input.extend(input_from_rgb8(
+                &rgb,
+                img.width as usize,
+                img.height as usize,
+            ));
+        }
+        let x = Tensor::from_vec(input, (chunk.len(), 3, SIZE, SIZE), device)?;
+        let f = net.features(&x).map_err(eval_err)?;
+        out.extend(f.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+/// The first image of a `(N, 3, H, W)` batch in `[-1, 1]` as an [`atelier_imaging::Image`].
+fn tensor_image(t: &Tensor) -> TrainResult<atelier_imaging::Image> {
+    let (_, _, h, w) = t.dims4()?;
+    let v = t.narrow(0, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+    atelier_imaging::Image::new(w as u32, h as u32, v, None)
+        .map_err(|e| TrainError::Config(format!("validation image: {e}")))
 }

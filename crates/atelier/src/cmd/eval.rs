@@ -17,10 +17,7 @@ pub fn run(global: &Global, cmd: EvalCommand) -> anyhow::Result<ExitCode> {
         EvalCommand::Fid(a) => ("fid", a),
         EvalCommand::Kid(a) => ("kid", a),
     };
-    let weights = args
-        .weights
-        .clone()
-        .unwrap_or_else(|| global.models_dir.join("fid_inception_v3.safetensors"));
+    let weights = args.weights.clone().unwrap_or_else(default_weights);
     let real = images_of(&args.real)?;
     let fake = images_of(&args.fake)?;
     let device = Device::Cpu;
@@ -68,6 +65,12 @@ pub fn run(global: &Global, cmd: EvalCommand) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the FID Inception weights are looked for without `--weights` /
+/// `ATELIER_FID_WEIGHTS`.
+pub fn default_weights() -> PathBuf {
+    PathBuf::from("weights/fid_inception_v3.safetensors")
 }
 
 fn images_of(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {

@@ -116,6 +116,17 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     cfg.data_description = a.data_description;
     cfg.data_licence = a.data_licence;
+    if let Some(kid_every) = a.kid_every {
+        cfg.validation = Some(atelier_train::config::Validation {
+            every: a.val_every,
+            max_images: a.val_max_images,
+            kid_every,
+            weights: a
+                .fid_weights
+                .clone()
+                .unwrap_or_else(crate::cmd::eval::default_weights),
+        });
+    }
     let bpe = atelier_train::trainer::batches_per_epoch(&cfg)?;
     cfg.set_length(a.steps, a.epochs, a.epochs_decay, bpe)?;
     Ok(cfg)
