@@ -82,6 +82,12 @@ impl Conv2d {
         let y = match (self.explicit_padding(x)?, self.groups) {
             (Some(padded), 1) => crate::conv::conv2d(&padded, &self.weight, 0, self.stride)?,
             (None, 1) => crate::conv::conv2d(x, &self.weight, self.padding, self.stride)?,
+            (Some(padded), g) if g == padded.dim(1)? && self.weight.dim(0)? == g => {
+                crate::depthwise::depthwise_conv2d(&padded, &self.weight, 0, self.stride)?
+            }
+            (None, g) if g == x.dim(1)? && self.weight.dim(0)? == g => {
+                crate::depthwise::depthwise_conv2d(x, &self.weight, self.padding, self.stride)?
+            }
             (Some(padded), g) => padded.conv2d(&self.weight, 0, self.stride, 1, g)?,
             (None, g) => x.conv2d(&self.weight, self.padding, self.stride, 1, g)?,
         };

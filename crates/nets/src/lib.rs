@@ -7,6 +7,7 @@ pub mod arch;
 pub mod card;
 pub mod conv;
 pub mod dcgan;
+pub mod depthwise;
 pub mod discriminators;
 mod error;
 pub mod fast;
