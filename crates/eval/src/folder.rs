@@ -47,12 +47,36 @@ pub fn folder_features(
     let limits = atelier_imaging::Limits::default();
     let mut feats = Vec::with_capacity(paths.len() * FEATURES);
     for chunk in paths.chunks(batch.max(1)) {
+        let images = chunk
+            .iter()
+            .map(|p| {
+                atelier_imaging::decode_file(p, &limits).map_err(|e| Error::Image {
+                    path: p.display().to_string(),
+                    source: e,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        feats.extend(image_features(net, &images, chunk.len(), device)?);
+        progress(feats.len() / FEATURES, paths.len());
+    }
+    Ok(feats)
+}
+
+/// Features (`n × 2048`, row-major) of decoded images (as 8-bit RGB, the way they would be
+/// saved), `batch` images per Inception pass.
+///
+/// # Errors
+/// Tensor errors.
+pub fn image_features(
+    net: &Inception,
+    images: &[atelier_imaging::Image],
+    batch: usize,
+    device: &Device,
+) -> Result<Vec<f32>> {
+    let mut feats = Vec::with_capacity(images.len() * FEATURES);
+    for chunk in images.chunks(batch.max(1)) {
         let mut input = Vec::with_capacity(chunk.len() * 3 * SIZE * SIZE);
-        for p in chunk {
-            let img = atelier_imaging::decode_file(p, &limits).map_err(|e| Error::Image {
-                path: p.display().to_string(),
-                source: e,
-            })?;
+        for img in chunk {
             let rgb = img.to_rgb8();
             input.extend(input_from_rgb8(
                 &rgb,
@@ -61,9 +85,7 @@ pub fn folder_features(
             ));
         }
         let x = Tensor::from_vec(input, (chunk.len(), 3, SIZE, SIZE), device)?;
-        let f = net.features(&x)?;
-        feats.extend(f.flatten_all()?.to_vec1::<f32>()?);
-        progress(feats.len() / FEATURES, paths.len());
+        feats.extend(net.features(&x)?.flatten_all()?.to_vec1::<f32>()?);
     }
     Ok(feats)
 }

@@ -15,6 +15,6 @@ pub mod preprocess;
 pub mod stats;
 
 pub use error::{Error, Result};
-pub use folder::{folder_features, list_images};
+pub use folder::{folder_features, image_features, list_images};
 pub use inception::{Inception, FEATURES};
 pub use stats::{fid, kid, Kid};

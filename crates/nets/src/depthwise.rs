@@ -184,33 +184,25 @@ impl CustomOp2 for DepthwiseOp {
         let want_dx = x.track_op();
         let mut dx = vec![0f32; if want_dx { n * c * h * wd } else { 0 }];
         let plane = h * wd;
+        let plane_grad = |i: usize, d: Option<&mut [f32]>| {
+            let ch = i % c;
+            backward_plane(
+                &g,
+                &xv[i * plane..(i + 1) * plane],
+                &wv[ch * k * k..][..k * k],
+                &gv[i * g.ho * g.wo..(i + 1) * g.ho * g.wo],
+                d,
+            )
+        };
         let per_plane: Vec<Vec<f32>> = if want_dx {
             dx.par_chunks_mut(plane)
                 .enumerate()
-                .map(|(i, d)| {
-                    let ch = i % c;
-                    backward_plane(
-                        &g,
-                        &xv[i * plane..(i + 1) * plane],
-                        &wv[ch * k * k..][..k * k],
-                        &gv[i * g.ho * g.wo..(i + 1) * g.ho * g.wo],
-                        Some(d),
-                    )
-                })
+                .map(|(i, d)| plane_grad(i, Some(d)))
                 .collect()
         } else {
             (0..n * c)
                 .into_par_iter()
-                .map(|i| {
-                    let ch = i % c;
-                    backward_plane(
-                        &g,
-                        &xv[i * plane..(i + 1) * plane],
-                        &wv[ch * k * k..][..k * k],
-                        &gv[i * g.ho * g.wo..(i + 1) * g.ho * g.wo],
-                        None,
-                    )
-                })
+                .map(|i| plane_grad(i, None))
                 .collect()
         };
         let mut dw = vec![0f32; c * k * k];

@@ -1333,23 +1333,7 @@ fn image_features(
     images: &[atelier_imaging::Image],
     device: &Device,
 ) -> TrainResult<Vec<f32>> {
-    use atelier_eval::preprocess::{input_from_rgb8, SIZE};
-    let mut out = Vec::with_capacity(images.len() * atelier_eval::FEATURES);
-    for chunk in images.chunks(8) {
-        let mut input = Vec::with_capacity(chunk.len() * 3 * SIZE * SIZE);
-        for img in chunk {
-            let rgb = img.to_rgb8();
-            input.extend(input_from_rgb8(
-                &rgb,
-                img.width as usize,
-                img.height as usize,
-            ));
-        }
-        let x = Tensor::from_vec(input, (chunk.len(), 3, SIZE, SIZE), device)?;
-        let f = net.features(&x).map_err(eval_err)?;
-        out.extend(f.flatten_all()?.to_vec1::<f32>()?);
-    }
-    Ok(out)
+    atelier_eval::image_features(net, images, 8, device).map_err(eval_err)
 }
 
 /// The first image of a `(N, 3, H, W)` batch in `[-1, 1]` as an [`atelier_imaging::Image`].
