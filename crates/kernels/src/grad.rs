@@ -1,10 +1,11 @@
 //! Weight gradients of convolutions (training).
 //!
 //! `dW[o][i][ky][kx] = Σ_pixels x_pad[y·s + ky][x·s + kx][i] · dy[y][x][o]`: a GEMM whose
-//! reduction runs over output pixels. Each task owns a block of `(ky, kx, i)` rows of dW, so no
+//! reduction runs over output pixels. Each task owns a block of `(i, ky, kx)` rows of dW, so no
 //! reduction between threads is needed; the tile keeps `MR` input channels × 16 (AVX2) or 64
-//! (AVX-512) output channels in registers. On AVX2 the pixels are swept in bands of rows that
-//! stay in cache while all tasks pass over them.
+//! (AVX-512) output channels in registers. On AVX2 both operands are packed first (the
+//! pixels in chunks that stay in cache), and the result is transposed to PyTorch's layout in
+//! one pass that reads it in order.
 
 use rayon::prelude::*;
 
@@ -121,68 +122,194 @@ pub fn weight_grad_with_isa(
     Ok(dw)
 }
 
-/// The AVX2 path of [`weight_grad_with_isa`]. The output rows are processed in bands small
-/// enough that their slice of `dy` (and of `xp`) stays in cache while every
-/// (tap, input-channel block) tile sweeps it; within a band the tiles run in parallel, each
-/// adding into its own rows of the gradient. (One sweep of the whole map per tile re-read `dy`
-/// from L3 once per tile instead.)
+/// The AVX2 path of [`weight_grad_with_isa`], as a GEMM `dWᵀ[(tap, i)][o] = Σ_pixels
+/// X[pixel][(tap, i)] · dY[pixel][o]` with packed operands (as BLIS does): the output pixels
+/// are taken in chunks of `kc`; each chunk's `dy` is packed into 16-lane panels
+/// `[o / 16][pixel][16]` (contiguous streams from L2, shared by both threads), and every task
+/// (one tap, a block of 6 input channels) packs its `kc × 6` slice of the input once into L1
+/// and runs the 6×16 register tile over every panel. Reading `dy` in place instead had a
+/// pixel stride of `c_out` floats, which maps successive pixels onto a few L1 sets (8 % of
+/// peak for a 256→512 4×4 layer).
 #[cfg(target_arch = "x86_64")]
 fn weight_grad_avx2_chunked(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<f32> {
     const MR: usize = 6;
+    const NR: usize = 16;
+    const KC_MAX: usize = 512;
     let (ci, co) = (xp.c, dy.c);
     let taps = k * k;
     let blocks = ci.div_ceil(MR);
-    // About 128 KiB of dy per band.
-    let band = (32 * 1024 / (dy.w * co).max(1)).clamp(1, dy.h);
-    // [tap][block][MR][co]: every tile owns one chunk.
+    let panels = co.div_ceil(NR);
+    let pixels = dy.h * dy.w;
+    // About 256 KiB of packed dy per chunk (L2), at most KC_MAX pixels (the packed input
+    // slice, kc × 6 floats, stays in L1).
+    let kc = (65536 / (panels * NR)).clamp(16, KC_MAX).min(pixels);
+    // [block][tap][MR][co]: every task owns one chunk.
     let mut acc = vec![0f32; taps * blocks * MR * co];
-    for y0 in (0..dy.h).step_by(band) {
-        let rows = band.min(dy.h - y0);
+    let mut packed = vec![0f32; panels * kc * NR];
+    for p0 in (0..pixels).step_by(kc) {
+        let np = kc.min(pixels - p0);
+        // Pack dy[p0..p0 + np][..] into [panel][pixel][16], zero lanes past c_out.
+        packed
+            .par_chunks_mut(kc * NR)
+            .enumerate()
+            .for_each(|(j, panel)| {
+                let (o0, n) = (j * NR, NR.min(co - j * NR));
+                for (q, dst) in panel.chunks_exact_mut(NR).take(np).enumerate() {
+                    let src = &dy.data[(p0 + q) * co + o0..][..n];
+                    dst[..n].copy_from_slice(src);
+                    dst[n..].fill(0.0);
+                }
+            });
+        let packed = &packed;
         acc.par_chunks_mut(MR * co)
             .enumerate()
             .for_each(|(c, dst)| {
-                let (t, b) = (c / blocks, c % blocks);
+                let (b, t) = (c / taps, c % taps);
                 let (ky, kx) = (t / k, t % k);
                 let i0 = b * MR;
                 let mr = (ci - i0).min(MR);
-                let x_off = (((y0 * stride + ky) * xp.w) + kx) * ci + i0;
-                // SAFETY: AVX2 and FMA were detected (the caller's ISA). The tile reads x at
-                // `(y·stride + ky, p·stride + kx, i0 + m)` for y0 ≤ y < y0 + rows ≤ dy.h,
-                // p < dy.w, m < mr (inside `xp` by the caller's size check) and dy at `(y, p, l)`
-                // for l < co; it adds into `dst[m·co + l]`, m < mr ≤ MR.
-                #[allow(unsafe_code)]
-                unsafe {
-                    tile_avx2(
-                        Sweep {
-                            x: xp.data[x_off..].as_ptr(),
-                            x_pix: stride * ci,
-                            x_row: stride * xp.w * ci,
-                            d: dy.data[y0 * dy.w * co..].as_ptr(),
-                            d_pix: co,
-                            d_row: dy.w * co,
-                            rows,
-                            cols: dy.w,
-                        },
-                        mr,
-                        co,
-                        dst.as_mut_ptr(),
-                        co,
-                    );
+                // Pack this tap's input values of channels i0..i0 + mr for the chunk's
+                // pixels as [pixel][MR], zero rows past mr.
+                let mut a = [0f32; KC_MAX * MR];
+                let (mut y, mut x) = (p0 / dy.w, p0 % dy.w);
+                for row in a.chunks_exact_mut(MR).take(np) {
+                    let off = ((y * stride + ky) * xp.w + x * stride + kx) * ci + i0;
+                    if mr == MR {
+                        // A fixed-length copy (no memmove call per pixel).
+                        for (d, v) in row.iter_mut().zip(&xp.data[off..off + MR]) {
+                            *d = *v;
+                        }
+                    } else {
+                        row[..mr].copy_from_slice(&xp.data[off..][..mr]);
+                    }
+                    x += 1;
+                    if x == dy.w {
+                        (y, x) = (y + 1, 0);
+                    }
+                }
+                for j in 0..panels {
+                    let n = NR.min(co - j * NR);
+                    // SAFETY: AVX2 and FMA were detected (the caller's ISA). `a` holds
+                    // np · MR floats and the panel np · NR (np ≤ kc); the tile adds into
+                    // `dst[m·co + j·16 + l]` for m < mr ≤ MR, l < n, inside `dst` (MR · co).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        packed_tile_avx2(
+                            a.as_ptr(),
+                            packed[j * kc * NR..].as_ptr(),
+                            np,
+                            mr,
+                            n,
+                            dst.as_mut_ptr().add(j * NR),
+                            co,
+                        );
+                    }
                 }
             });
     }
-    // [tap][block][m][out] → (out, in, ky, kx).
+    unpack_rows(&acc, ci, co, taps, MR)
+}
+
+/// `[block of mr][tap][m][out]` (row `(i, tap)`, `out` contiguous) → PyTorch's
+/// `(out, in, ky, kx)`, in parallel over the input blocks: each block's rows are one
+/// contiguous region, read in order, and for each output they become one contiguous run of
+/// `mr · taps` values. (Gathering one cache line per row for every 16 outputs was bound by
+/// memory latency: 12 ms for a 256→512 4×4 layer.)
+fn unpack_rows(acc: &[f32], ci: usize, co: usize, taps: usize, mr: usize) -> Vec<f32> {
+    let blocks = ci.div_ceil(mr);
     let mut dw = vec![0f32; co * ci * taps];
-    for t in 0..taps {
-        for i in 0..ci {
-            let (b, m) = (i / MR, i % MR);
-            let src = &acc[((t * blocks + b) * MR + m) * co..][..co];
-            for (o, &v) in src.iter().enumerate() {
-                dw[(o * ci + i) * taps + t] = v;
+    let out = SyncPtr(dw.as_mut_ptr());
+    (0..blocks).into_par_iter().for_each(|b| {
+        let out = &out;
+        let i0 = b * mr;
+        let nb = (ci - i0).min(mr);
+        let region = &acc[b * taps * mr * co..][..taps * mr * co];
+        // The region transposed to [out][(m, t)], filled in reading order.
+        let mut tile = vec![0f32; co * nb * taps];
+        for t in 0..taps {
+            for m in 0..nb {
+                let src = &region[(t * mr + m) * co..][..co];
+                for (o, &v) in src.iter().enumerate() {
+                    tile[(o * nb + m) * taps + t] = v;
+                }
             }
         }
-    }
+        for (o, run) in tile.chunks_exact(nb * taps).enumerate() {
+            // SAFETY: `dw` has co · ci · taps elements and outlives the loop; this writes
+            // `[(o·ci + i0)·taps, +nb·taps)`, inside it, and the input blocks
+            // (i0..i0 + nb) of different tasks are disjoint, so no two tasks write the
+            // same element.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    run.as_ptr(),
+                    out.0.add((o * ci + i0) * taps),
+                    nb * taps,
+                );
+            }
+        }
+    });
     dw
+}
+
+/// A pointer shared by tasks that write disjoint parts of one buffer.
+struct SyncPtr(*mut f32);
+// SAFETY: only used by `unpack_rows`, whose tasks write disjoint elements.
+#[allow(unsafe_code)]
+unsafe impl Sync for SyncPtr {}
+
+/// `acc[m][l] += Σ_p a[p·6 + m] · b[p·16 + l]` for p < np, stored for m < mr, l < n (≤ 16):
+/// the 6×16 AVX2 register tile over packed operands.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[allow(clippy::needless_range_loop)] // constant-index loops keep the tile in registers
+#[target_feature(enable = "avx2,fma")]
+unsafe fn packed_tile_avx2(
+    a: *const f32,
+    b: *const f32,
+    np: usize,
+    mr: usize,
+    n: usize,
+    acc: *mut f32,
+    acc_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut t = [[_mm256_setzero_ps(); 2]; 6];
+    for p in 0..np {
+        let bp = b.add(p * 16);
+        let b0 = _mm256_loadu_ps(bp);
+        let b1 = _mm256_loadu_ps(bp.add(8));
+        let ap = a.add(p * 6);
+        for m in 0..6 {
+            let v = _mm256_broadcast_ss(&*ap.add(m));
+            t[m][0] = _mm256_fmadd_ps(v, b0, t[m][0]);
+            t[m][1] = _mm256_fmadd_ps(v, b1, t[m][1]);
+        }
+    }
+    if n == 16 {
+        // Full panel: plain loads and stores (masked stores are microcoded on AMD).
+        for m in 0..mr {
+            let dst = acc.add(m * acc_stride);
+            for h in 0..2 {
+                let q = dst.add(h * 8);
+                _mm256_storeu_ps(q, _mm256_add_ps(_mm256_loadu_ps(q), t[m][h]));
+            }
+        }
+        return;
+    }
+    let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let masks: [__m256i; 2] = std::array::from_fn(|h| {
+        let left = n.saturating_sub(h * 8).min(8) as i32;
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(left), lane)
+    });
+    for m in 0..mr {
+        let dst = acc.add(m * acc_stride);
+        for h in 0..2 {
+            let q = dst.add(h * 8);
+            let cur = _mm256_maskload_ps(q, masks[h]);
+            _mm256_maskstore_ps(q, masks[h], _mm256_add_ps(cur, t[m][h]));
+        }
+    }
 }
 
 /// [`weight_grad`] with the roles swapped: tiles of ≤ 6 output channels × 64 input channels

@@ -266,6 +266,9 @@ fn convolution_gradients_match_the_reference() {
         (ConvSpec::new(64, 1, 4).pad(1, z), 5, 6),
         // dy of 40 × 64 px × 16 ch: more than one 128 KiB band of rows (AVX2 weight grad).
         (ConvSpec::new(7, 16, 3).pad(1, z), 40, 64),
+        // 1110 output pixels in chunks of 512 (AVX2 packed weight grad), 40 outputs (a
+        // partial 16-lane panel), 13 inputs (a partial block of 6), stride 2.
+        (ConvSpec::new(13, 40, 3).stride(2).pad(1, z), 60, 74),
     ] {
         let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
         let (ho, wo) = spec.output_size(h, w).unwrap();
