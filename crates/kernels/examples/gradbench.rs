@@ -28,7 +28,7 @@ fn main() {
         // M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3
         #[allow(unsafe_code)]
         unsafe {
-            mallopt(-1, 1 << 30);
+            mallopt(-1, 256 << 20);
             mallopt(-3, 1 << 25);
         }
     }

@@ -105,6 +105,10 @@ impl CustomOp2 for Conv2dOp {
             } else {
                 None
             };
+            // No weight gradient for constant weights (a frozen discriminator).
+            if !w.track_op() {
+                return Ok((grad_x, None));
+            }
             let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
             let dw = batch_weight_grad(&to_maps(&xv, n, ci, h, wd), &gms, (p, p, p), k, s)?;
             let gw = Tensor::from_vec(dw, (co, ci, k, k), &Device::Cpu)?;

@@ -147,11 +147,12 @@ impl BriefDiscriminator {
                 s = self.cfg.size
             )));
         }
-        let h = leaky_relu(&self.conv1.forward(x)?, KERAS_SLOPE)?;
+        let f = ctx.frozen;
+        let h = leaky_relu(&self.conv1.forward_in(x, f)?, KERAS_SLOPE)?;
         let h = dropout(&h, 0.3, ctx.train, ctx)?;
-        let h = leaky_relu(&self.conv2.forward(&h)?, KERAS_SLOPE)?;
+        let h = leaky_relu(&self.conv2.forward_in(&h, f)?, KERAS_SLOPE)?;
         let h = dropout(&h, 0.3, ctx.train, ctx)?;
-        self.fc.forward(&h.reshape((n, ()))?)
+        self.fc.forward_in(&h.reshape((n, ()))?, f)
     }
 }
 
@@ -272,9 +273,9 @@ impl Dcgan64Discriminator {
         crate::layers::check_input(x, self.cfg.nc, "Dcgan64Discriminator")?;
         let mut h = x.clone();
         for (conv, norm) in &self.convs {
-            h = leaky_relu(&norm.forward(&conv.forward(&h)?, ctx)?, 0.2)?;
+            h = leaky_relu(&norm.forward(&conv.forward_in(&h, ctx.frozen)?, ctx)?, 0.2)?;
         }
-        let h = self.last.forward(&h)?;
+        let h = self.last.forward_in(&h, ctx.frozen)?;
         let n = h.dim(0)?;
         Ok(h.reshape(n)?)
     }

@@ -82,11 +82,12 @@ impl NLayerDiscriminator {
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "NLayerDiscriminator")?;
-        let mut h = leaky_relu(&self.first.forward(x)?, 0.2)?;
+        let f = ctx.frozen;
+        let mut h = leaky_relu(&self.first.forward_in(x, f)?, 0.2)?;
         for (conv, norm) in &self.mids {
-            h = norm.forward_act(&conv.forward(&h)?, ctx, Activation::Leaky(0.2))?;
+            h = norm.forward_act(&conv.forward_in(&h, f)?, ctx, Activation::Leaky(0.2))?;
         }
-        self.last.forward(&h)
+        self.last.forward_in(&h, f)
     }
 }
 
@@ -128,10 +129,11 @@ impl PixelDiscriminator {
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "PixelDiscriminator")?;
-        let h = leaky_relu(&self.c0.forward(x)?, 0.2)?;
+        let f = ctx.frozen;
+        let h = leaky_relu(&self.c0.forward_in(x, f)?, 0.2)?;
         let h = self
             .n3
-            .forward_act(&self.c2.forward(&h)?, ctx, Activation::Leaky(0.2))?;
-        self.c5.forward(&h)
+            .forward_act(&self.c2.forward_in(&h, f)?, ctx, Activation::Leaky(0.2))?;
+        self.c5.forward_in(&h, f)
     }
 }

@@ -79,19 +79,26 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_in(x, false)
+    }
+
+    /// [`Conv2d::forward`]; with `frozen` the parameters are constants of this pass (see
+    /// [`crate::Ctx::frozen`]): gradients flow to `x` only.
+    pub fn forward_in(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
+        let (weight, bias) = params(&self.weight, self.bias.as_ref(), frozen);
         let y = match (self.explicit_padding(x)?, self.groups) {
-            (Some(padded), 1) => crate::conv::conv2d(&padded, &self.weight, 0, self.stride)?,
-            (None, 1) => crate::conv::conv2d(x, &self.weight, self.padding, self.stride)?,
-            (Some(padded), g) if g == padded.dim(1)? && self.weight.dim(0)? == g => {
-                crate::depthwise::depthwise_conv2d(&padded, &self.weight, 0, self.stride)?
+            (Some(padded), 1) => crate::conv::conv2d(&padded, &weight, 0, self.stride)?,
+            (None, 1) => crate::conv::conv2d(x, &weight, self.padding, self.stride)?,
+            (Some(padded), g) if g == padded.dim(1)? && weight.dim(0)? == g => {
+                crate::depthwise::depthwise_conv2d(&padded, &weight, 0, self.stride)?
             }
-            (None, g) if g == x.dim(1)? && self.weight.dim(0)? == g => {
-                crate::depthwise::depthwise_conv2d(x, &self.weight, self.padding, self.stride)?
+            (None, g) if g == x.dim(1)? && weight.dim(0)? == g => {
+                crate::depthwise::depthwise_conv2d(x, &weight, self.padding, self.stride)?
             }
-            (Some(padded), g) => padded.conv2d(&self.weight, 0, self.stride, 1, g)?,
-            (None, g) => x.conv2d(&self.weight, self.padding, self.stride, 1, g)?,
+            (Some(padded), g) => padded.conv2d(&weight, 0, self.stride, 1, g)?,
+            (None, g) => x.conv2d(&weight, self.padding, self.stride, 1, g)?,
         };
-        add_bias(y, self.bias.as_ref())
+        add_bias(y, bias.as_ref())
     }
 
     /// A strided convolution whose padded input does not end exactly on a stride (e.g. 3×3,
@@ -199,11 +206,26 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
+        self.forward_in(x, false)
+    }
+
+    /// [`Linear::forward`]; with `frozen` the parameters are constants of this pass.
+    pub fn forward_in(&self, x: &Tensor, frozen: bool) -> Result<Tensor> {
+        let (weight, bias) = params(&self.weight, self.bias.as_ref(), frozen);
+        let y = x.matmul(&weight.t()?)?;
+        match &bias {
             Some(b) => Ok(y.broadcast_add(&b.unsqueeze(0)?)?),
             None => Ok(y),
         }
+    }
+}
+
+/// A layer's parameters for one pass: detached (constants, no gradient computed) when frozen.
+fn params(weight: &Tensor, bias: Option<&Tensor>, frozen: bool) -> (Tensor, Option<Tensor>) {
+    if frozen {
+        (weight.detach(), bias.map(Tensor::detach))
+    } else {
+        (weight.clone(), bias.cloned())
     }
 }
 

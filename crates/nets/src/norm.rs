@@ -39,6 +39,11 @@ pub struct Ctx {
     /// Use batch statistics in batch norm even when not training (what the reference's
     /// `test.py` does without `--eval`, e.g. for pix2pix).
     pub batch_stats: bool,
+    /// The discriminators' parameters are constants in this pass: gradients flow through the
+    /// network to its input but none is computed for its weights (PyTorch's
+    /// `set_requires_grad(netD, False)` in the generator step, which saves the discriminator's
+    /// weight gradients there).
+    pub frozen: bool,
     mode: StatsMode,
     cursor: usize,
     /// Random generator for dropout masks in training; `None` uses candle's (unseeded) one.

@@ -858,7 +858,9 @@ impl Trainer {
         let loss_d = (&l_real + &l_fake)?;
         self.opt_d.backward_step(&loss_d)?;
         // G step against the updated D.
+        cd.frozen = true;
         let d_fake2 = self.d[0].forward(&fake, &mut cd)?;
+        cd.frozen = false;
         let loss_g = loss.generator(&d_fake2)?;
         self.opt_g.backward_step(&loss_g)?;
         cg.apply_running_stats()?;
@@ -891,7 +893,9 @@ impl Trainer {
         let loss_d = ((&l_fake + &l_real)? * 0.5)?;
         self.opt_d.backward_step(&loss_d)?;
         // G step: fool the updated D and stay close to B in L1.
+        cd.frozen = true;
         let pred = self.d[0].forward(&Tensor::cat(&[&a, &fake_b], 1)?, &mut cd)?;
+        cd.frozen = false;
         let g_gan = loss.generator(&pred)?;
         let g_l1 = (l1(&fake_b, &b)? * self.cfg.lambda_l1)?;
         let loss_g = (&g_gan + &g_l1)?;
@@ -937,8 +941,11 @@ impl Trainer {
             let z = Tensor::zeros((), DType::F32, &self.device)?;
             (z.clone(), z)
         };
+        // D judges the fakes with its parameters frozen (only G is updated here).
+        cd.frozen = true;
         let g_a = loss.generator(&da.forward(&fake_b, &mut cd)?)?;
         let g_b = loss.generator(&db.forward(&fake_a, &mut cd)?)?;
+        cd.frozen = false;
         let cyc_a = (l1(&rec_a, &real_a)? * lc)?;
         let cyc_b = (l1(&rec_b, &real_b)? * lc)?;
         let loss_g = (((((&g_a + &g_b)? + &cyc_a)? + &cyc_b)? + &idt_a)? + &idt_b)?;
