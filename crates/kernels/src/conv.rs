@@ -184,32 +184,45 @@ impl Conv {
         let nv = choose_nv(isa, co);
         let lanes = nv * 16;
         let panels = co.div_ceil(lanes);
-        // The weight as [ky][kx][i][o] with o padded to whole panels, read in source order
-        // (gathering each packed lane straight from PyTorch's layout touched a new cache line
-        // per value: 4 % of a training step, which packs on every call).
-        let cop = panels * lanes;
+        // The weight as [panel][ky][kx][i][lane] (o = panel·lanes + lane, zero past c_out),
+        // read in source order (gathering each packed lane straight from PyTorch's layout
+        // touched a new cache line per value: 4 % of a training step, which packs on every
+        // call). For an ordinary convolution this is already the packed layout.
         let kk2 = k * k;
-        let mut wt = vec![0f32; kk2 * ci * cop];
+        let q_all = kk2 * ci;
+        let at = |q: usize, o: usize| ((o / lanes) * q_all + q) * lanes + o % lanes;
+        let mut wt = vec![0f32; panels * q_all * lanes];
         if spec.transposed {
             // (in, out, k, k)
             for i in 0..ci {
                 for o in 0..co {
                     let src = &weight[(i * co + o) * kk2..][..kk2];
                     for (t, &v) in src.iter().enumerate() {
-                        wt[(t * ci + i) * cop + o] = v;
+                        wt[at(t * ci + i, o)] = v;
                     }
                 }
             }
         } else {
-            // (out, in, k, k), 16 outputs at a time: 16 source rows read in step.
+            // (out, in, k, k) as rows o of q = i·k² + t, transposed in 16×16 tiles: every
+            // cache line read and written is used whole (a power-of-two row stride otherwise
+            // maps the 16 rows onto one L1 set).
+            let q_len = ci * kk2;
+            let mut tile = [[0f32; 16]; 16];
             for o0 in (0..co).step_by(16) {
                 let n = 16.min(co - o0);
-                for i in 0..ci {
-                    for t in 0..kk2 {
-                        let dst = &mut wt[(t * ci + i) * cop + o0..][..n];
-                        for (j, d) in dst.iter_mut().enumerate() {
-                            *d = weight[((o0 + j) * ci + i) * kk2 + t];
+                for q0 in (0..q_len).step_by(16) {
+                    let m = 16.min(q_len - q0);
+                    for j in 0..n {
+                        let src = &weight[(o0 + j) * q_len + q0..][..m];
+                        for (qq, &v) in src.iter().enumerate() {
+                            tile[qq][j] = v;
                         }
+                    }
+                    for (qq, row) in tile.iter().enumerate().take(m) {
+                        let (i, t) = ((q0 + qq) / kk2, (q0 + qq) % kk2);
+                        // o0..o0 + n lies in one panel (16 divides the lanes).
+                        let d = at(t * ci + i, o0);
+                        wt[d..d + n].copy_from_slice(&row[..n]);
                     }
                 }
             }
@@ -255,18 +268,25 @@ impl Conv {
         for (pi, (kys, kxs)) in taps.iter().enumerate() {
             let klen = kxs.len() * ci;
             let kk = kys.len() * klen;
-            let mut packed = vec![0f32; panels * kk * lanes];
-            for p in 0..panels {
-                for (r, &ky) in kys.iter().enumerate() {
-                    for (t, &kx) in kxs.iter().enumerate() {
-                        for i in 0..ci {
-                            let row = r * klen + t * ci + i;
-                            let src = &wt[((ky * k + kx) * ci + i) * cop + p * lanes..][..lanes];
-                            packed[(p * kk + row) * lanes..][..lanes].copy_from_slice(src);
+            let packed = if spec.transposed {
+                let mut packed = vec![0f32; panels * kk * lanes];
+                for p in 0..panels {
+                    for (r, &ky) in kys.iter().enumerate() {
+                        for (t, &kx) in kxs.iter().enumerate() {
+                            for i in 0..ci {
+                                let row = r * klen + t * ci + i;
+                                let src = at((ky * k + kx) * ci + i, p * lanes);
+                                packed[(p * kk + row) * lanes..][..lanes]
+                                    .copy_from_slice(&wt[src..src + lanes]);
+                            }
                         }
                     }
                 }
-            }
+                packed
+            } else {
+                // One phase with every tap in order: rows q = (ky·k + kx)·ci + i.
+                std::mem::take(&mut wt)
+            };
             let (rows, col) = if spec.transposed {
                 let (dy, dx) = &offsets[pi];
                 (

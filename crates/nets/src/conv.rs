@@ -22,6 +22,7 @@ use atelier_kernels::map::Workspace;
 use atelier_kernels::{Conv, ConvSpec, Map, PadMode, Precision};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
+use crate::fused::with_f32;
 use crate::Result;
 
 /// `conv2d` with groups 1, dilation 1.
@@ -91,16 +92,14 @@ impl CustomOp2 for Conv2dOp {
         if x.dtype() == DType::F32 && x.device().is_cpu() {
             // Input gradient: the transposed convolution of the gradient with the same
             // weights; weight gradient: `grad::weight_grad` over the zero-padded input.
-            let g = grad.flatten_all()?.to_vec1::<f32>()?;
             let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
-            let gms = to_maps(&g, n, co, ho, wo);
+            let gms = with_f32(&grad, |g| to_maps(g, n, co, ho, wo))?;
             let grad_x = if x.track_op() {
                 let spec = ConvSpec::new(co, ci, k)
                     .stride(s)
                     .pad(p, PadMode::Zero)
                     .transposed(0);
-                let wv = w.flatten_all()?.to_vec1::<f32>()?;
-                let dx = conv_maps(spec, &gms, &wv, (h, wd))?;
+                let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd)))??;
                 Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
             } else {
                 None
@@ -109,8 +108,8 @@ impl CustomOp2 for Conv2dOp {
             if !w.track_op() {
                 return Ok((grad_x, None));
             }
-            let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-            let dw = batch_weight_grad(&to_maps(&xv, n, ci, h, wd), &gms, (p, p, p), k, s)?;
+            let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
+            let dw = batch_weight_grad(&xms, &gms, (p, p, p), k, s)?;
             let gw = Tensor::from_vec(dw, (co, ci, k, k), &Device::Cpu)?;
             return Ok((grad_x, Some(gw)));
         }
@@ -269,25 +268,23 @@ impl CustomOp2 for ConvTranspose2dOp {
         let (_, co, k, _) = w.dims4()?;
         let grad = grad.contiguous()?;
         let (ho, wo) = (grad.dim(2)?, grad.dim(3)?);
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let gms = to_maps(&g, n, co, ho, wo);
+        let gms = with_f32(&grad, |g| to_maps(g, n, co, ho, wo))?;
         let grad_x = if x.track_op() {
             // The weight (ci, co, k, k) read as an ordinary (out, in, k, k) convolution.
             let spec = ConvSpec::new(co, ci, k).stride(s).pad(p, PadMode::Zero);
             if spec.output_size(ho, wo) != Some((h, wd)) {
                 candle_core::bail!("conv_transpose2d backward: the gradient is not {h}×{wd}");
             }
-            let wv = w.flatten_all()?.to_vec1::<f32>()?;
-            let dx = conv_maps(spec, &gms, &wv, (h, wd))?;
+            let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd)))??;
             Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
         } else {
             None
         };
         // The gradient, padded to cover every tap, plays the input; x plays the gradient.
         let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
-        let xv = x.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+        let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
         let pads = (p, need(h, ho), need(wd, wo));
-        let dw = batch_weight_grad(&gms, &to_maps(&xv, n, ci, h, wd), pads, k, s)?;
+        let dw = batch_weight_grad(&gms, &xms, pads, k, s)?;
         let gw = Tensor::from_vec(dw, (ci, co, k, k), &Device::Cpu)?;
         Ok((grad_x, Some(gw)))
     }

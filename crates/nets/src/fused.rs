@@ -51,8 +51,19 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
     Ok(&v[a..b])
 }
 
-fn planes_of(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+/// Runs `f` on the values of an f32 tensor in row-major order, borrowing a contiguous CPU
+/// tensor's storage (no copy) and copying anything else. `f` must not write to `t`.
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (st, l) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*st, l.contiguous_offsets())
+        {
+            return Ok(f(&v[a..b]));
+        }
+    }
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&v))
 }
 
 /// `Σ f(i)` over `0..n` in 16 f32 lanes (vectorizes; lane sums of ≤ 2^16 terms each keep
@@ -128,10 +139,17 @@ impl CustomOp1 for InstanceNormAct {
     ) -> candle_core::Result<Option<Tensor>> {
         let (_, _, h, w) = arg.dims4()?;
         let hw = h * w;
-        let x = planes_of(arg)?;
-        let g = planes_of(grad)?;
         let slope = self.slope();
-        let mut dx = vec![0f32; x.len()];
+        let mut dx = vec![0f32; arg.elem_count()];
+        with_f32(arg, |x| {
+            with_f32(grad, |g| self.backward_planes(x, g, hw, slope, &mut dx))
+        })??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+impl InstanceNormAct {
+    fn backward_planes(&self, x: &[f32], g: &[f32], hw: usize, slope: f32, dx: &mut [f32]) {
         dx.par_chunks_mut(hw)
             .zip(x.par_chunks(hw).zip(g.par_chunks(hw)))
             .for_each(|(dp, (xp, gp))| {
@@ -153,7 +171,6 @@ impl CustomOp1 for InstanceNormAct {
                     *d = r * (gy - mg - y * mgy);
                 }
             });
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
 
@@ -218,22 +235,23 @@ impl CustomOp1 for ReflectPad {
         let (_, _, h, w) = arg.dims4()?;
         let p = self.p;
         let (hp, wp) = (h + 2 * p, w + 2 * p);
-        let g = planes_of(grad)?;
         let mut dx = vec![0f32; arg.elem_count()];
-        dx.par_chunks_mut(h * w)
-            .zip(g.par_chunks(hp * wp))
-            .for_each(|(dp, gp)| {
-                for (r, row) in gp.chunks_exact(wp).enumerate() {
-                    let dst = &mut dp[reflect(r, p, h) * w..][..w];
-                    for (d, g) in dst.iter_mut().zip(&row[p..p + w]) {
-                        *d += g;
+        with_f32(grad, |g| {
+            dx.par_chunks_mut(h * w)
+                .zip(g.par_chunks(hp * wp))
+                .for_each(|(dp, gp)| {
+                    for (r, row) in gp.chunks_exact(wp).enumerate() {
+                        let dst = &mut dp[reflect(r, p, h) * w..][..w];
+                        for (d, g) in dst.iter_mut().zip(&row[p..p + w]) {
+                            *d += g;
+                        }
+                        for i in 0..p {
+                            dst[p - i] += row[i];
+                            dst[w - 2 - i] += row[p + w + i];
+                        }
                     }
-                    for i in 0..p {
-                        dst[p - i] += row[i];
-                        dst[w - 2 - i] += row[p + w + i];
-                    }
-                }
-            });
+                });
+        })?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
