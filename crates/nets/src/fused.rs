@@ -53,7 +53,7 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core:
 
 /// Runs `f` on the values of an f32 tensor in row-major order, borrowing a contiguous CPU
 /// tensor's storage (no copy) and copying anything else. `f` must not write to `t`.
-pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
     {
         let (st, l) = t.storage_and_layout();
         if let (candle_core::Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =

@@ -90,3 +90,30 @@ fn restored_state_continues_bit_for_bit() {
     let resumed: Vec<f64> = w2.as_tensor().to_vec1().unwrap();
     assert_eq!(straight, resumed);
 }
+
+/// The one-pass f32 update (what training on the CPU uses) against the same golden values,
+/// to f32 precision.
+#[test]
+fn f32_update_matches_torch_adam() {
+    let g = golden();
+    let dev = Device::Cpu;
+    let f32s = |v: &serde_json::Value| vec_of(v).iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let w = Var::from_vec(f32s(&g["w0"]), 4, &dev).unwrap();
+    let t = Tensor::from_vec(f32s(&g["t"]), 4, &dev).unwrap();
+    let c = Tensor::from_vec(f32s(&g["c"]), 4, &dev).unwrap();
+    let (_, _, _, f64_opt) = setup(&g);
+    let mut opt = Adam::new(vec![("w".into(), w.clone())], f64_opt.config).unwrap();
+    assert_eq!(w.dtype(), DType::F32);
+    for (i, expected) in g["steps"].as_array().unwrap().iter().enumerate() {
+        step(&w, &t, &c, &mut opt);
+        let got: Vec<f32> = w.as_tensor().to_vec1().unwrap();
+        for (a, b) in got.iter().zip(vec_of(expected)) {
+            let tol = 2e-6 * b.abs().max(1.0);
+            assert!(
+                (*a as f64 - b).abs() < tol,
+                "step {}: {got:?} vs {expected}",
+                i + 1
+            );
+        }
+    }
+}
