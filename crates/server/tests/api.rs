@@ -45,6 +45,11 @@ struct Harness {
 
 /// A server on a fresh data directory whose models folder holds `tiny`.
 async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
+    // Server-side errors (the detail behind an "internal" answer) in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .try_init();
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
     std::fs::create_dir_all(&models).unwrap();
