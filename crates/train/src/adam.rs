@@ -147,24 +147,23 @@ fn fused_update(
     let (b1, b2) = (c.beta1 as f32, c.beta2 as f32);
     let (nb1, nb2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
     let (inv_bc2, eps, step) = ((1.0 / bc2) as f32, c.eps as f32, (c.lr / bc1) as f32);
-    let n = g.elem_count();
-    let (mut m2, mut v2, mut p2) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    with_f32(g, |g| {
+    use rayon::prelude::*;
+    let (m2, (v2, p2)): (Vec<f32>, (Vec<f32>, Vec<f32>)) = with_f32(g, |g| {
         with_f32(m_t, |m| {
             with_f32(v_t, |v| {
                 with_f32(var.as_tensor(), |p| {
-                    for (((&g, &m), &v), &p) in g.iter().zip(m).zip(v).zip(p) {
-                        let m = m * b1 + g * nb1;
-                        let v = v * b2 + (g * g) * nb2;
-                        let denom = (v * inv_bc2).sqrt() + eps;
-                        m2.push(m);
-                        v2.push(v);
-                        p2.push(p - (m * step) / denom);
-                    }
+                    g.par_iter()
+                        .zip(m)
+                        .zip(v)
+                        .zip(p)
+                        .with_min_len(1 << 14)
+                        .map(|(((&g, &m), &v), &p)| {
+                            let m = m * b1 + g * nb1;
+                            let v = v * b2 + (g * g) * nb2;
+                            let denom = (v * inv_bc2).sqrt() + eps;
+                            (m, (v, p - (m * step) / denom))
+                        })
+                        .unzip()
                 })
             })
         })
