@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::fused::contiguous_f32;
+
 /// Depthwise `conv2d`: weight `(C, 1, k, k)`, zero padding, stride.
 #[derive(Debug, Clone, Copy)]
 struct DepthwiseOp {
@@ -112,13 +114,6 @@ fn backward_plane(g: &Geo, x: &[f32], wt: &[f32], gy: &[f32], dx: Option<&mut [f
     dw
 }
 
-fn f32_of<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("atelier depthwise conv: contiguous f32 only"),
-    }
-}
-
 impl DepthwiseOp {
     fn geo(&self, h: usize, w: usize, k: usize) -> candle_core::Result<Geo> {
         let (s, p) = (self.stride, self.padding);
@@ -149,7 +144,8 @@ impl CustomOp2 for DepthwiseOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, wt) = (f32_of(s1, l1)?, f32_of(s2, l2)?);
+        let what = "atelier depthwise conv";
+        let (x, wt) = (contiguous_f32(s1, l1, what)?, contiguous_f32(s2, l2, what)?);
         let (n, c, h, w) = l1.shape().dims4()?;
         let (_, _, k, _) = l2.shape().dims4()?;
         let g = self.geo(h, w, k)?;

@@ -41,7 +41,11 @@ pub(crate) fn applies(x: &Tensor) -> bool {
     x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() == 4
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
         candle_core::bail!("{what}: f32 only");
     };
