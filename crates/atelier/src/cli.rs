@@ -73,6 +73,53 @@ pub enum EvalCommand {
     /// Kernel Inception Distance (torch-fidelity's defaults: cubic kernel, 100 subsets of
     /// up to 1000 images).
     Kid(EvalArgs),
+    /// KID of each style's models (full, light, PyTorch reference) and baselines (identity,
+    /// a non-learned filter) on held-out images: report.md, report.json and sample grids.
+    Report(Box<ReportArgs>),
+}
+
+/// `atelier eval report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Held-out photos: every model translates all of them.
+    #[arg(long)]
+    pub photos: PathBuf,
+    /// A style to report, `NAME=PAINTINGS` (its held-out paintings); its models are NAME and
+    /// NAME_light in the models folder (repeat the flag for more styles).
+    #[arg(long = "style", required = true)]
+    pub styles: Vec<String>,
+    /// Folder with the PyTorch reference generators as NAME.safetensors (trained by
+    /// bench/reference_cyclegan.py, converted with `atelier models import`).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Output folder: report.md, report.json, grid_NAME.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The FID Inception-v3 weights [default: weights/fid_inception_v3.safetensors].
+    #[arg(long, env = "ATELIER_FID_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+    /// The photos are resized to SIZE×SIZE before translation.
+    #[arg(long, default_value_t = 256)]
+    pub size: u32,
+    /// Images per Inception batch.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// KID: number of random subsets (each as large as the smaller set).
+    #[arg(long, default_value_t = 100)]
+    pub subsets: usize,
+    /// KID: seed of the subset draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Photos (rows) in each sample grid.
+    #[arg(long, default_value_t = 4)]
+    pub grid_rows: usize,
+    /// Timed runs of each model at 512² on the CPU (median reported; 0: skip).
+    #[arg(long, default_value_t = 5)]
+    pub latency_runs: usize,
+    /// Write each Atelier model's KID into its model card (the file is re-saved with fp16
+    /// weights).
+    #[arg(long)]
+    pub write_cards: bool,
 }
 
 /// `atelier eval fid|kid`.

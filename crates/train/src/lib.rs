@@ -26,4 +26,4 @@ pub use error::{TrainError, TrainResult};
 pub use loss::GanLoss;
 pub use pool::ImagePool;
 pub use run::RunDir;
-pub use trainer::{parse_device, Event, Finished, Observer, Progress, Silent, Trainer};
+pub use trainer::{cpu_model, parse_device, Event, Finished, Observer, Progress, Silent, Trainer};

@@ -1202,14 +1202,22 @@ impl Trainer {
     }
 }
 
+/// The CPU's model name (`/proc/cpuinfo` on Linux), or `CPU`.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "CPU".into())
+}
+
 fn hardware(device: &Device) -> String {
     match device {
-        Device::Cpu => format!(
-            "CPU, {} threads",
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        ),
+        Device::Cpu => format!("{}, {} threads", cpu_model(), rayon::current_num_threads()),
         Device::Cuda(_) => "NVIDIA GPU (CUDA)".into(),
         Device::Metal(_) => "Apple GPU (Metal)".into(),
     }

@@ -16,6 +16,7 @@ pub fn run(global: &Global, cmd: EvalCommand) -> anyhow::Result<ExitCode> {
     let (metric, args) = match cmd {
         EvalCommand::Fid(a) => ("fid", a),
         EvalCommand::Kid(a) => ("kid", a),
+        EvalCommand::Report(a) => return super::report::run(global, *a),
     };
     let weights = args.weights.clone().unwrap_or_else(default_weights);
     let real = images_of(&args.real)?;

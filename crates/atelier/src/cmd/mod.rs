@@ -9,6 +9,7 @@ use crate::cli::{Cli, Command, Global};
 mod bench;
 mod eval;
 mod models;
+mod report;
 mod serve;
 mod stylize;
 mod train;

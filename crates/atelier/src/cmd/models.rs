@@ -22,17 +22,43 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
         }
         ModelsCommand::List => {
             let names = atelier_nets::file::model_names(&global.models_dir);
-            if names.is_empty() {
-                eprintln!("no models in {}", global.models_dir.display());
-            }
-            for name in names {
+            let metric = |card: &ModelCard| {
+                card.metrics
+                    .get("kid_x100")
+                    .map(|k| format!("KID×100 {k:.2}"))
+                    .unwrap_or_else(|| "no KID".into())
+            };
+            println!("{:<24} {:<16} {:<14} DESCRIPTION", "NAME", "ARCHITECTURE", "QUALITY");
+            for name in &names {
                 let path = global.models_dir.join(format!("{name}.safetensors"));
                 match atelier_nets::file::read_card(&path) {
-                    Ok(card) => {
-                        println!("{name:<24} {:<16} {}", card.arch.name(), card.description)
-                    }
+                    Ok(card) => println!(
+                        "{name:<24} {:<16} {:<14} {}",
+                        card.arch.name(),
+                        metric(&card),
+                        card.description
+                    ),
                     Err(e) => println!("{name:<24} (unreadable: {e})"),
                 }
+            }
+            // The styles compiled into the binary (what `atelier serve` shows in its gallery),
+            // unless a file of the same name in the models folder takes their place.
+            for (name, title, bytes) in atelier_jobs::builtin::EMBEDDED {
+                if names.iter().any(|n| n == name) {
+                    continue;
+                }
+                let path = Path::new(name);
+                let card = atelier_nets::file::parse_safetensors(bytes)
+                    .map_err(|reason| anyhow::anyhow!("built-in model {name}: {reason}"))
+                    .and_then(|(_, meta)| {
+                        Ok(atelier_nets::file::card_from_metadata(path, meta.as_ref())?)
+                    })?;
+                println!(
+                    "{name:<24} {:<16} {:<14} built-in \"{title}\": {}",
+                    card.arch.name(),
+                    metric(&card),
+                    card.description
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
