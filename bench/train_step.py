@@ -98,6 +98,11 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=10, help="timed steps")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights, inputs and image pools")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a text line")
+    ap.add_argument("--interleave", action="store_true",
+                    help="driven step by step: print 'ready', then for every 'step' line read on "
+                         "stdin run one step and print its milliseconds; at EOF the usual result "
+                         "(so a caller can alternate its own steps with these under the same "
+                         "machine load)")
     a = ap.parse_args(argv)
     from_netg = NETG_BLOCKS[a.netG] if a.netG else None
     if a.n_blocks is not None and from_netg is not None and a.n_blocks != from_netg:
@@ -204,7 +209,19 @@ def run(a):
            torch.__version__, PIECES_FROM, json.dumps(params)))
 
     times_ms, losses = [], []
-    for i, (real_A, real_B) in enumerate(inputs):
+    source = inputs
+    if a.interleave:
+        def driven():
+            i = 0
+            for line in sys.stdin:
+                if line.strip() != "step":
+                    break
+                yield inputs[i % len(inputs)]
+                i += 1
+        source = driven()
+        _RESULT_OUT.write("ready\n")
+        _RESULT_OUT.flush()
+    for i, (real_A, real_B) in enumerate(source):
         t0 = time.perf_counter()
         out = step(real_A, real_B)
         dt = (time.perf_counter() - t0) * 1e3
@@ -213,6 +230,9 @@ def run(a):
         if bad:
             fail("step %d: non-finite losses %s" % (i, {k: vals[k] for k in bad}))
         losses.append(vals)
+        if a.interleave:
+            _RESULT_OUT.write("%.3f\n" % dt)
+            _RESULT_OUT.flush()
         timed = i >= a.warmup
         if timed:
             times_ms.append(dt)

@@ -113,6 +113,10 @@ pub struct ReportArgs {
     /// Photos (rows) in each sample grid.
     #[arg(long, default_value_t = 4)]
     pub grid_rows: usize,
+    /// Photos for the sample grids instead of the first held-out ones (e.g. CC-licensed
+    /// photos, so that the grids may be published).
+    #[arg(long)]
+    pub grid_photos: Option<PathBuf>,
     /// Timed runs of each model at 512² on the CPU (median reported; 0: skip).
     #[arg(long, default_value_t = 5)]
     pub latency_runs: usize,
@@ -120,6 +124,10 @@ pub struct ReportArgs {
     /// weights).
     #[arg(long)]
     pub write_cards: bool,
+    /// A markdown file appended to report.md (the discussion of the numbers, kept beside the
+    /// report so that regenerating it keeps the text).
+    #[arg(long)]
+    pub notes: Option<PathBuf>,
 }
 
 /// `atelier eval fid|kid`.
@@ -607,4 +615,8 @@ pub struct BenchArgs {
     /// Image side of the training-step benchmark.
     #[arg(long, default_value_t = 128)]
     pub train_size: u32,
+    /// Training step: run each network's passes separately, as the reference does, instead of
+    /// batching a network's independent passes (to measure what the batching buys).
+    #[arg(long)]
+    pub train_separate_passes: bool,
 }

@@ -3,12 +3,24 @@
 //! (data, licence, steps, hardware) is inside the file and `models/README.md` tells how it was
 //! made.
 
-/// `(name, title, file)` of every embedded model.
-pub const EMBEDDED: &[(&str, &str, &[u8])] = &[(
-    "ukiyoe",
-    "Ukiyo-e",
-    include_bytes!("../../../models/ukiyoe.safetensors"),
-)];
+/// `(name, title, file)` of every embedded model (their cards and KIDs: `models/README.md`).
+pub const EMBEDDED: &[(&str, &str, &[u8])] = &[
+    (
+        "ukiyoe",
+        "Ukiyo-e",
+        include_bytes!("../../../models/ukiyoe.safetensors"),
+    ),
+    (
+        "ukiyoe_light",
+        "Ukiyo-e (light)",
+        include_bytes!("../../../models/ukiyoe_light.safetensors"),
+    ),
+    (
+        "monet_light",
+        "Monet (light)",
+        include_bytes!("../../../models/monet_light.safetensors"),
+    ),
+];
 
 /// The display title of built-in model `name`, if it has one.
 pub fn title(name: &str) -> Option<&'static str> {

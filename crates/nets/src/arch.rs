@@ -128,6 +128,20 @@ impl Arch {
         }
     }
 
+    /// Whether a forward pass over a batch gives each sample what a pass over that sample alone
+    /// would (no batch norm, no dropout), so that independent passes may share one batch.
+    pub fn per_sample(&self) -> bool {
+        use crate::NormKind::Batch;
+        match self {
+            Arch::Resnet(c) => c.norm != Batch && !c.use_dropout,
+            Arch::Unet(c) => c.norm != Batch && !c.use_dropout,
+            Arch::Light(_) => true,
+            Arch::NLayer(c) => c.norm != Batch,
+            Arch::Pixel(c) => c.norm != Batch,
+            _ => false,
+        }
+    }
+
     /// The weights this architecture expects: name → shape, in a stable order.
     pub fn expected_shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
         let map = VarMap::new();

@@ -150,6 +150,15 @@ pub struct TrainConfig {
     /// Periodic KID on held-out images (CycleGAN); `None`: off.
     #[serde(default)]
     pub validation: Option<Validation>,
+    /// CycleGAN: a network's passes over independent inputs (G over the real image and the
+    /// identity input; D over the real and the pooled fake) run as one batch when the network
+    /// treats samples independently. Same results as separate passes up to float rounding.
+    #[serde(default = "yes")]
+    pub batched_passes: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Held-out validation images and the periodic KID on them (CycleGAN).
@@ -281,6 +290,7 @@ impl TrainConfig {
             log_every: 10,
             keep_checkpoints: 3,
             d_wins_steps: 200,
+            batched_passes: true,
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),

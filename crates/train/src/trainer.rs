@@ -369,6 +369,8 @@ pub struct Trainer {
     monitor: Monitor,
     fixed: Fixed,
     elapsed_s: f64,
+    /// Where the training ran (see [`CheckpointState::hardware`]).
+    trained_on: Option<String>,
     stop: Arc<AtomicBool>,
     acc: Accumulator,
     last_losses: Vec<(String, f64)>,
@@ -502,6 +504,7 @@ impl Trainer {
             monitor,
             fixed,
             elapsed_s: 0.0,
+            trained_on: None,
             stop: Arc::new(AtomicBool::new(false)),
             acc: Accumulator::default(),
             last_losses: Vec::new(),
@@ -603,6 +606,7 @@ impl Trainer {
         self.monitor.state = s.monitor;
         self.step = s.step;
         self.elapsed_s = s.elapsed_s;
+        self.trained_on = s.hardware.clone();
         Ok(())
     }
 
@@ -642,6 +646,7 @@ impl Trainer {
             pool_sizes: self.pools.iter().map(|p| p.images().len()).collect(),
             monitor: self.monitor.state.clone(),
             elapsed_s: self.elapsed_s,
+            hardware: self.trained_on.clone(),
         };
         let path = self
             .run
@@ -656,6 +661,7 @@ impl Trainer {
 
     /// Trains until the configured number of steps, then exports the generator(s).
     pub fn run(&mut self, obs: &mut dyn Observer) -> TrainResult<Finished> {
+        self.trained_on = Some(hardware(&self.device));
         obs.event(&Event::Started {
             step: self.step,
             total: self.cfg.steps,
@@ -669,6 +675,7 @@ impl Trainer {
                 "family": self.cfg.family.name(),
                 "images": self.data.len().0,
                 "images_b": self.data.len().1,
+                "hardware": self.trained_on,
             }))?;
         }
         let mut rate = RateMeter::default();
@@ -925,14 +932,38 @@ impl Trainer {
         let mut cd = self.ctx();
         let (ga, gb) = (&self.g[0], &self.g[1]);
         let (da, db) = (&self.d[0], &self.d[1]);
-        let fake_b = ga.forward(&real_a, &mut cg)?;
+        // Passes of one network over independent inputs share a batch when the network
+        // treats samples independently (instance norm, no dropout): the same numbers as
+        // separate passes, but one weight gradient per network and step instead of one per use.
+        let batch_g = self.cfg.batched_passes && li > 0.0 && self.cfg.generator.per_sample();
+        let batch_d = self.cfg.batched_passes && self.cfg.discriminator.per_sample();
+        let n = real_a.dim(0)?;
+        let (fake_b, fake_a, ia, ib) = if batch_g {
+            let ya = ga.forward(&Tensor::cat(&[&real_a, &real_b], 0)?, &mut cg)?;
+            let yb = gb.forward(&Tensor::cat(&[&real_b, &real_a], 0)?, &mut cg)?;
+            (
+                ya.narrow(0, 0, n)?,
+                yb.narrow(0, 0, n)?,
+                Some(ya.narrow(0, n, n)?),
+                Some(yb.narrow(0, n, n)?),
+            )
+        } else {
+            let fake_b = ga.forward(&real_a, &mut cg)?;
+            let fake_a = gb.forward(&real_b, &mut cg)?;
+            (fake_b, fake_a, None, None)
+        };
         let rec_a = gb.forward(&fake_b, &mut cg)?;
-        let fake_a = gb.forward(&real_b, &mut cg)?;
         let rec_b = ga.forward(&fake_a, &mut cg)?;
         // G step (the reference's backward_G).
         let (idt_a, idt_b) = if li > 0.0 {
-            let ia = ga.forward(&real_b, &mut cg)?;
-            let ib = gb.forward(&real_a, &mut cg)?;
+            let ia = match ia {
+                Some(t) => t,
+                None => ga.forward(&real_b, &mut cg)?,
+            };
+            let ib = match ib {
+                Some(t) => t,
+                None => gb.forward(&real_a, &mut cg)?,
+            };
             (
                 (l1(&ia, &real_b)? * (lc * li))?,
                 (l1(&ib, &real_a)? * (lc * li))?,
@@ -954,13 +985,19 @@ impl Trainer {
         let pooled_b = self.pools[1].query(&fake_b.detach(), &mut self.rng)?;
         let pooled_a = self.pools[0].query(&fake_a.detach(), &mut self.rng)?;
         let (da, db) = (&self.d[0], &self.d[1]);
-        let pred_real_b = da.forward(&real_b, &mut cd)?;
-        let pred_fake_b = da.forward(&pooled_b, &mut cd)?;
+        let judge = |d: &Net, real: &Tensor, fake: &Tensor, cd: &mut Ctx| {
+            if batch_d {
+                let y = d.forward(&Tensor::cat(&[real, fake], 0)?, cd)?;
+                Ok::<_, TrainError>((y.narrow(0, 0, n)?, y.narrow(0, n, n)?))
+            } else {
+                Ok((d.forward(real, cd)?, d.forward(fake, cd)?))
+            }
+        };
+        let (pred_real_b, pred_fake_b) = judge(da, &real_b, &pooled_b, &mut cd)?;
         let da_real = loss.discriminator(&pred_real_b, true)?;
         let da_fake = loss.discriminator(&pred_fake_b, false)?;
         let loss_da = ((&da_real + &da_fake)? * 0.5)?;
-        let pred_real_a = db.forward(&real_a, &mut cd)?;
-        let pred_fake_a = db.forward(&pooled_a, &mut cd)?;
+        let (pred_real_a, pred_fake_a) = judge(db, &real_a, &pooled_a, &mut cd)?;
         let db_real = loss.discriminator(&pred_real_a, true)?;
         let db_fake = loss.discriminator(&pred_fake_a, false)?;
         let loss_db = ((&db_real + &db_fake)? * 0.5)?;
@@ -1175,7 +1212,11 @@ impl Trainer {
             card.inference.batch_stats = self.uses_batch_stats();
             card.provenance.source = format!("atelier train {}", self.cfg.family.name());
             card.provenance.steps = Some(self.step);
-            card.provenance.hardware = Some(hardware(&self.device));
+            card.provenance.hardware = Some(
+                self.trained_on
+                    .clone()
+                    .unwrap_or_else(|| hardware(&self.device)),
+            );
             card.provenance.created = format!(
                 "{}",
                 std::time::SystemTime::now()

@@ -454,9 +454,95 @@ fn run_peers(
     Ok(Some(v))
 }
 
+/// PyTorch's CycleGAN step (`bench/train_step.py --interleave`), driven one step at a time so
+/// that its steps alternate with Atelier's and both see the same machine load.
+struct TorchPeer {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TorchPeer {
+    fn spawn(
+        args: &BenchArgs,
+        arch: Arch,
+        size: u32,
+        warmup: usize,
+    ) -> anyhow::Result<Option<Self>> {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let Some(script) = peers_script().map(|p| p.with_file_name("train_step.py")) else {
+            eprintln!("bench: bench/train_step.py not found; PyTorch skipped");
+            return Ok(None);
+        };
+        let Some(python) = peer_python(args) else {
+            return Ok(None);
+        };
+        let Arch::Resnet(c) = arch else {
+            return Ok(None);
+        };
+        let mut child = std::process::Command::new(&python)
+            .arg(&script)
+            .args(["--size", &size.to_string(), "--batch", "1"])
+            .args([
+                "--ngf",
+                &c.ngf.to_string(),
+                "--n-blocks",
+                &c.n_blocks.to_string(),
+            ])
+            .args(["--threads", &args.threads.to_string()])
+            .args(["--warmup", &warmup.to_string(), "--json", "--interleave"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running bench/train_step.py")?;
+        let stdin = child.stdin.take();
+        let out = std::io::BufReader::new(child.stdout.take().context("peer stdout")?);
+        let mut peer = Self { child, stdin, out };
+        let mut line = String::new();
+        peer.out.read_line(&mut line)?;
+        if line.trim() != "ready" {
+            let status = peer.child.wait()?;
+            bail!("bench/train_step.py did not start ({status}; run it alone to see why)");
+        }
+        Ok(Some(peer))
+    }
+
+    /// Runs one PyTorch step; its milliseconds.
+    fn step(&mut self) -> anyhow::Result<f64> {
+        use std::io::{BufRead, Write};
+        let stdin = self.stdin.as_mut().context("peer stdin closed")?;
+        stdin.write_all(b"step\n")?;
+        stdin.flush()?;
+        let mut line = String::new();
+        self.out.read_line(&mut line)?;
+        line.trim()
+            .parse()
+            .with_context(|| format!("bench/train_step.py answered {line:?}"))
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("bench/train_step.py failed ({status})");
+        }
+        Ok(())
+    }
+}
+
 /// Times `steps` CycleGAN steps through the real trainer (synthetic noise images on disk, no
-/// checkpoints or samples until the end) and returns each step's milliseconds.
-fn atelier_train_steps(arch: Arch, size: u32, steps: u64) -> anyhow::Result<Vec<f64>> {
+/// checkpoints or samples until the end) and returns each step's milliseconds; with a peer,
+/// one PyTorch step runs after each of Atelier's (not counted in Atelier's time) and its
+/// milliseconds come second.
+fn atelier_train_steps(
+    arch: Arch,
+    size: u32,
+    steps: u64,
+    batched_passes: bool,
+    peer: Option<&mut TorchPeer>,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     use atelier_train::config::{Family, NetChoice, TrainConfig};
     use atelier_train::{Event, Observer, Trainer};
     let dir = std::env::temp_dir().join(format!("atelier-bench-train-{}", std::process::id()));
@@ -485,24 +571,46 @@ fn atelier_train_steps(arch: Arch, size: u32, steps: u64) -> anyhow::Result<Vec<
     cfg.checkpoint_every = steps;
     cfg.sample_every = steps;
     cfg.log_every = steps;
-    struct Timer(Instant, Vec<f64>);
-    impl Observer for Timer {
+    cfg.batched_passes = batched_passes;
+    struct Timer<'a> {
+        start: Instant,
+        ours: Vec<f64>,
+        peer: Option<&'a mut TorchPeer>,
+        theirs: Vec<f64>,
+        error: Option<anyhow::Error>,
+    }
+    impl Observer for Timer<'_> {
         fn event(&mut self, e: &Event<'_>) {
             match e {
-                Event::Started { .. } => self.0 = Instant::now(),
+                Event::Started { .. } => self.start = Instant::now(),
                 Event::Step(_) => {
-                    self.1.push(self.0.elapsed().as_secs_f64() * 1e3);
-                    self.0 = Instant::now();
+                    self.ours.push(self.start.elapsed().as_secs_f64() * 1e3);
+                    if let (Some(p), None) = (self.peer.as_deref_mut(), &self.error) {
+                        match p.step() {
+                            Ok(ms) => self.theirs.push(ms),
+                            Err(e) => self.error = Some(e),
+                        }
+                    }
+                    self.start = Instant::now();
                 }
                 _ => {}
             }
         }
     }
-    let mut timer = Timer(Instant::now(), Vec::new());
+    let mut timer = Timer {
+        start: Instant::now(),
+        ours: Vec::new(),
+        peer,
+        theirs: Vec::new(),
+        error: None,
+    };
     let result = Trainer::create(cfg, &dir.join("run")).and_then(|mut t| t.run(&mut timer));
     let _ = std::fs::remove_dir_all(&dir);
     result?;
-    Ok(timer.1)
+    if let Some(e) = timer.error {
+        return Err(e.context("PyTorch peer step"));
+    }
+    Ok((timer.ours, timer.theirs))
 }
 
 fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Row> {
@@ -510,18 +618,37 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
     let warmup = 2usize;
     let repeat = args.repeat.max(1);
     eprintln!(
-        "bench: CycleGAN step {arch_name} ngf {} at {size}x{size}, batch 1",
-        args.ngf
+        "bench: CycleGAN step {arch_name} ngf {} at {size}x{size}, batch 1, {} passes \
+         (Atelier's and PyTorch's steps alternate)",
+        args.ngf,
+        if args.train_separate_passes {
+            "separate"
+        } else {
+            "batched"
+        }
     );
-    let times = atelier_train_steps(arch, size, (warmup + repeat) as u64)?;
-    let mut timed: Vec<f64> = times[warmup.min(times.len())..].to_vec();
-    let ours = median(&mut timed);
-    eprintln!("  atelier: {ours:.1} ms per step");
-    let pytorch = if args.no_peers || arch_name == "light" {
+    let mut peer = if args.no_peers || arch_name == "light" {
         None
     } else {
-        run_train_peer(args, arch, size, warmup, repeat)?
+        TorchPeer::spawn(args, arch, size, warmup)?
     };
+    let (ours, theirs) = atelier_train_steps(
+        arch,
+        size,
+        (warmup + repeat) as u64,
+        !args.train_separate_passes,
+        peer.as_mut(),
+    )?;
+    if let Some(p) = peer {
+        p.finish()?;
+    }
+    let mut timed: Vec<f64> = ours[warmup.min(ours.len())..].to_vec();
+    let ours = median(&mut timed);
+    eprintln!("  atelier: {ours:.1} ms per step");
+    let pytorch = (theirs.len() > warmup).then(|| median(&mut theirs[warmup..].to_vec()));
+    if let Some(ms) = pytorch {
+        eprintln!("  pytorch: {ms:.1} ms per step");
+    }
     let mut row = Row::new(
         format!(
             "cyclegan step {arch_name} ngf{} {size}x{size} batch 1",
@@ -535,53 +662,4 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
     row.pytorch_ms = pytorch;
     row.ratio = pytorch.map(|p| ours / p);
     Ok(row)
-}
-
-fn run_train_peer(
-    args: &BenchArgs,
-    arch: Arch,
-    size: u32,
-    warmup: usize,
-    repeat: usize,
-) -> anyhow::Result<Option<f64>> {
-    let Some(script) = peers_script().map(|p| p.with_file_name("train_step.py")) else {
-        eprintln!("bench: bench/train_step.py not found; PyTorch skipped");
-        return Ok(None);
-    };
-    let Some(python) = peer_python(args) else {
-        return Ok(None);
-    };
-    let Arch::Resnet(c) = arch else {
-        return Ok(None);
-    };
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .args(["--size", &size.to_string(), "--batch", "1"])
-        .args([
-            "--ngf",
-            &c.ngf.to_string(),
-            "--n-blocks",
-            &c.n_blocks.to_string(),
-        ])
-        .args(["--threads", &args.threads.to_string()])
-        .args([
-            "--warmup",
-            &warmup.to_string(),
-            "--repeat",
-            &repeat.to_string(),
-        ])
-        .arg("--json")
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .context("running bench/train_step.py")?;
-    if !out.status.success() {
-        bail!("bench/train_step.py failed ({})", out.status);
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing bench/train_step.py output")?;
-    let ms = v.get("median_ms").and_then(|m| m.as_f64());
-    if let Some(ms) = ms {
-        eprintln!("  pytorch: {ms:.1} ms per step");
-    }
-    Ok(ms)
 }

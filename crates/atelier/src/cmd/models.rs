@@ -28,7 +28,10 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                     .map(|k| format!("KID×100 {k:.2}"))
                     .unwrap_or_else(|| "no KID".into())
             };
-            println!("{:<24} {:<16} {:<14} DESCRIPTION", "NAME", "ARCHITECTURE", "QUALITY");
+            println!(
+                "{:<24} {:<16} {:<14} DESCRIPTION",
+                "NAME", "ARCHITECTURE", "QUALITY"
+            );
             for name in &names {
                 let path = global.models_dir.join(format!("{name}.safetensors"));
                 match atelier_nets::file::read_card(&path) {

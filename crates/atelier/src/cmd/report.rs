@@ -34,7 +34,8 @@ struct Entry {
     kind: &'static str,
     /// The model file (models only).
     file: Option<PathBuf>,
-    images: Vec<Image>,
+    /// The grid's photos as this entry shows them.
+    grid: Vec<Image>,
     kid: atelier_eval::Kid,
     params: Option<usize>,
     macs_512: Option<u64>,
@@ -66,6 +67,16 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let photo_feats = image_features(&net, &photos, args.batch, &device)?;
     let filtered: Vec<Image> = photos.iter().map(painterly_filter).collect();
+    // The sample grids show --grid-photos (e.g. CC-licensed photos that may be published) or
+    // the first held-out photos.
+    let grid_photos = match &args.grid_photos {
+        Some(dir) => decode_all(&images_in(dir)?, &limits, args.size)?,
+        None => photos.clone(),
+    };
+    let grid_photos: Vec<Image> = grid_photos
+        .into_iter()
+        .take(args.grid_rows.max(1))
+        .collect();
     let filter_feats = image_features(&net, &filtered, args.batch, &device)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -104,7 +115,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 label: "identity (untranslated photos)".into(),
                 kind: "baseline",
                 file: None,
-                images: photos.clone(),
+                grid: grid_photos.clone(),
                 kid: score(&photo_feats)?,
                 params: None,
                 macs_512: None,
@@ -115,7 +126,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 label: "filter (box blur 5×5, 6-level posterize, saturation ×1.3)".into(),
                 kind: "baseline",
                 file: None,
-                images: filtered.clone(),
+                grid: grid_photos.iter().map(painterly_filter).collect(),
                 kid: score(&filter_feats)?,
                 params: None,
                 macs_512: None,
@@ -124,7 +135,10 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
             },
         ];
         let mut candidates = vec![
-            ("atelier", global.models_dir.join(format!("{name}.safetensors"))),
+            (
+                "atelier",
+                global.models_dir.join(format!("{name}.safetensors")),
+            ),
             (
                 "atelier light",
                 global.models_dir.join(format!("{name}_light.safetensors")),
@@ -135,16 +149,17 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
         for (kind, file) in candidates {
             if !file.is_file() {
-                log(format!("{name}: no {kind} model ({} missing)", file.display()));
+                log(format!(
+                    "{name}: no {kind} model ({} missing)",
+                    file.display()
+                ));
                 continue;
             }
             let model = atelier_nets::load(&file, &device)
                 .with_context(|| format!("loading {}", file.display()))?;
             let card = model.card.clone();
             let params = card.arch.parameter_count().ok();
-            let macs = card
-                .arch
-                .macs(LATENCY_SIDE as usize, LATENCY_SIDE as usize);
+            let macs = card.arch.macs(LATENCY_SIDE as usize, LATENCY_SIDE as usize);
             let st = Stylizer::new(model, device.clone())?;
             let opts = Options::default();
             let t = Instant::now();
@@ -170,12 +185,16 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
             } else {
                 None
             };
+            let grid = grid_photos
+                .iter()
+                .map(|p| st.stylize(p, &opts, &mut |_| {}))
+                .collect::<Result<Vec<_>, _>>()?;
             let feats = image_features(&net, &out, args.batch, &device)?;
             entries.push(Entry {
                 label: format!("{kind}: {}", card.name),
                 kind,
                 file: Some(file),
-                images: out,
+                grid,
                 kid: score(&feats)?,
                 params,
                 macs_512: macs,
@@ -204,7 +223,9 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 e.label,
                 e.kid.mean * 100.0,
                 e.kid.std * 100.0,
-                e.params.map(|p| format!("{:.2} M", p as f64 / 1e6)).unwrap_or_default(),
+                e.params
+                    .map(|p| format!("{:.2} M", p as f64 / 1e6))
+                    .unwrap_or_default(),
                 e.macs_512
                     .map(|m| format!("{:.2}", m as f64 / 1e9))
                     .unwrap_or_default(),
@@ -215,19 +236,14 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
             )?;
         }
         let grid_name = format!("grid_{name}.png");
-        let grid = sample_grid(&entries, args.grid_rows.min(photos.len()));
+        let grid = sample_grid(&entries, grid_photos.len());
         std::fs::write(
             args.out.join(&grid_name),
             atelier_imaging::encode(&grid, Format::Png, 90)?,
         )?;
         let columns: Vec<&str> = entries
             .iter()
-            .map(|e| {
-                e.label
-                    .split(" (")
-                    .next()
-                    .unwrap_or(&e.label)
-            })
+            .map(|e| e.label.split(" (").next().unwrap_or(&e.label))
             .collect();
         writeln!(
             md,
@@ -266,6 +282,11 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         started.elapsed().as_secs_f64(),
         atelier_train::cpu_model()
     )?;
+    if let Some(notes) = &args.notes {
+        let text = std::fs::read_to_string(notes)
+            .with_context(|| format!("reading --notes {}", notes.display()))?;
+        writeln!(md, "\n{}", text.trim_end())?;
+    }
     std::fs::write(args.out.join("report.md"), &md)?;
     std::fs::write(
         args.out.join("report.json"),
@@ -298,7 +319,8 @@ fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-/// Decodes images; with `size > 0` each is resized to `size`×`size`.
+/// Decodes images; with `size > 0` each is cropped to its centre square and resized to
+/// `size`×`size`.
 fn decode_all(
     paths: &[PathBuf],
     limits: &atelier_imaging::Limits,
@@ -309,11 +331,20 @@ fn decode_all(
         .map(|p| {
             let img = atelier_imaging::decode_file(p, limits)
                 .with_context(|| format!("decoding {}", p.display()))?;
-            Ok(if size > 0 && (img.width, img.height) != (size, size) {
-                atelier_imaging::resize(&img, size, size)
-            } else {
-                img
-            })
+            if size == 0 || (img.width, img.height) == (size, size) {
+                return Ok(img);
+            }
+            let side = img.width.min(img.height);
+            let square = atelier_imaging::crop(
+                &img,
+                atelier_imaging::Rect {
+                    x: (img.width - side) / 2,
+                    y: (img.height - side) / 2,
+                    w: side,
+                    h: side,
+                },
+            );
+            Ok(atelier_imaging::resize(&square, size, size))
         })
         .collect()
 }
@@ -379,20 +410,20 @@ pub fn painterly_filter(img: &Image) -> Image {
     }
 }
 
-/// Rows: the first `rows` photos; columns: every entry (identity first).
+/// Rows: the grid photos; columns: every entry (identity first).
 fn sample_grid(entries: &[Entry], rows: usize) -> Image {
     let cols = entries.len() as u32;
     let rows = rows.max(1) as u32;
-    let (gw, gh) = (cols * CELL + (cols + 1) * GAP, rows * CELL + (rows + 1) * GAP);
+    let (gw, gh) = (
+        cols * CELL + (cols + 1) * GAP,
+        rows * CELL + (rows + 1) * GAP,
+    );
     let mut canvas = Image::filled(gw, gh, [1.0; 3]);
     let plane = (gw * gh) as usize;
     for (c, e) in entries.iter().enumerate() {
-        for (r, img) in e.images.iter().take(rows as usize).enumerate() {
+        for (r, img) in e.grid.iter().take(rows as usize).enumerate() {
             let cell = atelier_imaging::resize(img, CELL, CELL);
-            let (x0, y0) = (
-                GAP + c as u32 * (CELL + GAP),
-                GAP + r as u32 * (CELL + GAP),
-            );
+            let (x0, y0) = (GAP + c as u32 * (CELL + GAP), GAP + r as u32 * (CELL + GAP));
             let cn = (CELL * CELL) as usize;
             for ch in 0..3 {
                 for y in 0..CELL {
