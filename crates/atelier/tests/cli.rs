@@ -392,13 +392,24 @@ fn import_then_inspect_shows_the_card() {
     let out = atelier(&["--models-dir", p(&models), "models", "list"]);
     let list = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
+    // A header, the folder's models (sorted), then the built-ins compiled into the binary.
     let lines: Vec<&str> = list.lines().collect();
-    assert_eq!(lines.len(), 2, "{list}");
+    let builtins = atelier_jobs::builtin::EMBEDDED;
+    assert_eq!(lines.len(), 1 + 2 + builtins.len(), "{list}");
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("QUALITY"));
     assert!(
-        lines[0].starts_with("G_resnet_6blocks_instance_ngf4")
-            && lines[0].contains("resnet_6blocks")
+        lines[1].starts_with("G_resnet_6blocks_instance_ngf4")
+            && lines[1].contains("resnet_6blocks")
+            && lines[1].contains("no KID"),
+        "{list}"
     );
-    assert!(lines[1].starts_with("sketchy") && lines[1].contains("golden light generator"));
+    assert!(lines[2].starts_with("sketchy") && lines[2].contains("golden light generator"));
+    for ((name, title, _), line) in builtins.iter().zip(&lines[3..]) {
+        assert!(
+            line.starts_with(name) && line.contains(&format!("built-in \"{title}\"")),
+            "{list}"
+        );
+    }
 
     // Inspecting something that is not a model is a one-line error.
     let bogus = dir.path().join("bogus.safetensors");
