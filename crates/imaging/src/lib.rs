@@ -38,4 +38,4 @@ pub use format::Format;
 pub use limits::Limits;
 pub use metrics::{psnr, psnr_u8};
 pub use resize::{fit_max_side, resize, resize_with, thumbnail, Filter};
-pub use tile::{crop, crop_chw, feather_weight, Blender, Rect, TileGrid};
+pub use tile::{center_square, crop, crop_chw, feather_weight, Blender, Rect, TileGrid};

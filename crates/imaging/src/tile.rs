@@ -334,6 +334,20 @@ pub fn crop(img: &Image, rect: Rect) -> Image {
     }
 }
 
+/// The largest centred square of `img` (a copy; square images come back unchanged).
+pub fn center_square(img: &Image) -> Image {
+    let side = img.width.min(img.height);
+    crop(
+        img,
+        Rect {
+            x: (img.width - side) / 2,
+            y: (img.height - side) / 2,
+            w: side,
+            h: side,
+        },
+    )
+}
+
 /// Copies `rect` (clamped to the image) out of planar `channels × width × height` data.
 /// Samples missing from a too-short `data` read as 0.
 pub fn crop_chw(data: &[f32], width: u32, height: u32, channels: usize, rect: Rect) -> Vec<f32> {

@@ -531,16 +531,7 @@ impl Augment {
         let (l, c) = (self.load_size, self.crop_size.min(self.load_size));
         let squared;
         let img = if self.center_square && img.width != img.height {
-            let side = img.width.min(img.height);
-            squared = atelier_imaging::crop(
-                img,
-                atelier_imaging::Rect {
-                    x: (img.width - side) / 2,
-                    y: (img.height - side) / 2,
-                    w: side,
-                    h: side,
-                },
-            );
+            squared = atelier_imaging::center_square(img);
             &squared
         } else {
             img

@@ -3,7 +3,7 @@
 //! a few seconds to a few tens of seconds.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use atelier_imaging::{encode, Format, Image};
 use atelier_train::config::{DcganPreset, Family, NetChoice, TrainConfig};
@@ -56,6 +56,25 @@ fn save(dir: &Path, name: &str, rgb01: &[f32]) {
     std::fs::create_dir_all(dir).unwrap();
     let png = encode(&to_image(rgb01), Format::Png, 0).unwrap();
     std::fs::write(dir.join(name), png).unwrap();
+}
+
+/// Unpaired domains: `root`/A holds four red shapes of kind 0, `root`/B four blue ones of kind 1.
+fn two_domains(root: &Path, seed: u64) -> (PathBuf, PathBuf) {
+    let (a, b) = (root.join("A"), root.join("B"));
+    let mut rng = Rng::new(seed);
+    for i in 0..4 {
+        save(
+            &a,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]),
+        );
+        save(
+            &b,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
+        );
+    }
+    (a, b)
 }
 
 /// Images of a tensor `(N, 3, H, W)` in [-1, 1] as flat vectors.
@@ -456,20 +475,7 @@ fn pix2pix_resume_is_bitwise_exact() {
 fn corrupt_image_is_skipped_and_the_run_completes() {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
-    let mut rng = Rng::new(4);
-    for i in 0..4 {
-        save(
-            &a,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]),
-        );
-        save(
-            &b,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
-        );
-    }
+    let (a, b) = two_domains(tmp.path(), 4);
     std::fs::write(a.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
     let cfg = config(
         Family::Cyclegan,
@@ -504,20 +510,7 @@ fn corrupt_image_is_skipped_and_the_run_completes() {
 fn nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
-    let mut rng = Rng::new(5);
-    for i in 0..4 {
-        save(
-            &a,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]),
-        );
-        save(
-            &b,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
-        );
-    }
+    let (a, b) = two_domains(tmp.path(), 5);
     let mut cfg = config(
         Family::Cyclegan,
         &a,
@@ -594,20 +587,7 @@ fn nan_stops_the_run_and_keeps_the_last_good_checkpoint() {
 fn cyclegan_batched_passes_match_separate_passes() {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
-    let mut rng = Rng::new(5);
-    for i in 0..4 {
-        save(
-            &a,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]),
-        );
-        save(
-            &b,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
-        );
-    }
+    let (a, b) = two_domains(tmp.path(), 5);
     let mut cfg = config(
         Family::Cyclegan,
         &a,

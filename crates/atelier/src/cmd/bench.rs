@@ -494,7 +494,7 @@ impl TorchPeer {
             .args(["--warmup", &warmup.to_string(), "--json", "--interleave"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
             .context("running bench/train_step.py")?;
         let stdin = child.stdin.take();
@@ -504,7 +504,7 @@ impl TorchPeer {
         peer.out.read_line(&mut line)?;
         if line.trim() != "ready" {
             let status = peer.child.wait()?;
-            bail!("bench/train_step.py did not start ({status}; run it alone to see why)");
+            bail!("bench/train_step.py did not start ({status}; its error is above)");
         }
         Ok(Some(peer))
     }

@@ -334,16 +334,7 @@ fn decode_all(
             if size == 0 || (img.width, img.height) == (size, size) {
                 return Ok(img);
             }
-            let side = img.width.min(img.height);
-            let square = atelier_imaging::crop(
-                &img,
-                atelier_imaging::Rect {
-                    x: (img.width - side) / 2,
-                    y: (img.height - side) / 2,
-                    w: side,
-                    h: side,
-                },
-            );
+            let square = atelier_imaging::center_square(&img);
             Ok(atelier_imaging::resize(&square, size, size))
         })
         .collect()
