@@ -113,6 +113,9 @@ def _define_cases():
     _resnet("resnet_6blocks", "batch", 8, use_dropout=True)
     _resnet("resnet_9blocks", "instance", 8, input_nc=1)
     _resnet("resnet_9blocks", "batch", 4, safetensors=True)
+    # Atelier's resize-convolution variant (no checkerboard): Upsample + ReflectionPad + Conv
+    # move the head to model.27 for 6 blocks.
+    _resnet("resnet_6blocks_resize", "instance", 4)
 
     # --- U-Net generators -------------------------------------------------------
     _unet("unet_128", "batch", 2)

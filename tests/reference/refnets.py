@@ -97,8 +97,11 @@ class ResnetBlock(nn.Module):
 
 class ResnetGenerator(nn.Module):
     def __init__(self, input_nc, output_nc, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False,
-                 n_blocks=6, padding_type="reflect"):
+                 n_blocks=6, padding_type="reflect", upsampling="transposed"):
+        # upsampling="resize" is Atelier's resnet_<n>blocks_resize: Upsample(x2, nearest),
+        # ReflectionPad2d(1) and a 3x3 Conv2d in place of each ConvTranspose2d.
         assert n_blocks >= 0
+        assert upsampling in ("transposed", "resize")
         super().__init__()
         use_bias = _use_bias(norm_layer)
         model = [nn.ReflectionPad2d(3),
@@ -117,9 +120,15 @@ class ResnetGenerator(nn.Module):
                                   use_dropout=use_dropout, use_bias=use_bias)]
         for i in range(n_downsampling):
             mult = 2 ** (n_downsampling - i)
-            model += [nn.ConvTranspose2d(ngf * mult, int(ngf * mult / 2), kernel_size=3, stride=2,
-                                         padding=1, output_padding=1, bias=use_bias),
-                      norm_layer(int(ngf * mult / 2)),
+            if upsampling == "resize":
+                model += [nn.Upsample(scale_factor=2, mode="nearest"),
+                          nn.ReflectionPad2d(1),
+                          nn.Conv2d(ngf * mult, int(ngf * mult / 2), kernel_size=3, padding=0,
+                                    bias=use_bias)]
+            else:
+                model += [nn.ConvTranspose2d(ngf * mult, int(ngf * mult / 2), kernel_size=3, stride=2,
+                                             padding=1, output_padding=1, bias=use_bias)]
+            model += [norm_layer(int(ngf * mult / 2)),
                       nn.ReLU(True)]
         model += [nn.ReflectionPad2d(3)]
         model += [nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0)]
@@ -496,7 +505,7 @@ def perturb_for_golden(net, calib_input=None):
 
 
 ARCHES = [
-    "resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256",
+    "resnet_6blocks", "resnet_9blocks", "resnet_6blocks_resize", "unet_128", "unet_256",
     "basic", "n_layers", "pixel",
     "dcgan64_G", "dcgan64_D", "brief_G", "brief_D", "light",
 ]
@@ -505,11 +514,14 @@ ARCHES = [
 def build(arch, *, input_nc=3, output_nc=3, ngf=64, ndf=64, norm="instance", use_dropout=False,
           n_layers=3, n_blocks=None, nz=100, width=None, size=32):
     """Construct an (uninitialised) network from a manifest-style description."""
-    if arch in ("resnet_6blocks", "resnet_9blocks", "unet_128", "unet_256", "basic", "n_layers", "pixel"):
+    if arch in ("resnet_6blocks", "resnet_9blocks", "resnet_6blocks_resize", "unet_128", "unet_256", "basic", "n_layers", "pixel"):
         norm_layer = get_norm_layer(norm)
     if arch == "resnet_6blocks":
         return ResnetGenerator(input_nc, output_nc, ngf, norm_layer=norm_layer, use_dropout=use_dropout,
                                n_blocks=6 if n_blocks is None else n_blocks)
+    if arch == "resnet_6blocks_resize":
+        return ResnetGenerator(input_nc, output_nc, ngf, norm_layer=norm_layer, use_dropout=use_dropout,
+                               n_blocks=6 if n_blocks is None else n_blocks, upsampling="resize")
     if arch == "resnet_9blocks":
         return ResnetGenerator(input_nc, output_nc, ngf, norm_layer=norm_layer, use_dropout=use_dropout,
                                n_blocks=9 if n_blocks is None else n_blocks)

@@ -349,8 +349,9 @@ pub struct TrainArgs {
     /// Adversarial loss (default: vanilla for DCGAN/pix2pix, lsgan for CycleGAN).
     #[arg(long)]
     pub loss: Option<LossArg>,
-    /// Generator: resnet_9blocks (CycleGAN default), resnet_6blocks, resnet_NNblocks (any NN), unet
-    /// (pix2pix default, depth from --size), unet_128, unet_256, light.
+    /// Generator: resnet_9blocks (CycleGAN default), resnet_6blocks, resnet_NNblocks (any NN;
+    /// add `_resize` for resize-convolution upsampling, no checkerboard), unet (pix2pix
+    /// default, depth from --size), unet_128, unet_256, light.
     #[arg(long = "netG", alias = "netg")]
     pub net_g: Option<String>,
     /// Discriminator: basic (70×70 PatchGAN), n_layers, pixel.
@@ -516,7 +517,8 @@ pub struct ImportArgs {
     /// Model name (default: the checkpoint's file stem).
     #[arg(long)]
     pub name: Option<String>,
-    /// Generator architecture: resnet_9blocks, resnet_6blocks, unet_128, unet_256, light.
+    /// Generator architecture: resnet_9blocks, resnet_6blocks (resnet_NNblocks_resize for
+    /// resize-convolution upsampling), unet_128, unet_256, light.
     #[arg(long = "netG", alias = "netg")]
     pub net_g: Option<String>,
     /// Discriminator architecture: basic, n_layers, pixel.

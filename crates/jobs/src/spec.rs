@@ -61,7 +61,8 @@ pub struct TrainSpec {
     /// Training crop size (default 128; DCGAN 64).
     #[serde(default)]
     pub size: Option<u32>,
-    /// Generator: `light`, `resnet_6blocks`, `resnet_9blocks`, `unet`, … (default: light for
+    /// Generator: `light`, `resnet_6blocks`, `resnet_9blocks`, `resnet_6blocks_resize`
+    /// (resize-convolution upsampling), `unet`, … (default: light for
     /// CycleGAN, unet for pix2pix).
     #[serde(default)]
     pub net_g: Option<String>,

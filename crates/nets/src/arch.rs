@@ -57,7 +57,7 @@ impl Arch {
     /// A short human-readable name in the reference's vocabulary.
     pub fn name(&self) -> String {
         match self {
-            Arch::Resnet(c) => format!("resnet_{}blocks", c.n_blocks),
+            Arch::Resnet(c) => c.name(),
             Arch::Unet(c) => format!("unet_{}", 1usize << c.num_downs),
             Arch::Light(c) => format!("light_{}blocks", c.n_blocks),
             Arch::NLayer(c) if c.n_layers == 3 => "basic".into(),
@@ -168,7 +168,16 @@ impl Arch {
                 let mut m = 49 * c.input_nc as u64 * g * px; // stem
                 m += 9 * g * 2 * g * p2 + 9 * 2 * g * 4 * g * p4; // downsampling
                 m += c.n_blocks as u64 * 2 * 9 * (4 * g) * (4 * g) * p4; // residual blocks
-                m += 9 * 4 * g * 2 * g * p4 + 9 * 2 * g * g * p2; // transposed convs (per input pixel)
+                m += match c.upsampling {
+                    // Transposed convs, per input pixel.
+                    crate::resnet::Upsampling::Transposed => {
+                        9 * 4 * g * 2 * g * p4 + 9 * 2 * g * g * p2
+                    }
+                    // Resize-convs, per output pixel.
+                    crate::resnet::Upsampling::Resize => {
+                        9 * 4 * g * 2 * g * p2 + 9 * 2 * g * g * px
+                    }
+                };
                 m += 49 * g * c.output_nc as u64 * px; // head
                 Some(m)
             }
@@ -295,7 +304,8 @@ mod tests {
     use super::*;
 
     /// 49.552 GMAC is what PyTorch forward hooks count for the reference resnet_9blocks
-    /// (ngf 64, 256²); 9.072 for resnet_6blocks ngf 32 (issue 5's benchmark network).
+    /// (ngf 64, 256²); 9.072 for resnet_6blocks ngf 32 (issue 5's benchmark network), 10.884
+    /// for resnet_6blocks_resize ngf 32.
     #[test]
     fn resnet_macs_match_the_reference_count() {
         let r9 = Arch::Resnet(ResnetConfig::default());
@@ -308,5 +318,15 @@ mod tests {
         });
         let g = r6.macs(256, 256).unwrap() as f64 / 1e9;
         assert!((g - 9.072).abs() < 1e-3, "{g}");
+        // Resize-convolution: the same count of the refnets.py variant (upsampling="resize").
+        let r6 = Arch::Resnet(ResnetConfig {
+            ngf: 32,
+            n_blocks: 6,
+            upsampling: crate::resnet::Upsampling::Resize,
+            ..ResnetConfig::default()
+        });
+        let g = r6.macs(256, 256).unwrap() as f64 / 1e9;
+        assert!((g - 10.884).abs() < 1e-3, "{g}");
+        assert_eq!(r6.name(), "resnet_6blocks_resize");
     }
 }

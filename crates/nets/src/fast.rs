@@ -18,7 +18,7 @@ use candle_core::{Device, Tensor};
 use crate::layers::{Conv2d, ConvTranspose2d};
 use crate::light::LightGenerator;
 use crate::norm::{Ctx, Norm};
-use crate::resnet::ResnetGenerator;
+use crate::resnet::{ResnetGenerator, UpConv};
 use crate::{Error, Network, Result};
 
 fn values(t: &Tensor) -> Result<Vec<f32>> {
@@ -253,7 +253,8 @@ struct ResnetPlan {
     stem: (Conv, FastNorm),
     down: Vec<(Conv, FastNorm)>,
     blocks: Vec<[(Conv, FastNorm); 2]>,
-    up: Vec<(Conv, FastNorm)>,
+    /// With `true`, the convolution reads the nearest-neighbour ×2 upsampled input.
+    up: Vec<(Conv, FastNorm, bool)>,
     head: Head,
 }
 
@@ -280,7 +281,12 @@ impl ResnetPlan {
             up: g
                 .up
                 .iter()
-                .map(|(c, n)| Ok((conv_t(c, p)?, FastNorm::new(n)?)))
+                .map(|(c, n)| {
+                    Ok(match c {
+                        UpConv::Transposed(c) => (conv_t(c, p)?, FastNorm::new(n)?, false),
+                        UpConv::Resize(c) => (conv(c, 1, r, p)?, FastNorm::new(n)?, true),
+                    })
+                })
                 .collect::<Result<_>>()?,
             head: Head::new(&g.head, p)?,
         })
@@ -298,7 +304,14 @@ impl ResnetPlan {
             wants.push(b[0].0.input_padding());
             wants.push(b[1].0.input_padding());
         }
-        wants.extend(self.up.iter().map(|l| l.0.input_padding()));
+        // Upsampling writes the border of a resize-convolution itself.
+        wants.extend(self.up.iter().map(|l| {
+            if l.2 {
+                (0, PadMode::Zero)
+            } else {
+                l.0.input_padding()
+            }
+        }));
         wants.push(self.head.input_padding());
         let mut next = wants.into_iter();
         let mut want = || next.next().unwrap_or((0, PadMode::Zero));
@@ -330,7 +343,13 @@ impl ResnetPlan {
         }
         let n_up = self.up.len();
         for (i, l) in self.up.iter().enumerate() {
-            let y = if l.0.spec().transposed {
+            let y = if l.2 {
+                let (p, mode) = l.0.input_padding();
+                let t = atelier_kernels::map::upsample_nearest2_padded(&hp, p, mode, ws);
+                let y = l.0.forward_padded(&t, ws).map_err(kerr)?;
+                ws.recycle(t);
+                y
+            } else if l.0.spec().transposed {
                 l.0.forward_ws(&hp, ws).map_err(kerr)?
             } else {
                 l.0.forward_padded(&hp, ws).map_err(kerr)?

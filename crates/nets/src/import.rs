@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::dcgan::{BriefDConfig, BriefGConfig, Dcgan64Config};
 use crate::discriminators::{NLayerConfig, PixelConfig};
 use crate::light::LightConfig;
-use crate::resnet::ResnetConfig;
+use crate::resnet::{ResnetConfig, Upsampling};
 use crate::unet::UnetConfig;
 use crate::{Arch, Error, NormKind, Result};
 
@@ -25,7 +25,8 @@ pub const MAX_CHECKPOINT_BYTES: u64 = 4 << 30;
 /// Architecture flags as in the reference's options; `None` means "infer".
 #[derive(Debug, Clone, Default)]
 pub struct ImportHints {
-    /// `resnet_9blocks`, `resnet_6blocks`, `unet_128`, `unet_256`, `light` (or `resnet_<n>blocks`).
+    /// `resnet_9blocks`, `resnet_6blocks`, `unet_128`, `unet_256`, `light` (or `resnet_<n>blocks`, and
+    /// `resnet_<n>blocks_resize` for resize-convolution upsampling).
     pub net_g: Option<String>,
     /// `basic`, `n_layers`, `pixel`.
     pub net_d: Option<String>,
@@ -331,13 +332,12 @@ pub fn infer_arch(
     let inferred = hints.net_g.is_none() && hints.net_d.is_none();
     let arch = if family.starts_with("resnet") {
         let first = need(dims(sd, "model.1.weight"), "model.1.weight")?;
-        let n_blocks = match family
-            .strip_prefix("resnet_")
-            .and_then(|s| s.strip_suffix("blocks"))
-        {
-            Some(n) => n
-                .parse()
-                .map_err(|_| Error::Arch(format!("unknown --netG {family}")))?,
+        let named = ResnetConfig::parse_name(&family);
+        if named.is_none() && family != "resnet" {
+            return Err(Error::Arch(format!("unknown --netG {family}")));
+        }
+        let n_blocks = match named {
+            Some((n, _)) => n,
             None => {
                 let mut idx: Vec<usize> = sd
                     .keys()
@@ -365,7 +365,22 @@ pub fn infer_arch(
                 d
             }
         };
-        let head = format!("model.{}.weight", 17 + n_blocks);
+        // The first upsampling conv: `model.{10+n}` for ConvTranspose, `model.{12+n}` after
+        // Upsample and ReflectionPad for resize-convolution.
+        let upsampling = match named {
+            Some((_, u)) => u,
+            None => {
+                let transposed = sd.contains_key(&format!("model.{}.weight", 10 + n_blocks));
+                let resize = sd.contains_key(&format!("model.{}.weight", 12 + n_blocks));
+                if resize && !transposed {
+                    notes.push("inferred resize-convolution upsampling from the layout".into());
+                    Upsampling::Resize
+                } else {
+                    Upsampling::Transposed
+                }
+            }
+        };
+        let head = format!("model.{}.weight", 11 + n_blocks + 2 * upsampling.modules());
         let output_nc = hints
             .output_nc
             .or_else(|| dims(sd, &head).map(|d| d[0]))
@@ -377,6 +392,7 @@ pub fn infer_arch(
             n_blocks,
             norm,
             use_dropout,
+            upsampling,
         })
     } else if family.starts_with("unet") {
         let first = need(dims(sd, "model.model.0.weight"), "model.model.0.weight")?;

@@ -5,6 +5,13 @@
 //! (`4`/`7` Conv 3×3 s2, `5`/`8` norm), `10..10+n` ResnetBlocks (`conv_block.1` conv, `.2` norm,
 //! [`.4` dropout], `.5|.6` conv, `.6|.7` norm), two ConvTranspose upsamplings, ReflectionPad(3),
 //! Conv 7×7 (always with bias) and Tanh.
+//!
+//! [`Upsampling::Resize`] (Atelier's `resnet_<n>blocks_resize`) replaces each ConvTranspose
+//! (`conv`, `norm`, `ReLU`: three modules) by `Upsample(×2, nearest)`, `ReflectionPad(1)`,
+//! Conv 3×3, norm, ReLU (five modules), which moves the later indices: the head conv is
+//! `model.{21+n}` instead of `model.{17+n}`. Resize-convolution cannot produce the checkerboard
+//! of a stride-2 transposed convolution whose kernel size is not a multiple of its stride
+//! (Odena, Dumoulin & Olah, "Deconvolution and Checkerboard Artifacts", Distill 2016).
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
@@ -15,6 +22,31 @@ use crate::layers::{dropout, reflect_pad, Conv2d, ConvCfg, ConvTranspose2d};
 use crate::norm::{Ctx, Norm, NormKind};
 use crate::Result;
 
+/// How the generator doubles its resolution (twice) before the RGB head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Upsampling {
+    /// `ConvTranspose2d` 3×3, stride 2, output padding 1: the reference's layout.
+    #[default]
+    Transposed,
+    /// Nearest-neighbour ×2, reflect padding 1, `Conv2d` 3×3: resize-convolution.
+    Resize,
+}
+
+impl Upsampling {
+    pub fn is_transposed(&self) -> bool {
+        *self == Upsampling::Transposed
+    }
+
+    /// Checkpoint modules per upsampling layer.
+    pub(crate) fn modules(&self) -> usize {
+        match self {
+            Upsampling::Transposed => 3,
+            Upsampling::Resize => 5,
+        }
+    }
+}
+
 /// Hyper-parameters of a [`ResnetGenerator`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResnetConfig {
@@ -24,6 +56,9 @@ pub struct ResnetConfig {
     pub n_blocks: usize,
     pub norm: NormKind,
     pub use_dropout: bool,
+    /// Absent from cards written before it existed (and omitted for the reference's layout).
+    #[serde(default, skip_serializing_if = "Upsampling::is_transposed")]
+    pub upsampling: Upsampling,
 }
 
 impl Default for ResnetConfig {
@@ -35,7 +70,49 @@ impl Default for ResnetConfig {
             n_blocks: 9,
             norm: NormKind::Instance,
             use_dropout: false,
+            upsampling: Upsampling::Transposed,
         }
+    }
+}
+
+impl ResnetConfig {
+    /// The `--netG` name: `resnet_<n>blocks`, with `_resize` for resize-convolution.
+    pub fn name(&self) -> String {
+        match self.upsampling {
+            Upsampling::Transposed => format!("resnet_{}blocks", self.n_blocks),
+            Upsampling::Resize => format!("resnet_{}blocks_resize", self.n_blocks),
+        }
+    }
+
+    /// Parses a `--netG` name of the form `resnet_<n>blocks[_resize]`; `None` if it has
+    /// another form.
+    pub fn parse_name(name: &str) -> Option<(usize, Upsampling)> {
+        let rest = name.strip_prefix("resnet_")?;
+        let (rest, up) = match rest.strip_suffix("_resize") {
+            Some(r) => (r, Upsampling::Resize),
+            None => (rest, Upsampling::Transposed),
+        };
+        Some((rest.strip_suffix("blocks")?.parse().ok()?, up))
+    }
+}
+
+/// One ×2 upsampling convolution.
+#[derive(Debug, Clone)]
+pub(crate) enum UpConv {
+    Transposed(ConvTranspose2d),
+    /// Applied to the nearest-neighbour ×2 upsampled, reflect-padded input.
+    Resize(Conv2d),
+}
+
+impl UpConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            UpConv::Transposed(c) => c.forward(x)?,
+            UpConv::Resize(c) => {
+                let (_, _, h, w) = x.dims4()?;
+                c.forward(&reflect_pad(&x.upsample_nearest2d(2 * h, 2 * w)?, 1)?)?
+            }
+        })
     }
 }
 
@@ -80,7 +157,7 @@ pub struct ResnetGenerator {
     pub(crate) stem_norm: Norm,
     pub(crate) down: Vec<(Conv2d, Norm)>,
     pub(crate) blocks: Vec<ResnetBlock>,
-    pub(crate) up: Vec<(ConvTranspose2d, Norm)>,
+    pub(crate) up: Vec<(UpConv, Norm)>,
     pub(crate) head: Conv2d,
 }
 
@@ -113,16 +190,31 @@ impl ResnetGenerator {
         let mut up = Vec::new();
         for i in 0..2 {
             let mult = 4 >> i;
-            let conv = ConvTranspose2d::new(
-                ngf * mult,
-                ngf * mult / 2,
-                ConvCfg::k(3).stride(2).pad(1).bias(bias),
-                1,
-                vb.pp(idx),
-            )?;
-            let norm = Norm::new(cfg.norm, ngf * mult / 2, vb.pp(idx + 1))?;
+            let (cin, cout) = (ngf * mult, ngf * mult / 2);
+            let (conv, norm_idx) = match cfg.upsampling {
+                Upsampling::Transposed => (
+                    UpConv::Transposed(ConvTranspose2d::new(
+                        cin,
+                        cout,
+                        ConvCfg::k(3).stride(2).pad(1).bias(bias),
+                        1,
+                        vb.pp(idx),
+                    )?),
+                    idx + 1,
+                ),
+                Upsampling::Resize => (
+                    UpConv::Resize(Conv2d::new(
+                        cin,
+                        cout,
+                        ConvCfg::k(3).bias(bias),
+                        vb.pp(idx + 2),
+                    )?),
+                    idx + 3,
+                ),
+            };
+            let norm = Norm::new(cfg.norm, cout, vb.pp(norm_idx))?;
             up.push((conv, norm));
-            idx += 3;
+            idx += cfg.upsampling.modules();
         }
         let head = Conv2d::new(ngf, cfg.output_nc, ConvCfg::k(7), vb.pp(idx + 1))?;
         Ok(Self {
@@ -154,5 +246,53 @@ impl ResnetGenerator {
             h = norm.forward_act(&conv.forward(&h)?, ctx, Activation::Relu)?;
         }
         Ok(self.head.forward(&reflect_pad(&h, 3)?)?.tanh()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netg_names_round_trip_and_reject_other_forms() {
+        for (name, n, up) in [
+            ("resnet_9blocks", 9, Upsampling::Transposed),
+            ("resnet_6blocks_resize", 6, Upsampling::Resize),
+            ("resnet_12blocks", 12, Upsampling::Transposed),
+        ] {
+            assert_eq!(ResnetConfig::parse_name(name), Some((n, up)), "{name}");
+            let cfg = ResnetConfig {
+                n_blocks: n,
+                upsampling: up,
+                ..ResnetConfig::default()
+            };
+            assert_eq!(cfg.name(), name);
+        }
+        for bad in [
+            "resnet",
+            "resnet_blocks",
+            "resnet_6",
+            "resnet_6blocks_bilinear",
+            "unet_6blocks",
+        ] {
+            assert_eq!(ResnetConfig::parse_name(bad), None, "{bad}");
+        }
+    }
+
+    /// Cards written before the field existed still load, and the reference's layout is not
+    /// written out (its cards stay as they were).
+    #[test]
+    fn upsampling_defaults_to_transposed_in_cards() {
+        let old = r#"{"input_nc":3,"output_nc":3,"ngf":8,"n_blocks":6,"norm":"instance","use_dropout":false}"#;
+        let cfg: ResnetConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(cfg.upsampling, Upsampling::Transposed);
+        assert_eq!(serde_json::to_string(&cfg).unwrap(), old);
+        let resize = ResnetConfig {
+            upsampling: Upsampling::Resize,
+            ..cfg
+        };
+        let json = serde_json::to_string(&resize).unwrap();
+        assert!(json.contains(r#""upsampling":"resize""#), "{json}");
+        assert_eq!(serde_json::from_str::<ResnetConfig>(&json).unwrap(), resize);
     }
 }

@@ -88,7 +88,7 @@ fn check_inferred(c: &Value, arch: &Arch) {
         .and_then(NormKind::parse);
     match arch {
         Arch::Resnet(r) => {
-            assert_eq!(format!("resnet_{}blocks", r.n_blocks), c["arch"], "{name}");
+            assert_eq!(r.name(), c["arch"], "{name}");
             assert_eq!(Some(r.ngf), usize_of(c, "ngf"), "{name}");
             assert_eq!(Some(r.norm), norm, "{name}");
             assert_eq!(Some(r.input_nc), usize_of(c, "input_nc"), "{name}");

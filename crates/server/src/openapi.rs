@@ -169,7 +169,7 @@ fn schemas() -> Value {
             "family": {"type": "string", "enum": ["cyclegan", "pix2pix", "dcgan"], "default": "cyclegan"},
             "steps": {"type": "integer", "default": 2000, "minimum": 1},
             "size": {"type": "integer", "default": 128, "minimum": 32, "maximum": 512},
-            "net_g": {"type": "string", "description": "light (CycleGAN default), resnet_6blocks, resnet_9blocks, unet (pix2pix default), …"},
+            "net_g": {"type": "string", "description": "light (CycleGAN default), resnet_6blocks, resnet_9blocks, resnet_6blocks_resize (resize-convolution upsampling), unet (pix2pix default), …"},
             "ngf": {"type": "integer"}, "ndf": {"type": "integer"}, "batch": {"type": "integer"},
             "lr": {"type": "number"}, "loss": {"type": "string", "enum": ["vanilla", "lsgan", "hinge"]},
             "sample_every": {"type": "integer", "default": 100}, "checkpoint_every": {"type": "integer", "default": 200},

@@ -480,13 +480,12 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
     let ngf = c.ngf.unwrap_or(64);
     let default_g = if pix { "unet" } else { "resnet_9blocks" };
     let g_name = c.net_g.as_deref().unwrap_or(default_g);
-    let generator = if let Some(n) = g_name
-        .strip_prefix("resnet_")
-        .and_then(|r| r.strip_suffix("blocks"))
-    {
-        let n_blocks: usize = n
-            .parse()
-            .map_err(|_| bad(format!("--netG {g_name}: expected resnet_<N>blocks")))?;
+    let generator = if g_name.starts_with("resnet_") {
+        let (n_blocks, upsampling) = ResnetConfig::parse_name(g_name).ok_or_else(|| {
+            bad(format!(
+                "--netG {g_name}: expected resnet_<N>blocks or resnet_<N>blocks_resize"
+            ))
+        })?;
         Arch::Resnet(ResnetConfig {
             input_nc: 3,
             output_nc: 3,
@@ -494,6 +493,7 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
             n_blocks,
             norm,
             use_dropout: dropout,
+            upsampling,
         })
     } else if g_name == "light" {
         Arch::Light(LightConfig {
@@ -527,7 +527,7 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
         })
     } else {
         return Err(bad(format!(
-            "unknown --netG `{g_name}` (resnet_9blocks, resnet_6blocks, unet, unet_128, unet_256, light)"
+            "unknown --netG `{g_name}` (resnet_9blocks, resnet_6blocks, resnet_<N>blocks_resize, unet, unet_128, unet_256, light)"
         )));
     };
     let d_in = if pix { 6 } else { 3 };

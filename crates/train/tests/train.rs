@@ -213,6 +213,16 @@ fn blueness(img: &[f32]) -> f64 {
 /// the cycle reconstructs A.
 #[test]
 fn cyclegan_translates_red_discs_to_blue_squares() {
+    cyclegan_learns_discs_to_squares("resnet_2blocks");
+}
+
+/// The same with resize-convolution upsampling (`_resize`, the built-in styles' generator).
+#[test]
+fn cyclegan_with_resize_convolution_translates_discs_to_squares() {
+    cyclegan_learns_discs_to_squares("resnet_2blocks_resize");
+}
+
+fn cyclegan_learns_discs_to_squares(net_g: &str) {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
@@ -237,13 +247,7 @@ fn cyclegan_translates_red_discs_to_blue_squares() {
             &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
         );
     }
-    let mut cfg = config(
-        Family::Cyclegan,
-        &a,
-        Some(&b),
-        &small_nets("resnet_2blocks"),
-        120,
-    );
+    let mut cfg = config(Family::Cyclegan, &a, Some(&b), &small_nets(net_g), 120);
     cfg.lr = 2e-3;
     let out = tmp.path().join("run");
     let mut t = Trainer::create(cfg, &out).unwrap();
@@ -270,7 +274,7 @@ fn cyclegan_translates_red_discs_to_blue_squares() {
     let (bl_a, bl_b, bl_fake) = (mean_blue(&x), mean_blue(&real_b), mean_blue(&fake));
     let after = cycle_err(&t);
     eprintln!(
-        "cyclegan blueness A {bl_a:.3} B {bl_b:.3} G_A(A) {bl_fake:.3}; cycle L1 {before:.3} → {after:.3}"
+        "cyclegan {net_g}: blueness A {bl_a:.3} B {bl_b:.3} G_A(A) {bl_fake:.3}; cycle L1 {before:.3} → {after:.3}"
     );
     assert!(
         (bl_fake - bl_b).abs() < 0.35 * (bl_b - bl_a).abs(),
