@@ -16,9 +16,34 @@ pub const EMBEDDED: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../models/ukiyoe_light.safetensors"),
     ),
     (
+        "monet",
+        "Monet",
+        include_bytes!("../../../models/monet.safetensors"),
+    ),
+    (
         "monet_light",
         "Monet (light)",
         include_bytes!("../../../models/monet_light.safetensors"),
+    ),
+    (
+        "cezanne",
+        "Cézanne",
+        include_bytes!("../../../models/cezanne.safetensors"),
+    ),
+    (
+        "cezanne_light",
+        "Cézanne (light)",
+        include_bytes!("../../../models/cezanne_light.safetensors"),
+    ),
+    (
+        "vangogh",
+        "Van Gogh",
+        include_bytes!("../../../models/vangogh.safetensors"),
+    ),
+    (
+        "vangogh_light",
+        "Van Gogh (light)",
+        include_bytes!("../../../models/vangogh_light.safetensors"),
     ),
 ];
 

@@ -1258,7 +1258,10 @@ pub fn cpu_model() -> String {
 
 fn hardware(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("{}, {} threads", cpu_model(), rayon::current_num_threads()),
+        Device::Cpu => match rayon::current_num_threads() {
+            1 => format!("{}, 1 thread", cpu_model()),
+            n => format!("{}, {n} threads", cpu_model()),
+        },
         Device::Cuda(_) => "NVIDIA GPU (CUDA)".into(),
         Device::Metal(_) => "Apple GPU (Metal)".into(),
     }

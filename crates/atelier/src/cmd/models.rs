@@ -29,14 +29,14 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                     .unwrap_or_else(|| "no KID".into())
             };
             println!(
-                "{:<24} {:<16} {:<14} DESCRIPTION",
+                "{:<24} {:<22} {:<14} DESCRIPTION",
                 "NAME", "ARCHITECTURE", "QUALITY"
             );
             for name in &names {
                 let path = global.models_dir.join(format!("{name}.safetensors"));
                 match atelier_nets::file::read_card(&path) {
                     Ok(card) => println!(
-                        "{name:<24} {:<16} {:<14} {}",
+                        "{name:<24} {:<22} {:<14} {}",
                         card.arch.name(),
                         metric(&card),
                         card.description
@@ -57,7 +57,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
                         Ok(atelier_nets::file::card_from_metadata(path, meta.as_ref())?)
                     })?;
                 println!(
-                    "{name:<24} {:<16} {:<14} built-in \"{title}\": {}",
+                    "{name:<24} {:<22} {:<14} built-in \"{title}\": {}",
                     card.arch.name(),
                     metric(&card),
                     card.description
@@ -68,7 +68,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Names of the `*.safetensors` files in a folder, sorted.
+/// The SHA-256 of a file, as lowercase hex.
 fn sha256_hex(path: &Path) -> anyhow::Result<String> {
     use sha2::Digest;
     let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
