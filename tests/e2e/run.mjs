@@ -210,6 +210,13 @@ async function pickStyle(page) {
 const scenarios = {
   async stylize(page, { base }) {
     await openHome(page, base);
+    // Every style in the gallery shows its preview (the server makes the built-ins' at start).
+    await page.locator('[data-testid=style-card]').last().scrollIntoViewIfNeeded();
+    await page.waitForFunction(() => {
+      const imgs = [...document.querySelectorAll('[data-testid=style-card] .thumb img')];
+      return imgs.length > 0 && imgs.every((i) => i.complete && i.naturalWidth > 0);
+    }, null, { timeout: 120_000 });
+    await page.evaluate(() => window.scrollTo(0, 0));
     const name = await pickStyle(page);
     await page.locator('[data-testid=file-input]').setInputFiles(PHOTO);
     await page.locator('[data-testid=original-image]').waitFor({ state: 'visible' });

@@ -408,6 +408,19 @@ impl Catalog {
         Ok(Some(png))
     }
 
+    /// Makes the gallery thumbnails of all built-in styles that have none yet, one after the
+    /// other, so that the first visitor of a fresh server sees them at once (`atelier serve`
+    /// runs it in the background at start). Failures are logged, not fatal: the thumbnail
+    /// route tries again on request.
+    pub async fn warm_builtin_thumbnails(&self) {
+        for b in self.builtins.clone() {
+            let name = b.name.clone();
+            if let Err(e) = self.thumbnail(&ModelRef::Builtin(b)).await {
+                tracing::warn!("gallery thumbnail of built-in `{name}`: {e}");
+            }
+        }
+    }
+
     /// Stores a new model file for `owner` (validated: it must load). Returns the row, or
     /// `Err(NameTaken)` if the owner has a model of that name.
     pub async fn add(

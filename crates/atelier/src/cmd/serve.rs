@@ -72,6 +72,8 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let state = AppState::open(config)
             .await
             .with_context(|| format!("opening the data directory {}", data.display()))?;
+        let catalog = state.catalog.clone();
+        tokio::spawn(async move { catalog.warm_builtin_thumbnails().await });
         atelier_server::serve(state).await.context("serving")
     })?;
     Ok(ExitCode::SUCCESS)
