@@ -40,26 +40,26 @@ for style in "$@"; do
   data_b="$SPLIT/$style/train"
   desc="photo -> $style: shared/datasets photo (Flickr, CycleGAN monet2photo testB) train split -> $style paintings train split"
   if has full; then
-  RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
-    --data-b "$data_b" --out "$RUNS/$style" --netG resnet_6blocks_resize --ngf 16 --name "$style" \
-    --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
-    > "$RUNS/$style.log" 2>&1 &
-  pids+=($!)
+    RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
+      --data-b "$data_b" --out "$RUNS/$style" --netG resnet_6blocks_resize --ngf 16 --name "$style" \
+      --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
+      > "$RUNS/$style.log" 2>&1 &
+    pids+=($!)
   fi
   if has light; then
-  RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
-    --data-b "$data_b" --out "$RUNS/${style}_light" --netG light --ngf 16 --name "${style}_light" \
-    --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
-    > "$RUNS/${style}_light.log" 2>&1 &
-  pids+=($!)
+    RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
+      --data-b "$data_b" --out "$RUNS/${style}_light" --netG light --ngf 16 --name "${style}_light" \
+      --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
+      > "$RUNS/${style}_light.log" 2>&1 &
+    pids+=($!)
   fi
   # The reference holds out the last 10 % itself: given the whole folders, it trains on
   # exactly the train split.
   if has ref; then
-  "$PY" bench/reference_cyclegan.py --data-a "$DATASETS/photo" --data-b "$DATASETS/$style" \
-    --netG resnet_9blocks --ngf 64 --ndf 64 --load-size 256 --crop-size 128 --threads 1 \
-    --minutes "$minutes" --seed 1 --out "$RUNS/${style}_ref" > "$RUNS/${style}_ref.log" 2>&1 &
-  pids+=($!)
+    "$PY" bench/reference_cyclegan.py --data-a "$DATASETS/photo" --data-b "$DATASETS/$style" \
+      --netG resnet_9blocks --ngf 64 --ndf 64 --load-size 256 --crop-size 128 --threads 1 \
+      --minutes "$minutes" --seed 1 --out "$RUNS/${style}_ref" > "$RUNS/${style}_ref.log" 2>&1 &
+    pids+=($!)
   fi
 done
 status=0
