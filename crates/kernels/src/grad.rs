@@ -2,10 +2,11 @@
 //!
 //! `dW[o][i][ky][kx] = Σ_pixels x_pad[y·s + ky][x·s + kx][i] · dy[y][x][o]`: a GEMM whose
 //! reduction runs over output pixels. Each task owns a block of `(i, ky, kx)` rows of dW, so no
-//! reduction between threads is needed; the tile keeps `MR` input channels × 16 (AVX2) or 64
-//! (AVX-512) output channels in registers. On AVX2 both operands are packed first (the
-//! pixels in chunks that stay in cache), and the result is transposed to PyTorch's layout in
-//! one pass that reads it in order.
+//! reduction between threads is needed; the tile keeps `MR` input channels × 16 (AVX2) or 32
+//! (AVX-512) output channels in registers. Both operands are packed first (the pixels in
+//! chunks that stay in cache), and the result is transposed to PyTorch's layout in one pass
+//! that reads it in order. The portable path (and layers with fewer than 16 outputs) sweep
+//! the maps in place.
 
 use rayon::prelude::*;
 
@@ -45,11 +46,15 @@ pub fn weight_grad_with_isa(
     }
     const LANES: usize = 64;
     const MR: usize = 6;
-    let use_avx512 = matches!(isa, Isa::Avx512 { .. });
-    let use_avx2 = matches!(isa, Isa::Avx2);
+    #[cfg(target_arch = "x86_64")]
+    let (use_avx512, use_avx2) = (matches!(isa, Isa::Avx512 { .. }), isa == Isa::Avx2);
     #[cfg(target_arch = "x86_64")]
     if use_avx2 {
-        return Ok(weight_grad_avx2_chunked(xp, dy, k, stride));
+        return Ok(weight_grad_chunked::<16>(xp, dy, k, stride));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if use_avx512 {
+        return Ok(weight_grad_chunked::<32>(xp, dy, k, stride));
     }
     // Tasks: (tap, block of MR input channels); each writes dW rows [tap][i0..i0+MR][co].
     let blocks = ci.div_ceil(MR);
@@ -70,29 +75,6 @@ pub fn weight_grad_with_isa(
                 let mut o0 = 0;
                 while o0 < co {
                     let n = (co - o0).min(LANES);
-                    #[cfg(target_arch = "x86_64")]
-                    if use_avx512 {
-                        // SAFETY: AVX-512F was detected. The tile reads x at
-                        // `p·stride·ci + m` (m < mr, p < dy.w: inside `xrow`, which
-                        // covers the row by the size check) and dy at `p·co + o0 + l`
-                        // (l < n) inside `drow`; it adds into `acc[m·co + o0 + l]`.
-                        #[allow(unsafe_code)]
-                        unsafe {
-                            tile_avx512(
-                                xrow.as_ptr(),
-                                stride * ci,
-                                mr,
-                                drow.as_ptr().add(o0),
-                                co,
-                                n,
-                                dy.w,
-                                acc.as_mut_ptr().add(o0),
-                                co,
-                            );
-                        }
-                        o0 += n;
-                        continue;
-                    }
                     for p in 0..dy.w {
                         let xv = &xrow[p * stride * ci..][..mr];
                         let dv = &drow[p * co + o0..][..n];
@@ -122,18 +104,17 @@ pub fn weight_grad_with_isa(
     Ok(dw)
 }
 
-/// The AVX2 path of [`weight_grad_with_isa`], as a GEMM `dWᵀ[(tap, i)][o] = Σ_pixels
+/// The AVX2 (`NR` = 16) and AVX-512 (`NR` = 32) path of [`weight_grad_with_isa`], as a GEMM `dWᵀ[(tap, i)][o] = Σ_pixels
 /// X[pixel][(tap, i)] · dY[pixel][o]` with packed operands (as BLIS does): the output pixels
 /// are taken in chunks of `kc`; each chunk's `dy` is packed into 16-lane panels
-/// `[o / 16][pixel][16]` (contiguous streams from L2, shared by both threads), and every task
+/// `[o / NR][pixel][NR]` (contiguous streams from L2, shared by both threads), and every task
 /// (one tap, a block of 6 input channels) packs its `kc × 6` slice of the input once into L1
-/// and runs the 6×16 register tile over every panel. Reading `dy` in place instead had a
+/// and runs the 6×`NR` register tile over every panel. Reading `dy` in place instead had a
 /// pixel stride of `c_out` floats, which maps successive pixels onto a few L1 sets (8 % of
 /// peak for a 256→512 4×4 layer).
 #[cfg(target_arch = "x86_64")]
-fn weight_grad_avx2_chunked(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<f32> {
+fn weight_grad_chunked<const NR: usize>(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<f32> {
     const MR: usize = 6;
-    const NR: usize = 16;
     const KC_MAX: usize = 512;
     let (ci, co) = (xp.c, dy.c);
     let taps = k * k;
@@ -148,7 +129,7 @@ fn weight_grad_avx2_chunked(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<
     let mut packed = vec![0f32; panels * kc * NR];
     for p0 in (0..pixels).step_by(kc) {
         let np = kc.min(pixels - p0);
-        // Pack dy[p0..p0 + np][..] into [panel][pixel][16], zero lanes past c_out.
+        // Pack dy[p0..p0 + np][..] into [panel][pixel][NR], zero lanes past c_out.
         packed
             .par_chunks_mut(kc * NR)
             .enumerate()
@@ -189,20 +170,19 @@ fn weight_grad_avx2_chunked(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<
                 }
                 for j in 0..panels {
                     let n = NR.min(co - j * NR);
-                    // SAFETY: AVX2 and FMA were detected (the caller's ISA). `a` holds
-                    // np · MR floats and the panel np · NR (np ≤ kc); the tile adds into
-                    // `dst[m·co + j·16 + l]` for m < mr ≤ MR, l < n, inside `dst` (MR · co).
+                    // SAFETY: AVX2 and FMA (NR = 16) or AVX-512F (NR = 32) were detected
+                    // (the caller's ISA). `a` holds np · MR floats and the panel np · NR
+                    // (np ≤ kc); the tile adds into `dst[m·co + j·NR + l]` for m < mr ≤ MR,
+                    // l < n, inside `dst` (MR · co).
                     #[allow(unsafe_code)]
                     unsafe {
-                        packed_tile_avx2(
-                            a.as_ptr(),
-                            packed[j * kc * NR..].as_ptr(),
-                            np,
-                            mr,
-                            n,
-                            dst.as_mut_ptr().add(j * NR),
-                            co,
-                        );
+                        let (a, b) = (a.as_ptr(), packed[j * kc * NR..].as_ptr());
+                        let out = dst.as_mut_ptr().add(j * NR);
+                        if NR == 32 {
+                            packed_tile_avx512(a, b, np, mr, n, out, co);
+                        } else {
+                            packed_tile_avx2(a, b, np, mr, n, out, co);
+                        }
                     }
                 }
             });
@@ -308,6 +288,52 @@ unsafe fn packed_tile_avx2(
             let q = dst.add(h * 8);
             let cur = _mm256_maskload_ps(q, masks[h]);
             _mm256_maskstore_ps(q, masks[h], _mm256_add_ps(cur, t[m][h]));
+        }
+    }
+}
+
+/// `acc[m][l] += Σ_p a[p·6 + m] · b[p·32 + l]` for p < np, stored for m < mr, l < n (≤ 32):
+/// the 6×32 AVX-512 register tile over packed operands.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[allow(clippy::needless_range_loop)] // constant-index loops keep the tile in registers
+#[target_feature(enable = "avx512f")]
+unsafe fn packed_tile_avx512(
+    a: *const f32,
+    b: *const f32,
+    np: usize,
+    mr: usize,
+    n: usize,
+    acc: *mut f32,
+    acc_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut t = [[_mm512_setzero_ps(); 2]; 6];
+    for p in 0..np {
+        let bp = b.add(p * 32);
+        let b0 = _mm512_loadu_ps(bp);
+        let b1 = _mm512_loadu_ps(bp.add(16));
+        let ap = a.add(p * 6);
+        for m in 0..6 {
+            let v = _mm512_set1_ps(*ap.add(m));
+            t[m][0] = _mm512_fmadd_ps(v, b0, t[m][0]);
+            t[m][1] = _mm512_fmadd_ps(v, b1, t[m][1]);
+        }
+    }
+    let masks: [__mmask16; 2] = std::array::from_fn(|h| {
+        let left = n.saturating_sub(h * 16).min(16);
+        ((1u32 << left) - 1) as u16
+    });
+    for m in 0..mr {
+        let dst = acc.add(m * acc_stride);
+        for h in 0..2 {
+            let q = dst.add(h * 16);
+            if masks[h] == 0xffff {
+                _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), t[m][h]));
+            } else if masks[h] != 0 {
+                let cur = _mm512_maskz_loadu_ps(masks[h], q);
+                _mm512_mask_storeu_ps(q, masks[h], _mm512_add_ps(cur, t[m][h]));
+            }
         }
     }
 }

@@ -10,7 +10,9 @@
 //!   multiplied;
 //! * [`PlanarConv`]: the RGB head (few output channels), vectorized along x;
 //! * [`Depthwise`]: depthwise convolutions for the light generator;
-//! * [`ops`]: instance-norm statistics, fused scale/shift + activation + residual, tanh.
+//! * [`ops`]: instance-norm statistics, fused scale/shift + activation + residual, tanh;
+//! * [`planes`]: the element-wise training ops over NCHW planes (instance norm + activation
+//!   forward and backward, bias, LeakyReLU).
 //!
 //! Instruction sets are chosen at run time ([`Isa::detect`]): AVX-512 (with AVX512_BF16 for
 //! [`Precision::Bf16`]), AVX2+FMA, or portable Rust, so one binary runs everywhere.
@@ -24,6 +26,7 @@ pub mod micro;
 pub mod ops;
 pub mod peak;
 pub mod planar;
+pub mod planes;
 pub mod transpose;
 
 pub use conv::{Conv, ConvSpec};

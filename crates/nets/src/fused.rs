@@ -6,12 +6,19 @@
 //!
 //! * [`instance_norm_act`]: `act((x − μ) / √(σ² + ε))` per `(n, c)` plane, with ReLU,
 //!   LeakyReLU or no activation;
-//! * [`reflect_pad`]: `nn.ReflectionPad2d`, whose backward folds the border back in.
+//! * [`reflect_pad`]: `nn.ReflectionPad2d`, whose backward folds the border back in;
+//! * [`bias_add`]: a convolution's per-channel bias, whose backward sums planes;
+//! * [`leaky_relu`]: LeakyReLU without a normalization (PatchGAN's first layer).
+//!
+//! The arithmetic runs in `atelier_kernels::planes`, vectorized for the CPU at hand.
 //!
 //! Other dtypes and devices fall back to the composed candle ops (the f64 gradient checks run
 //! there), so both paths stay tested against each other (`tests/fused.rs`).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use std::sync::OnceLock;
+
+use atelier_kernels::planes;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::Result;
@@ -70,36 +77,13 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Resu
     Ok(f(&v))
 }
 
-/// `Σ f(i)` over `0..n` in 16 f32 lanes (vectorizes; lane sums of ≤ 2^16 terms each keep
-/// the rounding error near f64's for the plane sizes of training).
-#[inline(always)]
-fn lane_sum(n: usize, f: impl Fn(usize) -> f32) -> f32 {
-    let mut lanes = [0f32; 16];
-    let full = n / 16 * 16;
-    for i0 in (0..full).step_by(16) {
-        for (l, acc) in lanes.iter_mut().enumerate() {
-            *acc += f(i0 + l);
-        }
-    }
-    let tail: f32 = (full..n).map(&f).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Mean and `1/√(σ² + ε)` of one plane (two passes; the plane is in cache for the second).
-fn plane_stats(x: &[f32], eps: f32) -> (f32, f32) {
-    let n = x.len();
-    let mean = lane_sum(n, |i| x[i]) / n as f32;
-    let var = lane_sum(n, |i| {
-        let d = x[i] - mean;
-        d * d
-    }) / n as f32;
-    (mean, 1.0 / (var + eps).sqrt())
-}
-
-#[derive(Debug, Clone, Copy)]
+/// Instance norm + activation. The per-plane statistics of the forward pass are kept for the
+/// backward pass (candle hands the same op instance to both).
+#[derive(Debug)]
 struct InstanceNormAct {
     eps: f32,
     act: Activation,
+    stats: OnceLock<Vec<(f32, f32)>>,
 }
 
 impl InstanceNormAct {
@@ -123,15 +107,16 @@ impl CustomOp1 for InstanceNormAct {
         let hw = h * w;
         let slope = self.slope();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw)
+        let stats: Vec<(f32, f32)> = y
+            .par_chunks_mut(hw)
             .zip(x.par_chunks(hw))
-            .for_each(|(yp, xp)| {
-                let (mean, r) = plane_stats(xp, self.eps);
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    let t = (v - mean) * r;
-                    *o = if t >= 0.0 { t } else { t * slope };
-                }
-            });
+            .map(|(yp, xp)| {
+                let (mean, r) = planes::plane_stats(xp, self.eps);
+                planes::norm_act_forward(xp, yp, mean, r, slope);
+                (mean, r)
+            })
+            .collect();
+        let _ = self.stats.set(stats);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -146,35 +131,24 @@ impl CustomOp1 for InstanceNormAct {
         let slope = self.slope();
         let mut dx = vec![0f32; arg.elem_count()];
         with_f32(arg, |x| {
-            with_f32(grad, |g| self.backward_planes(x, g, hw, slope, &mut dx))
+            with_f32(grad, |g| {
+                let planes = x.len() / hw.max(1);
+                let stats = match self.stats.get() {
+                    Some(s) if s.len() == planes => s.clone(),
+                    _ => x
+                        .par_chunks(hw)
+                        .map(|xp| planes::plane_stats(xp, self.eps))
+                        .collect(),
+                };
+                dx.par_chunks_mut(hw)
+                    .zip(x.par_chunks(hw).zip(g.par_chunks(hw)))
+                    .zip(stats)
+                    .for_each(|((dp, (xp, gp)), (mean, r))| {
+                        planes::norm_act_backward(xp, gp, dp, mean, r, slope)
+                    });
+            })
         })??;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
-    }
-}
-
-impl InstanceNormAct {
-    fn backward_planes(&self, x: &[f32], g: &[f32], hw: usize, slope: f32, dx: &mut [f32]) {
-        dx.par_chunks_mut(hw)
-            .zip(x.par_chunks(hw).zip(g.par_chunks(hw)))
-            .for_each(|(dp, (xp, gp))| {
-                let (mean, r) = plane_stats(xp, self.eps);
-                // gy = dL/dy through the activation; dx = r·(gy − mean(gy) − y·mean(gy·y)).
-                let gy = |i: usize| {
-                    let y = (xp[i] - mean) * r;
-                    if y > 0.0 {
-                        gp[i]
-                    } else {
-                        gp[i] * slope
-                    }
-                };
-                let mg = lane_sum(hw, gy) / hw as f32;
-                let mgy = lane_sum(hw, |i| gy(i) * (xp[i] - mean) * r) / hw as f32;
-                for ((d, &v), &gv) in dp.iter_mut().zip(xp).zip(gp) {
-                    let y = (v - mean) * r;
-                    let gy = if y > 0.0 { gv } else { gv * slope };
-                    *d = r * (gy - mg - y * mgy);
-                }
-            });
     }
 }
 
@@ -183,7 +157,119 @@ pub fn instance_norm_act(x: &Tensor, eps: f64, act: Activation) -> Result<Tensor
     Ok(x.contiguous()?.apply_op1(InstanceNormAct {
         eps: eps as f32,
         act,
+        stats: OnceLock::new(),
     })?)
+}
+
+/// LeakyReLU (`0 ≤ slope`) on an f32 CPU tensor.
+#[derive(Debug, Clone, Copy)]
+struct Leaky {
+    slope: f32,
+}
+
+/// Splits `n` values into chunks for the pool (whole planes are not needed here).
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for Leaky {
+    fn name(&self) -> &'static str {
+        "atelier-leaky-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "leaky relu")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| planes::leaky_forward(xc, yc, self.slope));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let mut dx = vec![0f32; arg.elem_count()];
+        with_f32(arg, |x| {
+            with_f32(grad, |g| {
+                dx.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|(d, (xc, gc))| planes::leaky_backward(xc, gc, d, self.slope));
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+/// `LeakyReLU(slope)` on an f32 CPU tensor (any shape), one pass each way.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Leaky {
+        slope: slope as f32,
+    })?)
+}
+
+/// `x + b` with one value of `b` per channel of an NCHW f32 CPU tensor (a convolution's
+/// bias); the backward pass sums the gradient per channel.
+#[derive(Debug, Clone, Copy)]
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "atelier-bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "bias add")?;
+        let b = contiguous_f32(s2, l2, "bias add")?;
+        let (_, c, h, w) = l1.shape().dims4()?;
+        let hw = h * w;
+        if b.len() != c {
+            candle_core::bail!("bias add: {} values for {c} channels", b.len());
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw)
+            .zip(x.par_chunks(hw))
+            .enumerate()
+            .for_each(|(i, (yp, xp))| planes::add_scalar(xp, yp, b[i % c]));
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, c, h, w) = x.dims4()?;
+        let hw = h * w;
+        let grad = grad.contiguous()?;
+        let gb = if b.track_op() {
+            let sums: Vec<f32> = with_f32(&grad, |g| {
+                g.par_chunks(hw).map(planes::plane_sum).collect::<Vec<_>>()
+            })?;
+            let mut db = vec![0f32; c];
+            for (i, s) in sums.iter().enumerate() {
+                db[i % c] += s;
+            }
+            Some(Tensor::from_vec(db, c, b.device())?)
+        } else {
+            None
+        };
+        Ok((Some(grad), gb))
+    }
+}
+
+/// `x + b.reshape(1, C, 1, 1)` for an f32 CPU tensor `(N, C, H, W)` and a bias `(C)`.
+pub fn bias_add(x: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)?)
 }
 
 #[derive(Debug, Clone, Copy)]

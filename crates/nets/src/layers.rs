@@ -134,6 +134,9 @@ impl Conv2d {
 
 fn add_bias(y: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     match bias {
+        Some(b) if crate::fused::applies(&y) && b.dtype() == DType::F32 => {
+            crate::fused::bias_add(&y, b)
+        }
         Some(b) => {
             let c = b.dim(0)?;
             Ok(y.broadcast_add(&b.reshape((1, c, 1, 1))?)?)
@@ -265,6 +268,9 @@ pub fn reflect_pad(x: &Tensor, p: usize) -> Result<Tensor> {
 
 /// `LeakyReLU(slope)`.
 pub fn leaky_relu(x: &Tensor, slope: f64) -> Result<Tensor> {
+    if x.dtype() == DType::F32 && x.device().is_cpu() && (0.0..1.0).contains(&slope) {
+        return crate::fused::leaky_relu(x, slope);
+    }
     // max(x, slope*x) for 0 < slope < 1.
     Ok(x.maximum(&(x * slope)?)?)
 }
