@@ -269,6 +269,9 @@ fn convolution_gradients_match_the_reference() {
         // 1110 output pixels in chunks of 512 (AVX2 packed weight grad), 40 outputs (a
         // partial 16-lane panel), 13 inputs (a partial block of 6), stride 2.
         (ConvSpec::new(13, 40, 3).stride(2).pad(1, z), 60, 74),
+        // The brief's DCGAN discriminator, narrowed (5×5 stride 2 from 16 filters).
+        (ConvSpec::new(3, 16, 5).stride(2).pad(2, z), 28, 28),
+        (ConvSpec::new(16, 32, 5).stride(2).pad(2, z), 14, 14),
     ] {
         let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
         let (ho, wo) = spec.output_size(h, w).unwrap();

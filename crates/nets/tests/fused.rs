@@ -91,3 +91,93 @@ fn reflect_padding_matches_the_composed_ops() {
         assert!(max_diff(&g32, &g64) < 1e-5, "{shape:?} p {p}: gradient");
     }
 }
+
+#[test]
+fn leaky_relu_matches_the_composed_ops() {
+    let shape = (2, 3, 7, 9);
+    let x = rand(shape, 3);
+    for slope in [0.0, 0.01, 0.2, 0.3] {
+        let f = |t: &Tensor| atelier_nets::layers::leaky_relu(t, slope).unwrap();
+        let (y32, g32) = value_and_grad(&x, shape, DType::F32, &f);
+        let (y64, g64) = value_and_grad(&x, shape, DType::F64, &f);
+        assert!(max_diff(&y32, &y64) < 1e-6, "slope {slope}: forward");
+        assert!(max_diff(&g32, &g64) < 1e-6, "slope {slope}: gradient");
+    }
+    // At exactly 0 the fused op takes PyTorch's convention (the slope); candle's composed
+    // `maximum` would split the gradient in half.
+    let zeros = vec![0f32; 2 * 3 * 4 * 4];
+    let f = |t: &Tensor| atelier_nets::layers::leaky_relu(t, 0.2).unwrap();
+    let (_, g) = value_and_grad(&zeros, (2, 3, 4, 4), DType::F32, &f);
+    let r = rand((2, 3, 4, 4), 99);
+    for (gv, rv) in g.iter().zip(&r) {
+        assert!((gv - 0.2 * *rv as f64).abs() < 1e-6, "{gv} vs 0.2 · {rv}");
+    }
+}
+
+/// A convolution's bias through the fused per-channel add: the output and both gradients
+/// (input and bias) against the broadcast add in f64.
+#[test]
+fn bias_add_matches_the_composed_ops() {
+    let dev = Device::Cpu;
+    let shape = (3, 4, 5, 6);
+    let x = rand(shape, 11);
+    let b: Vec<f32> = rand((1, 4, 1, 1), 12);
+    let run = |dtype: DType| -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let xv = Var::from_tensor(
+            &Tensor::from_slice(&x, shape, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
+        let bv = Var::from_tensor(
+            &Tensor::from_slice(&b, 4, &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+        )
+        .unwrap();
+        // A 1×1 convolution with identity weights and the bias: y = x + b.
+        let eye: Vec<f32> = (0..16)
+            .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let conv = atelier_nets::layers::Conv2d {
+            weight: Tensor::from_vec(eye, (4, 4, 1, 1), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap(),
+            bias: Some(bv.as_tensor().clone()),
+            stride: 1,
+            padding: 0,
+            groups: 1,
+        };
+        let y = conv.forward(xv.as_tensor()).unwrap();
+        let r = Tensor::from_vec(rand(shape, 99), shape, &dev)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let flat = |t: &Tensor| {
+            t.to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        (
+            flat(&y),
+            flat(grads.get(xv.as_tensor()).unwrap()),
+            flat(grads.get(bv.as_tensor()).unwrap()),
+        )
+    };
+    let (y32, gx32, gb32) = run(DType::F32);
+    let (y64, gx64, gb64) = run(DType::F64);
+    assert!(max_diff(&y32, &y64) < 1e-6, "forward");
+    assert!(max_diff(&gx32, &gx64) < 1e-6, "input gradient");
+    assert!(
+        max_diff(&gb32, &gb64) < 1e-4,
+        "bias gradient {gb32:?} vs {gb64:?}"
+    );
+    assert!(gb64.iter().all(|v| v.abs() > 1e-3));
+}
