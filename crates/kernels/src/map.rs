@@ -116,8 +116,15 @@ impl Map {
     /// To planar `(C, H, W)`.
     pub fn to_chw(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.data.len()];
-        crate::transpose::transpose(&self.data, self.h * self.w, self.c, &mut out);
+        self.write_chw(&mut out);
         out
+    }
+
+    /// Writes the planar `(C, H, W)` values into `out` (of exactly `C·H·W` values), e.g. one
+    /// image's slot of a batch.
+    pub fn write_chw(&self, out: &mut [f32]) {
+        assert_eq!(out.len(), self.data.len(), "Map::write_chw: length");
+        crate::transpose::transpose(&self.data, self.h * self.w, self.c, out);
     }
 
     /// Row-planar copy `(H + 2p, C, W + 2p)` padded by `p` (`mode`): each row holds one

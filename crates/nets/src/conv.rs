@@ -181,15 +181,16 @@ fn conv_maps(
 ) -> candle_core::Result<Vec<f32>> {
     let conv = Conv::new(spec, weight, None, Precision::F32).map_err(cerr)?;
     let ws = Workspace::default();
-    let mut out = Vec::with_capacity(maps.len() * spec.c_out * ho * wo);
-    for m in maps {
+    let per = spec.c_out * ho * wo;
+    let mut out = vec![0f32; maps.len() * per];
+    for (m, slot) in maps.iter().zip(out.chunks_exact_mut(per)) {
         let y = if spec.transposed {
             conv.forward_sized(m, ho, wo, &ws)
         } else {
             conv.forward_ws(m, &ws)
         }
         .map_err(cerr)?;
-        out.extend(y.to_chw());
+        y.write_chw(slot);
         ws.recycle(y);
     }
     Ok(out)
