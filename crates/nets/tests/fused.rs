@@ -42,15 +42,17 @@ fn value_and_grad(
     let loss = (&y * &r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     let g = grads.get(xv.as_tensor()).unwrap();
-    let flat = |t: &Tensor| {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap()
-    };
     (flat(&y), flat(g))
+}
+
+/// A tensor's values as f64, flattened.
+fn flat(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap()
 }
 
 fn max_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -157,14 +159,6 @@ fn bias_add_matches_the_composed_ops() {
             .to_dtype(dtype)
             .unwrap();
         let grads = (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
-        let flat = |t: &Tensor| {
-            t.to_dtype(DType::F64)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap()
-        };
         (
             flat(&y),
             flat(grads.get(xv.as_tensor()).unwrap()),
