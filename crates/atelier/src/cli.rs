@@ -259,6 +259,12 @@ pub enum TrainCommand {
     Pix2pix(Box<TrainArgs>),
     /// Unpaired translation between two image folders (`--data-a`, `--data-b`).
     Cyclegan(Box<TrainArgs>),
+    /// Unpaired translation with one generator and PatchNCE (CUT, Park et al. 2020): about
+    /// half of CycleGAN's work per step; keeps the photo's structure.
+    Cut(Box<TrainArgs>),
+    /// CUT without the identity term, λ_NCE 10 and flip equivariance (the cheapest unpaired
+    /// recipe per step).
+    Fastcut(Box<TrainArgs>),
     /// Continue a run after Ctrl-C, `kill -9` or a crash, from its newest checkpoint.
     Resume {
         /// The run directory.
@@ -432,10 +438,36 @@ pub struct TrainArgs {
     /// Licence of the data, for the model card.
     #[arg(long, default_value = "")]
     pub data_licence: String,
-    /// CycleGAN: KID of translated held-out images every N steps (and at the end), written
-    /// to metrics.jsonl and the loss plot; needs the FID Inception weights (--fid-weights).
+    /// CUT/FastCUT: generator modules whose features PatchNCE compares (reference indices).
+    #[arg(long, value_delimiter = ',', default_value = "0,4,8,12,16")]
+    pub nce_layers: Vec<usize>,
+    /// CUT/FastCUT: patches sampled per layer and image.
+    #[arg(long, default_value_t = 256)]
+    pub num_patches: usize,
+    /// CUT/FastCUT: width of the PatchNCE MLP heads.
+    #[arg(long = "netF-nc", alias = "netf-nc", default_value_t = 256)]
+    pub netf_nc: usize,
+    /// CUT/FastCUT: PatchNCE temperature.
+    #[arg(long = "nce-T", alias = "nce-t", default_value_t = 0.07)]
+    pub nce_t: f64,
+    /// CUT/FastCUT: PatchNCE weight (default 1 for CUT, 10 for FastCUT).
+    #[arg(long = "lambda-NCE", alias = "lambda-nce")]
+    pub lambda_nce: Option<f64>,
+    /// CUT/FastCUT: adversarial weight.
+    #[arg(long = "lambda-GAN", alias = "lambda-gan", default_value_t = 1.0)]
+    pub lambda_gan: f64,
+    /// Unpaired runs: KID and structure metrics (edge correlation, sharpness) of translated
+    /// validation images every N steps (and at the end), written to metrics.jsonl and the loss
+    /// plot; needs the FID Inception weights (--fid-weights).
     #[arg(long)]
     pub kid_every: Option<u64>,
+    /// With --kid-every: validation folders of domains A and B (e.g. a split's val folders)
+    /// instead of holding images out of the training folders.
+    #[arg(long, num_args = 2, value_names = ["VAL_A", "VAL_B"])]
+    pub val_folders: Option<Vec<PathBuf>>,
+    /// With --kid-every: translate validation images at this side (default: --size).
+    #[arg(long)]
+    pub val_size: Option<u32>,
     /// With --kid-every: hold out every Nth image of each folder (sorted; never trained on).
     #[arg(long, default_value_t = 10)]
     pub val_every: usize,

@@ -6,15 +6,19 @@
 //! * [`preprocess`]: pytorch-fid's input pipeline (8-bit RGB → bilinear 299×299 without
 //!   antialiasing → `[-1, 1]`);
 //! * [`stats`]: FID (Fréchet distance of the feature Gaussians) and KID (unbiased MMD² with
-//!   the cubic polynomial kernel, over random subsets, as torch-fidelity computes it).
+//!   the cubic polynomial kernel, over random subsets, as torch-fidelity computes it);
+//! * [`structure`]: edge correlation and sharpness of a translation against its photo
+//!   (Sobel magnitudes on 256² grayscale).
 
 pub mod error;
 pub mod folder;
 pub mod inception;
 pub mod preprocess;
 pub mod stats;
+pub mod structure;
 
 pub use error::{Error, Result};
 pub use folder::{folder_features, image_features, list_images};
 pub use inception::{Inception, FEATURES};
 pub use stats::{fid, kid, Kid};
+pub use structure::{structure, structure_summary, Structure, StructureSummary};

@@ -282,6 +282,17 @@ impl Network {
         }
     }
 
+    /// Intermediate outputs at `layers` (CUT's `encode_only`; see [`ResnetGenerator::encode`]).
+    /// Only the ResNet generator has them.
+    pub fn encode(&self, x: &Tensor, layers: &[usize], ctx: &mut Ctx) -> Result<Vec<Tensor>> {
+        match self {
+            Network::Resnet(n) => n.encode(x, layers, ctx),
+            _ => Err(Error::Arch(
+                "intermediate features (CUT's PatchNCE) need a resnet_<N>blocks generator".into(),
+            )),
+        }
+    }
+
     /// Runs the network. Translators and discriminators take `(N, C, H, W)` images in [-1, 1];
     /// noise generators take `(N, nz)`.
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {

@@ -247,6 +247,105 @@ impl ResnetGenerator {
         }
         Ok(self.head.forward(&reflect_pad(&h, 3)?)?.tanh()?)
     }
+
+    /// The outputs of the modules of `self.model` at `layers` (indices of the reference's
+    /// `nn.Sequential`, see the module docs; ascending, no repeats), computing no further than
+    /// the last one: CUT's `netG(x, nce_layers, encode_only=True)`. With the reference's
+    /// layout, `0` is the reflect-padded input, `4` the first downsampling convolution (before
+    /// its norm), `8` the second downsampling's norm (before its ReLU), `10 + i` ResnetBlock
+    /// `i`. Indices past the blocks reach into the upsampling modules.
+    pub fn encode(&self, x: &Tensor, layers: &[usize], ctx: &mut Ctx) -> Result<Vec<Tensor>> {
+        crate::layers::check_input(x, self.cfg.input_nc, "ResnetGenerator")?;
+        let Some(&last) = layers.last() else {
+            return Ok(Vec::new());
+        };
+        if layers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(crate::Error::Arch(format!(
+                "feature layers {layers:?}: expected ascending indices without repeats"
+            )));
+        }
+        let n = self.cfg.n_blocks;
+        let end = 10 + n + 2 * self.cfg.upsampling.modules();
+        if last >= end {
+            return Err(crate::Error::Arch(format!(
+                "feature layer {last}: the encoder and upsampling of {} end at module {}",
+                self.cfg.name(),
+                end - 1
+            )));
+        }
+        let mut feats = Vec::with_capacity(layers.len());
+        let mut i = 0usize;
+        // Records module `i`'s output; true once the last wanted module is done.
+        let mut take = |i: usize, t: &Tensor| {
+            if layers.contains(&i) {
+                feats.push(t.clone());
+            }
+            i >= last
+        };
+        // norm at `i`, ReLU at `i + 1`: fused unless the norm's own output is wanted.
+        let norm_relu = |norm: &Norm, h: &Tensor, i: usize, ctx: &mut Ctx| -> Result<_> {
+            Ok(if layers.contains(&i) {
+                let y = norm.forward_act(h, ctx, Activation::None)?;
+                let r = y.relu()?;
+                (Some(y), r)
+            } else {
+                (None, norm.forward_act(h, ctx, Activation::Relu)?)
+            })
+        };
+        let mut h = reflect_pad(x, 3)?;
+        macro_rules! out {
+            ($t:expr) => {{
+                let done = take(i, &$t);
+                i += 1;
+                if done {
+                    return Ok(feats);
+                }
+            }};
+        }
+        out!(h);
+        h = self.stem.forward(&h)?;
+        out!(h);
+        let mut stages: Vec<(&Norm, Option<&Conv2d>)> = vec![(&self.stem_norm, None)];
+        for (conv, norm) in &self.down {
+            stages.push((norm, Some(conv)));
+        }
+        for (norm, conv) in stages {
+            if let Some(conv) = conv {
+                h = conv.forward(&h)?;
+                out!(h);
+            }
+            let (y, r) = norm_relu(norm, &h, i, ctx)?;
+            out!(y.unwrap_or_else(|| r.clone()));
+            h = r;
+            out!(h);
+        }
+        for b in &self.blocks {
+            h = b.forward(&h, ctx)?;
+            out!(h);
+        }
+        for (conv, norm) in &self.up {
+            match conv {
+                UpConv::Transposed(c) => {
+                    h = c.forward(&h)?;
+                    out!(h);
+                }
+                UpConv::Resize(c) => {
+                    let (_, _, hh, ww) = h.dims4()?;
+                    h = h.upsample_nearest2d(2 * hh, 2 * ww)?;
+                    out!(h);
+                    h = reflect_pad(&h, 1)?;
+                    out!(h);
+                    h = c.forward(&h)?;
+                    out!(h);
+                }
+            }
+            let (y, r) = norm_relu(norm, &h, i, ctx)?;
+            out!(y.unwrap_or_else(|| r.clone()));
+            h = r;
+            out!(h);
+        }
+        unreachable!("layer {last} was checked against the module count")
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use crate::{Augment, GanLoss, TrainError};
 /// Version tag of `config.json`.
 pub const CONFIG_FORMAT: &str = "atelier-train-config/1";
 
-/// The three model families.
+/// The model families (one recipe each, `crate::recipes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
@@ -27,6 +27,11 @@ pub enum Family {
     Pix2pix,
     /// Unpaired image → image with cycle and identity losses.
     Cyclegan,
+    /// Unpaired image → image with one generator and PatchNCE (Park et al. 2020), with the
+    /// identity NCE term.
+    Cut,
+    /// CUT without the identity term, λ_NCE 10 and flip equivariance.
+    Fastcut,
 }
 
 impl Family {
@@ -35,7 +40,58 @@ impl Family {
             Family::Dcgan => "dcgan",
             Family::Pix2pix => "pix2pix",
             Family::Cyclegan => "cyclegan",
+            Family::Cut => "cut",
+            Family::Fastcut => "fastcut",
         }
+    }
+
+    /// Whether the family trains on two unpaired domains.
+    pub fn unpaired(self) -> bool {
+        matches!(self, Family::Cyclegan | Family::Cut | Family::Fastcut)
+    }
+}
+
+/// PatchNCE settings of CUT and FastCUT (the reference's options of the same names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NceConfig {
+    /// `--nce_layers`: indices of the generator's modules whose outputs are compared (see
+    /// `ResnetGenerator::encode`).
+    pub layers: Vec<usize>,
+    /// `--num_patches` sampled per layer and image.
+    pub num_patches: usize,
+    /// `--netF_nc`: width of the MLP heads.
+    pub nc: usize,
+    /// `--nce_T`: the temperature τ.
+    pub tau: f64,
+    /// `--lambda_NCE`.
+    pub lambda_nce: f64,
+    /// `--lambda_GAN`.
+    pub lambda_gan: f64,
+    /// `--nce_idt`: the identity term PatchNCE(B, G(B)).
+    pub nce_idt: bool,
+    /// `--flip_equivariance`.
+    pub flip_equivariance: bool,
+}
+
+impl NceConfig {
+    /// The reference's `--CUT_mode CUT` (FastCUT with `fast`).
+    pub fn reference(fast: bool) -> Self {
+        Self {
+            layers: vec![0, 4, 8, 12, 16],
+            num_patches: 256,
+            nc: 256,
+            tau: 0.07,
+            lambda_nce: if fast { 10.0 } else { 1.0 },
+            lambda_gan: 1.0,
+            nce_idt: !fast,
+            flip_equivariance: fast,
+        }
+    }
+}
+
+impl Default for NceConfig {
+    fn default() -> Self {
+        Self::reference(false)
     }
 }
 
@@ -155,13 +211,17 @@ pub struct TrainConfig {
     /// treats samples independently. Same results as separate passes up to float rounding.
     #[serde(default = "yes")]
     pub batched_passes: bool,
+    /// CUT / FastCUT: PatchNCE settings.
+    #[serde(default)]
+    pub nce: NceConfig,
 }
 
 fn yes() -> bool {
     true
 }
 
-/// Held-out validation images and the periodic KID on them (CycleGAN).
+/// Held-out validation images and the periodic KID and structure metrics on them (unpaired
+/// families).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Validation {
     /// Every `every`-th image of each folder (in sorted order, starting with the first) is
@@ -173,6 +233,14 @@ pub struct Validation {
     pub kid_every: u64,
     /// The FID Inception weights (`fid_inception_v3.safetensors`).
     pub weights: PathBuf,
+    /// Folders of validation images for domains A and B (e.g. a split's `val` folders). When
+    /// given, nothing is held out of the training folders and up to `max_images` of each are
+    /// used instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folders: Option<[PathBuf; 2]>,
+    /// The side validation images are translated at (default: the training crop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
 }
 
 /// Choices that shape the networks; resolved into [`Arch`]s by [`TrainConfig::new`].
@@ -263,12 +331,12 @@ impl TrainConfig {
             batch: match family {
                 Family::Dcgan if brief => 256,
                 Family::Dcgan => 64,
-                Family::Pix2pix | Family::Cyclegan => 1,
+                Family::Pix2pix | Family::Cyclegan | Family::Cut | Family::Fastcut => 1,
             },
             steps: 0,
             epochs: None,
             loss: match family {
-                Family::Cyclegan => GanLoss::Lsgan,
+                Family::Cyclegan | Family::Cut | Family::Fastcut => GanLoss::Lsgan,
                 _ => GanLoss::Vanilla,
             },
             generator,
@@ -291,6 +359,7 @@ impl TrainConfig {
             keep_checkpoints: 3,
             d_wins_steps: 200,
             batched_passes: true,
+            nce: NceConfig::reference(family == Family::Fastcut),
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),
@@ -368,8 +437,10 @@ impl TrainConfig {
             ));
         }
         if let Some(v) = &self.validation {
-            if self.family != Family::Cyclegan {
-                return Err(bad("--kid-every is for CycleGAN runs"));
+            if !self.family.unpaired() {
+                return Err(bad(
+                    "--kid-every is for unpaired runs (cyclegan, cut, fastcut)",
+                ));
             }
             if v.every < 2 || v.kid_every == 0 || v.max_images < 2 {
                 return Err(bad(
@@ -411,7 +482,7 @@ impl TrainConfig {
                     return Err(bad("DCGAN takes one image folder (--data-a)"));
                 }
             }
-            Family::Pix2pix | Family::Cyclegan => {
+            Family::Pix2pix | Family::Cyclegan | Family::Cut | Family::Fastcut => {
                 let m = self.generator.size_multiple();
                 if !size.is_multiple_of(m) {
                     return Err(bad(format!(
@@ -419,11 +490,54 @@ impl TrainConfig {
                         self.generator.name()
                     )));
                 }
-                if self.family == Family::Cyclegan && self.data_b.is_none() {
-                    return Err(bad(
-                        "CycleGAN needs two image folders (--data-a and --data-b)",
-                    ));
+                if self.family.unpaired() && self.data_b.is_none() {
+                    return Err(bad(format!(
+                        "{} needs two image folders (--data-a and --data-b)",
+                        self.family.name()
+                    )));
                 }
+                if matches!(self.family, Family::Cut | Family::Fastcut) {
+                    self.validate_nce()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nce(&self) -> Result<(), TrainError> {
+        let n = &self.nce;
+        if !matches!(self.generator, Arch::Resnet(_)) {
+            return Err(bad(format!(
+                "{} compares the encoder features of a resnet_<N>blocks generator; --netG {} has none",
+                self.family.name(),
+                self.generator.name()
+            )));
+        }
+        if n.layers.is_empty() || n.layers.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(format!(
+                "--nce-layers {:?}: give ascending module indices without repeats",
+                n.layers
+            )));
+        }
+        if let Arch::Resnet(c) = self.generator {
+            let end = 10 + c.n_blocks + 2 * if c.upsampling.is_transposed() { 3 } else { 5 };
+            if let Some(&l) = n.layers.iter().find(|&&l| l >= end) {
+                return Err(bad(format!(
+                    "--nce-layers: {} has modules 0..{} before its head; {l} is past them",
+                    c.name(),
+                    end - 1
+                )));
+            }
+        }
+        if !(1..=4096).contains(&n.num_patches) || !(1..=4096).contains(&n.nc) {
+            return Err(bad("--num-patches and --netf-nc must be in 1..=4096"));
+        }
+        if !(n.tau.is_finite() && n.tau > 0.0) {
+            return Err(bad(format!("--nce-t must be positive, got {}", n.tau)));
+        }
+        for (name, l) in [("lambda-nce", n.lambda_nce), ("lambda-gan", n.lambda_gan)] {
+            if !(l.is_finite() && l >= 0.0) {
+                return Err(bad(format!("--{name} must be ≥ 0, got {l}")));
             }
         }
         Ok(())
@@ -436,6 +550,11 @@ impl TrainConfig {
         }
         self.data_a = abs(&self.data_a);
         self.data_b = self.data_b.as_ref().map(abs);
+        if let Some(v) = self.validation.as_mut() {
+            if let Some([a, b]) = v.folders.as_ref() {
+                v.folders = Some([abs(a), abs(b)]);
+            }
+        }
     }
 }
 

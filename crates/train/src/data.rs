@@ -363,6 +363,25 @@ impl Dataset {
     /// file list, so a resumed run holds out the same images. Images that fail to decode are
     /// dropped from both sides and recorded as skipped.
     pub fn hold_out(&mut self, every: usize, max: usize) -> Vec<Image> {
+        self.hold_out_inner(every, max)
+    }
+
+    /// Up to `max` images decoded at their original size, in sorted order (a folder of
+    /// validation images); undecodable ones are recorded as skipped.
+    pub fn originals(&mut self, max: usize) -> Vec<Image> {
+        let mut out = Vec::new();
+        for i in 0..self.items.len() {
+            if out.len() == max {
+                break;
+            }
+            if let Some(img) = self.load(i) {
+                out.push(img);
+            }
+        }
+        out
+    }
+
+    fn hold_out_inner(&mut self, every: usize, max: usize) -> Vec<Image> {
         let every = every.max(2);
         let mut keep = Vec::with_capacity(self.items.len());
         let mut keep_bad = Vec::with_capacity(self.items.len());

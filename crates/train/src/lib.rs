@@ -1,4 +1,5 @@
-//! GAN training for Atelier: the DCGAN, pix2pix and CycleGAN trainers ([`Trainer`]) with their
+//! GAN training for Atelier: the DCGAN, pix2pix, CycleGAN, CUT and FastCUT trainers ([`Trainer`],
+//! one recipe per family) with their
 //! run directories ([`RunDir`]: config, checkpoints, metrics, samples, loss plot), exact resume,
 //! and the building blocks: adversarial losses, a checkpointable Adam, the image pool, datasets
 //! and a resumable deterministic batch loader.
@@ -10,14 +11,16 @@ mod error;
 pub mod grid;
 pub mod loss;
 pub mod monitor;
+pub mod nce;
 pub mod plot;
 pub mod pool;
+mod recipes;
 pub mod run;
 pub mod trainer;
 
 pub use adam::{Adam, AdamConfig};
 pub use atelier_nets::Rng;
-pub use config::{DcganPreset, Direction, Family, LrPolicy, NetChoice, TrainConfig};
+pub use config::{DcganPreset, Direction, Family, LrPolicy, NceConfig, NetChoice, TrainConfig};
 pub use data::{
     Augment, DataError, Dataset, Loader, LoaderState, PairBatch, PairedDataset, Source,
     UnpairedDataset,

@@ -46,6 +46,9 @@ pub struct CheckpointState {
     pub monitor: crate::monitor::MonitorState,
     /// Training seconds so far.
     pub elapsed_s: f64,
+    /// CPU seconds (all threads) of the training so far; absent before it was recorded.
+    #[serde(default)]
+    pub cpu_s: f64,
     /// The machine and thread count the last training segment ran on (the model card's
     /// hardware, which an export in another process would otherwise describe).
     #[serde(default)]

@@ -14,18 +14,18 @@ use std::time::Instant;
 
 use atelier_nets::arch::Arch;
 use atelier_nets::card::{DataInfo, ModelCard};
-use atelier_nets::{Ctx, Network, Rng, SeededVarMap, Storage};
-use candle_core::{DType, Device, Tensor, Var};
+use atelier_nets::{Ctx, Rng, SeededVarMap, Storage};
+use candle_core::{Device, Tensor};
 use serde_json::json;
 
-use crate::config::{Direction, Family, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::images_to_tensor;
-use crate::loss::l1;
 use crate::monitor::{collapse_warning, diversity, Monitor};
+use crate::recipes::{self, Batch, DataKind, Recipe, State};
 use crate::run::{CheckpointState, RunDir, CHECKPOINT_FORMAT};
 use crate::{
-    Adam, AdamConfig, Augment, Dataset, ImagePool, Loader, LoaderState, PairBatch, PairedDataset,
-    Source, TrainError, TrainResult, UnpairedDataset,
+    Adam, AdamConfig, Augment, Dataset, Loader, LoaderState, PairedDataset, Source, TrainError,
+    TrainResult, UnpairedDataset,
 };
 
 /// Steps before DCGAN samples are checked for mode collapse.
@@ -61,92 +61,10 @@ pub fn parse_device(spec: &str) -> TrainResult<Device> {
     }
 }
 
-/// One network being trained and its variables.
-struct Net {
-    name: &'static str,
-    arch: Arch,
-    vars: SeededVarMap,
-    net: Network,
-}
-
-impl Net {
-    fn new(name: &'static str, arch: Arch, seed: u64, device: &Device) -> TrainResult<Net> {
-        let vars = SeededVarMap::new(seed);
-        let net = Network::new(arch, vars.builder(device))?;
-        Ok(Net {
-            name,
-            arch,
-            vars,
-            net,
-        })
-    }
-
-    fn sorted_vars(&self) -> Vec<(String, Var)> {
-        let data = self.vars.varmap().data().lock().expect("varmap lock");
-        let mut v: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// Trainable variables, prefixed with the network's name.
-    fn trainable(&self) -> Vec<(String, Var)> {
-        self.sorted_vars()
-            .into_iter()
-            .filter(|(k, _)| !k.ends_with("running_mean") && !k.ends_with("running_var"))
-            .map(|(k, v)| (format!("{}.{k}", self.name), v))
-            .collect()
-    }
-
-    /// Weights as named in a model file.
-    fn weights(&self) -> HashMap<String, Tensor> {
-        self.sorted_vars()
-            .into_iter()
-            .map(|(k, v)| (k, v.as_tensor().clone()))
-            .collect()
-    }
-
-    fn restore(&self, tensors: &HashMap<String, Tensor>) -> TrainResult<()> {
-        for (k, var) in self.sorted_vars() {
-            let key = format!("net.{}.{k}", self.name);
-            let t = tensors.get(&key).ok_or_else(|| {
-                TrainError::Config(format!("checkpoint lacks `{key}` (different networks?)"))
-            })?;
-            if t.dims() != var.dims() {
-                return Err(TrainError::Config(format!(
-                    "checkpoint `{key}` has shape {:?}, the network {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&t.to_dtype(DType::F32)?)?;
-        }
-        Ok(())
-    }
-
-    fn all_finite(&self) -> TrainResult<bool> {
-        for (_, v) in self.sorted_vars() {
-            let s = v.as_tensor().sum_all()?.to_scalar::<f32>()?;
-            if !s.is_finite() {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-
-    fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> TrainResult<Tensor> {
-        Ok(self.net.forward_logits(x, ctx)?)
-    }
-}
-
 enum Data {
     Single(Loader<Dataset>),
     Paired(Loader<PairedDataset>),
     Unpaired(Loader<UnpairedDataset>),
-}
-
-enum Batch {
-    Single(Tensor),
-    Pair(PairBatch),
 }
 
 /// Held-out validation images of domains A and B (decoded, original size).
@@ -162,35 +80,41 @@ impl Data {
     fn open_held(cfg: &TrainConfig, device: &Device) -> TrainResult<(Data, Held)> {
         let seed = cfg.seed ^ 0xDA7A;
         let mut held = None;
-        let data = match cfg.family {
-            Family::Dcgan => Data::Single(Loader::new(
+        let data = match recipes::for_family(cfg.family).data() {
+            DataKind::Single => Data::Single(Loader::new(
                 Dataset::open(&cfg.data_a)?,
                 cfg.augment,
                 cfg.batch,
                 seed,
                 device,
             )?),
-            Family::Pix2pix => {
+            DataKind::Paired => {
                 let src = match &cfg.data_b {
                     None => PairedDataset::aligned(&cfg.data_a)?,
                     Some(b) => PairedDataset::matched(&cfg.data_a, b)?,
                 };
                 Data::Paired(Loader::new(src, cfg.augment, cfg.batch, seed, device)?)
             }
-            Family::Cyclegan => {
-                let b = cfg
-                    .data_b
-                    .as_ref()
-                    .ok_or_else(|| TrainError::Config("CycleGAN needs --data-b".into()))?;
+            DataKind::Unpaired => {
+                let b = cfg.data_b.as_ref().ok_or_else(|| {
+                    TrainError::Config(format!("{} needs --data-b", cfg.family.name()))
+                })?;
                 let mut src = UnpairedDataset::open(&cfg.data_a, b)?;
                 if let Some(v) = &cfg.validation {
-                    let a = src.a.hold_out(v.every, v.max_images);
-                    let b = src.b.hold_out(v.every, v.max_images);
+                    let (a, b) = match &v.folders {
+                        Some([fa, fb]) => (
+                            validation_images(fa, v.max_images)?,
+                            validation_images(fb, v.max_images)?,
+                        ),
+                        None => (
+                            src.a.hold_out(v.every, v.max_images),
+                            src.b.hold_out(v.every, v.max_images),
+                        ),
+                    };
                     if a.len() < 2 || b.len() < 2 || src.a.is_empty() || src.b.is_empty() {
                         return Err(TrainError::Config(format!(
-                            "validation: holding out every {}th image leaves {} + {} held-out and \
-                             {} + {} training images; KID needs ≥ 2 held out per domain",
-                            v.every,
+                            "validation: {} + {} validation and {} + {} training images; KID \
+                             needs ≥ 2 validation images per domain",
                             a.len(),
                             b.len(),
                             src.a.len(),
@@ -357,18 +281,17 @@ pub struct Finished {
 pub struct Trainer {
     cfg: TrainConfig,
     run: RunDir,
-    device: Device,
     data: Data,
-    g: Vec<Net>,
-    d: Vec<Net>,
-    opt_g: Adam,
-    opt_d: Adam,
-    pools: Vec<ImagePool>,
-    rng: Rng,
+    /// The family's procedure.
+    recipe: Box<dyn Recipe>,
+    /// Networks, optimisers, pools and randomness.
+    st: State,
     step: u64,
     monitor: Monitor,
     fixed: Fixed,
     elapsed_s: f64,
+    /// CPU seconds of this process spent training, over all segments of the run.
+    cpu_s: f64,
     /// Where the training ran (see [`CheckpointState::hardware`]).
     trained_on: Option<String>,
     stop: Arc<AtomicBool>,
@@ -436,7 +359,7 @@ impl Trainer {
         let (data, held) = Data::open_held(&cfg, &device)?;
         let mut t = Self::build(cfg, run, device, data, held)?;
         t.resumed = true;
-        match t.run.latest_checkpoint(&t.device)? {
+        match t.run.latest_checkpoint(&t.st.device)? {
             Some((state, tensors, notes)) => {
                 t.notes.extend(notes);
                 t.restore(state, &tensors)?;
@@ -456,54 +379,46 @@ impl Trainer {
         held: Held,
     ) -> TrainResult<Trainer> {
         let mut seeds = Rng::new(cfg.seed);
-        let (g, d) = match cfg.family {
-            Family::Cyclegan => (
-                vec![
-                    Net::new("G_A", cfg.generator, seeds.next_u64(), &device)?,
-                    Net::new("G_B", cfg.generator, seeds.next_u64(), &device)?,
-                ],
-                vec![
-                    Net::new("D_A", cfg.discriminator, seeds.next_u64(), &device)?,
-                    Net::new("D_B", cfg.discriminator, seeds.next_u64(), &device)?,
-                ],
-            ),
-            _ => (
-                vec![Net::new("G", cfg.generator, seeds.next_u64(), &device)?],
-                vec![Net::new("D", cfg.discriminator, seeds.next_u64(), &device)?],
-            ),
-        };
+        let mut recipe = recipes::for_family(cfg.family);
+        let (g, d) = recipe.networks(&cfg, &mut seeds, &device)?;
         let adam = AdamConfig {
             lr: cfg.lr,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
             eps: 1e-8,
         };
-        let opt_g = Adam::new(g.iter().flat_map(|n| n.trainable()).collect(), adam)?;
+        // Extra variables (CUT's heads) share the generators' optimiser: Adam works per
+        // parameter, so this is the reference's separate optimiser with the same settings.
+        let mut g_vars: Vec<_> = g.iter().flat_map(|n| n.trainable()).collect();
+        for (name, vars) in recipe.extra_vars() {
+            g_vars.extend(recipes::trainable(name, vars));
+        }
+        let opt_g = Adam::new(g_vars, adam)?;
         let opt_d = Adam::new(d.iter().flat_map(|n| n.trainable()).collect(), adam)?;
-        let pools = if cfg.family == Family::Cyclegan {
-            vec![ImagePool::new(cfg.pool_size), ImagePool::new(cfg.pool_size)]
-        } else {
-            Vec::new()
-        };
+        let pools = recipe.pools(&cfg);
         let monitor = Monitor::new(d.len(), cfg.loss.d_wins_threshold(), cfg.d_wins_steps);
-        let fixed = fixed_inputs(&cfg, &device, &mut seeds)?;
+        let fixed = fixed_inputs(&cfg, recipe.data(), &device, &mut seeds)?;
         let rng = Rng::new(seeds.next_u64());
         let batches_per_epoch = data.batches_per_epoch() as u64;
         Ok(Trainer {
             cfg,
             run,
-            device,
             data,
-            g,
-            d,
-            opt_g,
-            opt_d,
-            pools,
-            rng,
+            recipe,
+            st: State {
+                g,
+                d,
+                opt_g,
+                opt_d,
+                pools,
+                rng,
+                device,
+            },
             step: 0,
             monitor,
             fixed,
             elapsed_s: 0.0,
+            cpu_s: 0.0,
             trained_on: None,
             stop: Arc::new(AtomicBool::new(false)),
             acc: Accumulator::default(),
@@ -537,7 +452,8 @@ impl Trainer {
 
     /// A copy of the generators' weights (model-file names), e.g. to compare runs.
     pub fn generator_weights(&self) -> TrainResult<Vec<(String, HashMap<String, Tensor>)>> {
-        self.g
+        self.st
+            .g
             .iter()
             .map(|n| {
                 let w = n
@@ -550,10 +466,23 @@ impl Trainer {
             .collect()
     }
 
+    /// A copy of every trained variable (generators, discriminators and the recipe's own,
+    /// e.g. CUT's heads) by checkpoint name (`<net>.<key>`), e.g. to compare runs.
+    pub fn trained_weights(&self) -> TrainResult<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, vars) in self.var_sets() {
+            for (k, v) in recipes::sorted_vars(vars) {
+                out.insert(format!("{name}.{k}"), v.as_tensor().copy()?);
+            }
+        }
+        Ok(out)
+    }
+
     /// Runs a generator in inference mode (e.g. for evaluation in tests): index 0 is G (or
     /// G_A), 1 is G_B.
     pub fn generate(&self, index: usize, x: &Tensor) -> TrainResult<Tensor> {
         let net = self
+            .st
             .g
             .get(index)
             .ok_or_else(|| TrainError::Config(format!("no generator {index}")))?;
@@ -580,17 +509,17 @@ impl Trainer {
     }
 
     fn restore(&mut self, s: CheckpointState, t: &HashMap<String, Tensor>) -> TrainResult<()> {
-        for n in self.g.iter().chain(&self.d) {
-            n.restore(t)?;
+        for (name, vars) in self.var_sets() {
+            recipes::restore_vars(name, vars, t)?;
         }
         let strip = |prefix: &str| -> HashMap<String, Tensor> {
             t.iter()
                 .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
                 .collect()
         };
-        self.opt_g.restore(s.opt_steps[0], &strip("opt_g."))?;
-        self.opt_d.restore(s.opt_steps[1], &strip("opt_d."))?;
-        for (i, pool) in self.pools.iter_mut().enumerate() {
+        self.st.opt_g.restore(s.opt_steps[0], &strip("opt_g."))?;
+        self.st.opt_d.restore(s.opt_steps[1], &strip("opt_d."))?;
+        for (i, pool) in self.st.pools.iter_mut().enumerate() {
             let n = s.pool_sizes.get(i).copied().unwrap_or(0);
             let images = (0..n)
                 .map(|j| {
@@ -602,37 +531,38 @@ impl Trainer {
             pool.restore(images);
         }
         self.data.restore(s.loader)?;
-        self.rng = Rng::new(s.rng);
+        self.st.rng = Rng::new(s.rng);
         self.monitor.state = s.monitor;
         self.step = s.step;
         self.elapsed_s = s.elapsed_s;
+        self.cpu_s = s.cpu_s;
         self.trained_on = s.hardware.clone();
         Ok(())
     }
 
     fn checkpoint(&mut self, obs: &mut dyn Observer) -> TrainResult<()> {
-        for n in self.g.iter().chain(&self.d) {
-            if !n.all_finite()? {
+        for (name, vars) in self.var_sets() {
+            if !recipes::all_finite(vars)? {
                 return Err(TrainError::Diverged {
                     step: self.step,
-                    what: format!("a weight of {}", n.name),
+                    what: format!("a weight of {name}"),
                     last_good: self.monitor.state.last_good,
                 });
             }
         }
         self.monitor.state.last_good = Some(self.step);
         let mut tensors = HashMap::new();
-        for n in self.g.iter().chain(&self.d) {
-            for (k, v) in n.sorted_vars() {
-                tensors.insert(format!("net.{}.{k}", n.name), v.as_tensor().clone());
+        for (name, vars) in self.var_sets() {
+            for (k, v) in recipes::sorted_vars(vars) {
+                tensors.insert(format!("net.{name}.{k}"), v.as_tensor().clone());
             }
         }
-        for (prefix, opt) in [("opt_g.", &self.opt_g), ("opt_d.", &self.opt_d)] {
+        for (prefix, opt) in [("opt_g.", &self.st.opt_g), ("opt_d.", &self.st.opt_d)] {
             for (k, v) in opt.state() {
                 tensors.insert(format!("{prefix}{k}"), v);
             }
         }
-        for (i, pool) in self.pools.iter().enumerate() {
+        for (i, pool) in self.st.pools.iter().enumerate() {
             for (j, img) in pool.images().iter().enumerate() {
                 tensors.insert(format!("pool.{i}.{j}"), img.clone());
             }
@@ -641,11 +571,12 @@ impl Trainer {
             format: CHECKPOINT_FORMAT.into(),
             step: self.step,
             loader: self.data.state(),
-            rng: self.rng.state(),
-            opt_steps: [self.opt_g.step_count(), self.opt_d.step_count()],
-            pool_sizes: self.pools.iter().map(|p| p.images().len()).collect(),
+            rng: self.st.rng.state(),
+            opt_steps: [self.st.opt_g.step_count(), self.st.opt_d.step_count()],
+            pool_sizes: self.st.pools.iter().map(|p| p.images().len()).collect(),
             monitor: self.monitor.state.clone(),
             elapsed_s: self.elapsed_s,
+            cpu_s: self.cpu_s,
             hardware: self.trained_on.clone(),
         };
         let path = self
@@ -661,7 +592,7 @@ impl Trainer {
 
     /// Trains until the configured number of steps, then exports the generator(s).
     pub fn run(&mut self, obs: &mut dyn Observer) -> TrainResult<Finished> {
-        self.trained_on = Some(hardware(&self.device));
+        self.trained_on = Some(hardware(&self.st.device));
         obs.event(&Event::Started {
             step: self.step,
             total: self.cfg.steps,
@@ -690,18 +621,14 @@ impl Trainer {
                 });
             }
             let t0 = Instant::now();
+            let cpu0 = process_cpu_seconds();
             let epoch = self.epoch();
             let lr = self.cfg.lr * self.cfg.lr_policy.factor(self.step, epoch);
-            self.opt_g.config.lr = lr;
-            self.opt_d.config.lr = lr;
+            self.st.opt_g.config.lr = lr;
+            self.st.opt_d.config.lr = lr;
             let batch = self.data.next()?;
             self.report_skipped(obs);
-            let out = match (self.cfg.family, batch) {
-                (Family::Dcgan, Batch::Single(real)) => self.step_dcgan(&real)?,
-                (Family::Pix2pix, Batch::Pair(p)) => self.step_pix2pix(p)?,
-                (Family::Cyclegan, Batch::Pair(p)) => self.step_cyclegan(p)?,
-                _ => return Err(TrainError::Config("data does not fit the family".into())),
-            };
+            let out = self.recipe.step(&mut self.st, &self.cfg, batch)?;
             self.step += 1;
             for (name, v) in &out.losses {
                 if !v.is_finite() {
@@ -718,9 +645,10 @@ impl Trainer {
             }
             let dt = t0.elapsed().as_secs_f64();
             self.elapsed_s += dt;
+            self.cpu_s += (process_cpu_seconds() - cpu0).max(0.0);
             self.acc.seconds += dt;
             rate.push(dt, self.cfg.batch);
-            let names: Vec<&str> = self.d.iter().map(|n| n.name).collect();
+            let names: Vec<&str> = self.st.d.iter().map(|n| n.name).collect();
             if let Some(w) = self.monitor.observe_d(&names, &out.d_terms) {
                 obs.event(&Event::Warning(&w));
                 self.acc.warnings.push(w);
@@ -803,9 +731,10 @@ impl Trainer {
         let mut line = json!({
             "step": self.step,
             "epoch": epoch,
-            "lr": self.opt_g.config.lr,
+            "lr": self.st.opt_g.config.lr,
             "losses": losses,
             "elapsed_s": (self.elapsed_s * 1000.0).round() / 1000.0,
+            "cpu_s": (self.cpu_s * 1000.0).round() / 1000.0,
             "skipped_images": self.skipped_seen,
         });
         let obj = line.as_object_mut().expect("object");
@@ -841,187 +770,6 @@ impl Trainer {
         self.step / self.batches_per_epoch.max(1)
     }
 
-    fn ctx(&mut self) -> Ctx {
-        Ctx::train_with_rng(self.rng.fork())
-    }
-
-    fn noise(&mut self, n: usize, nz: usize) -> TrainResult<Tensor> {
-        let v: Vec<f32> = (0..n * nz).map(|_| self.rng.normal() as f32).collect();
-        Ok(Tensor::from_vec(v, (n, nz), &self.device)?)
-    }
-
-    fn step_dcgan(&mut self, real: &Tensor) -> TrainResult<StepOut> {
-        let loss = self.cfg.loss;
-        let n = real.dim(0)?;
-        let z = self.noise(n, self.cfg.generator.input_channels())?;
-        let mut cg = self.ctx();
-        let mut cd = self.ctx();
-        let fake = self.g[0].forward(&z, &mut cg)?;
-        // D step: real → 1, G(z) → 0 (G's graph cut).
-        let d_real = self.d[0].forward(real, &mut cd)?;
-        let d_fake = self.d[0].forward(&fake.detach(), &mut cd)?;
-        let l_real = loss.discriminator(&d_real, true)?;
-        let l_fake = loss.discriminator(&d_fake, false)?;
-        let loss_d = (&l_real + &l_fake)?;
-        self.opt_d.backward_step(&loss_d)?;
-        // G step against the updated D.
-        cd.frozen = true;
-        let d_fake2 = self.d[0].forward(&fake, &mut cd)?;
-        cd.frozen = false;
-        let loss_g = loss.generator(&d_fake2)?;
-        self.opt_g.backward_step(&loss_g)?;
-        cg.apply_running_stats()?;
-        cd.apply_running_stats()?;
-        let (lr_, lf) = (scalar(&l_real)?, scalar(&l_fake)?);
-        Ok(StepOut {
-            losses: vec![("D", lr_ + lf), ("G", scalar(&loss_g)?)],
-            d_terms: vec![(lr_ + lf) / 2.0],
-            d_real: judged(loss, &d_real)?,
-            d_fake: judged(loss, &d_fake)?,
-        })
-    }
-
-    fn step_pix2pix(&mut self, p: PairBatch) -> TrainResult<StepOut> {
-        let loss = self.cfg.loss;
-        let (a, b) = match self.cfg.direction {
-            Direction::AtoB => (p.a, p.b),
-            Direction::BtoA => (p.b, p.a),
-        };
-        let mut cg = self.ctx();
-        let mut cd = self.ctx();
-        let fake_b = self.g[0].forward(&a, &mut cg)?;
-        // D step on (A, B) pairs.
-        let fake_ab = Tensor::cat(&[&a, &fake_b.detach()], 1)?;
-        let real_ab = Tensor::cat(&[&a, &b], 1)?;
-        let pred_fake = self.d[0].forward(&fake_ab, &mut cd)?;
-        let pred_real = self.d[0].forward(&real_ab, &mut cd)?;
-        let l_fake = loss.discriminator(&pred_fake, false)?;
-        let l_real = loss.discriminator(&pred_real, true)?;
-        let loss_d = ((&l_fake + &l_real)? * 0.5)?;
-        self.opt_d.backward_step(&loss_d)?;
-        // G step: fool the updated D and stay close to B in L1.
-        cd.frozen = true;
-        let pred = self.d[0].forward(&Tensor::cat(&[&a, &fake_b], 1)?, &mut cd)?;
-        cd.frozen = false;
-        let g_gan = loss.generator(&pred)?;
-        let g_l1 = (l1(&fake_b, &b)? * self.cfg.lambda_l1)?;
-        let loss_g = (&g_gan + &g_l1)?;
-        self.opt_g.backward_step(&loss_g)?;
-        cg.apply_running_stats()?;
-        cd.apply_running_stats()?;
-        let (lf, lr_) = (scalar(&l_fake)?, scalar(&l_real)?);
-        Ok(StepOut {
-            losses: vec![
-                ("D_real", lr_),
-                ("D_fake", lf),
-                ("G_GAN", scalar(&g_gan)?),
-                ("G_L1", scalar(&g_l1)?),
-            ],
-            d_terms: vec![(lr_ + lf) / 2.0],
-            d_real: judged(loss, &pred_real)?,
-            d_fake: judged(loss, &pred_fake)?,
-        })
-    }
-
-    fn step_cyclegan(&mut self, p: PairBatch) -> TrainResult<StepOut> {
-        let loss = self.cfg.loss;
-        let (real_a, real_b) = (p.a, p.b);
-        let lc = self.cfg.lambda_cycle;
-        let li = self.cfg.lambda_identity;
-        let mut cg = self.ctx();
-        let mut cd = self.ctx();
-        let (ga, gb) = (&self.g[0], &self.g[1]);
-        let (da, db) = (&self.d[0], &self.d[1]);
-        // Passes of one network over independent inputs share a batch when the network
-        // treats samples independently (instance norm, no dropout): the same numbers as
-        // separate passes, but one weight gradient per network and step instead of one per use.
-        let batch_g = self.cfg.batched_passes && li > 0.0 && self.cfg.generator.per_sample();
-        let batch_d = self.cfg.batched_passes && self.cfg.discriminator.per_sample();
-        let n = real_a.dim(0)?;
-        let (fake_b, fake_a, ia, ib) = if batch_g {
-            let ya = ga.forward(&Tensor::cat(&[&real_a, &real_b], 0)?, &mut cg)?;
-            let yb = gb.forward(&Tensor::cat(&[&real_b, &real_a], 0)?, &mut cg)?;
-            (
-                ya.narrow(0, 0, n)?,
-                yb.narrow(0, 0, n)?,
-                Some(ya.narrow(0, n, n)?),
-                Some(yb.narrow(0, n, n)?),
-            )
-        } else {
-            let fake_b = ga.forward(&real_a, &mut cg)?;
-            let fake_a = gb.forward(&real_b, &mut cg)?;
-            (fake_b, fake_a, None, None)
-        };
-        let rec_a = gb.forward(&fake_b, &mut cg)?;
-        let rec_b = ga.forward(&fake_a, &mut cg)?;
-        // G step (the reference's backward_G).
-        let (idt_a, idt_b) = if li > 0.0 {
-            let ia = match ia {
-                Some(t) => t,
-                None => ga.forward(&real_b, &mut cg)?,
-            };
-            let ib = match ib {
-                Some(t) => t,
-                None => gb.forward(&real_a, &mut cg)?,
-            };
-            (
-                (l1(&ia, &real_b)? * (lc * li))?,
-                (l1(&ib, &real_a)? * (lc * li))?,
-            )
-        } else {
-            let z = Tensor::zeros((), DType::F32, &self.device)?;
-            (z.clone(), z)
-        };
-        // D judges the fakes with its parameters frozen (only G is updated here).
-        cd.frozen = true;
-        let g_a = loss.generator(&da.forward(&fake_b, &mut cd)?)?;
-        let g_b = loss.generator(&db.forward(&fake_a, &mut cd)?)?;
-        cd.frozen = false;
-        let cyc_a = (l1(&rec_a, &real_a)? * lc)?;
-        let cyc_b = (l1(&rec_b, &real_b)? * lc)?;
-        let loss_g = (((((&g_a + &g_b)? + &cyc_a)? + &cyc_b)? + &idt_a)? + &idt_b)?;
-        self.opt_g.backward_step(&loss_g)?;
-        // D step (backward_D_A, backward_D_B) with pooled fakes.
-        let pooled_b = self.pools[1].query(&fake_b.detach(), &mut self.rng)?;
-        let pooled_a = self.pools[0].query(&fake_a.detach(), &mut self.rng)?;
-        let (da, db) = (&self.d[0], &self.d[1]);
-        let judge = |d: &Net, real: &Tensor, fake: &Tensor, cd: &mut Ctx| {
-            if batch_d {
-                let y = d.forward(&Tensor::cat(&[real, fake], 0)?, cd)?;
-                Ok::<_, TrainError>((y.narrow(0, 0, n)?, y.narrow(0, n, n)?))
-            } else {
-                Ok((d.forward(real, cd)?, d.forward(fake, cd)?))
-            }
-        };
-        let (pred_real_b, pred_fake_b) = judge(da, &real_b, &pooled_b, &mut cd)?;
-        let da_real = loss.discriminator(&pred_real_b, true)?;
-        let da_fake = loss.discriminator(&pred_fake_b, false)?;
-        let loss_da = ((&da_real + &da_fake)? * 0.5)?;
-        let (pred_real_a, pred_fake_a) = judge(db, &real_a, &pooled_a, &mut cd)?;
-        let db_real = loss.discriminator(&pred_real_a, true)?;
-        let db_fake = loss.discriminator(&pred_fake_a, false)?;
-        let loss_db = ((&db_real + &db_fake)? * 0.5)?;
-        self.opt_d.backward_step(&(&loss_da + &loss_db)?)?;
-        cg.apply_running_stats()?;
-        cd.apply_running_stats()?;
-        let (lda, ldb) = (scalar(&loss_da)?, scalar(&loss_db)?);
-        Ok(StepOut {
-            losses: vec![
-                ("D_A", lda),
-                ("G_A", scalar(&g_a)?),
-                ("cycle_A", scalar(&cyc_a)?),
-                ("idt_A", scalar(&idt_a)?),
-                ("D_B", ldb),
-                ("G_B", scalar(&g_b)?),
-                ("cycle_B", scalar(&cyc_b)?),
-                ("idt_B", scalar(&idt_b)?),
-            ],
-            d_terms: vec![lda, ldb],
-            d_real: (judged(loss, &pred_real_b)? + judged(loss, &pred_real_a)?) / 2.0,
-            d_fake: (judged(loss, &pred_fake_b)? + judged(loss, &pred_fake_a)?) / 2.0,
-        })
-    }
-
     // ------------------------------------------------------------------------------------
     // Samples and export
     // ------------------------------------------------------------------------------------
@@ -1037,25 +785,35 @@ impl Trainer {
         };
         let t0 = Instant::now();
         if val.loaded.is_none() {
-            let net = atelier_eval::Inception::load(&v.weights, &self.device).map_err(eval_err)?;
+            let net =
+                atelier_eval::Inception::load(&v.weights, &self.st.device).map_err(eval_err)?;
             let mut feats = [Vec::new(), Vec::new()];
             for (f, imgs) in feats.iter_mut().zip(&val.images) {
-                *f = image_features(&net, imgs, &self.device)?;
+                *f = image_features(&net, imgs, &self.st.device)?;
             }
             val.loaded = Some((net, feats));
         }
-        let crop = self.cfg.augment.crop_size;
+        let side = v.size.unwrap_or(self.cfg.augment.crop_size);
         let mut line = json!({"event": "kid", "step": self.step});
-        for (dir, g, src, other) in [("a2b", 0, 0, 1), ("b2a", 1, 1, 0)] {
+        for &(dir, g, src) in self.recipe.directions() {
+            let other = 1 - src;
+            let mut inputs = Vec::new();
             let mut fakes = Vec::new();
             for img in &val.images[src] {
-                let x = atelier_imaging::resize(img, crop, crop);
-                let x = images_to_tensor(&[&x], &self.device)?;
-                let y = self.g[g].net.forward(&x, &mut ctx)?;
+                let x = atelier_imaging::resize(img, side, side);
+                let t = images_to_tensor(&[&x], &self.st.device)?;
+                let y = self.st.g[g].net.forward(&t, &mut ctx)?;
                 fakes.push(tensor_image(&y)?);
+                inputs.push(x);
+            }
+            // Structure metrics (undefined, and left out, when every input is flat).
+            let pairs: Vec<_> = inputs.iter().zip(&fakes).collect();
+            if let Ok(s) = atelier_eval::structure_summary(&pairs) {
+                line[format!("edge_corr_{dir}")] = json!(s.edge_correlation);
+                line[format!("sharpness_{dir}")] = json!(s.sharpness);
             }
             let (net, feats) = val.loaded.as_ref().expect("loaded above");
-            let fake = image_features(net, &fakes, &self.device)?;
+            let fake = image_features(net, &fakes, &self.st.device)?;
             let k = atelier_eval::kid(
                 Rows::new(&feats[other], FEATURES).map_err(eval_err)?,
                 Rows::new(&fake, FEATURES).map_err(eval_err)?,
@@ -1078,7 +836,7 @@ impl Trainer {
         let mut ctx = self.sample_ctx();
         let (grid, warning) = match &self.fixed {
             Fixed::Noise { z, real_diversity } => {
-                let fake = self.g[0].net.forward(z, &mut ctx)?;
+                let fake = self.st.g[0].net.forward(z, &mut ctx)?;
                 let n = fake.dim(0)?;
                 let values = fake.flatten_all()?.to_vec1::<f32>()?;
                 let div = diversity(&values, n);
@@ -1096,33 +854,9 @@ impl Trainer {
                 (crate::grid::grid(&fake, 8)?, w)
             }
             Fixed::Pairs { a, b } => {
-                let rows = match self.cfg.family {
-                    Family::Pix2pix => {
-                        let (x, y) = match self.cfg.direction {
-                            Direction::AtoB => (a, b),
-                            Direction::BtoA => (b, a),
-                        };
-                        // One image at a time, as the reference's test.py (batch norm
-                        // uses each image's own statistics).
-                        let mut fakes = Vec::new();
-                        for i in 0..x.dim(0)? {
-                            ctx.rewind();
-                            fakes.push(self.g[0].net.forward(&x.narrow(0, i, 1)?, &mut ctx)?);
-                        }
-                        vec![x.clone(), Tensor::cat(&fakes, 0)?, y.clone()]
-                    }
-                    _ => {
-                        let fb = self.g[0].net.forward(a, &mut ctx)?;
-                        let ra = self.g[1].net.forward(&fb, &mut ctx)?;
-                        let fa = self.g[1].net.forward(b, &mut ctx)?;
-                        let rb = self.g[0].net.forward(&fa, &mut ctx)?;
-                        vec![
-                            Tensor::cat(&[a, b], 0)?,
-                            Tensor::cat(&[&fb, &fa], 0)?,
-                            Tensor::cat(&[&ra, &rb], 0)?,
-                        ]
-                    }
-                };
+                let rows = self
+                    .recipe
+                    .sample_rows(&self.st, &self.cfg, a, b, &mut ctx)?;
                 (crate::grid::columns(&rows)?, None)
             }
         };
@@ -1187,16 +921,8 @@ impl Trainer {
         } else {
             self.cfg.data_description.clone()
         };
-        for (i, net) in self.g.iter().enumerate() {
-            let (name, what) = match (self.cfg.family, i) {
-                (Family::Cyclegan, 0) => (self.cfg.name.clone(), "CycleGAN generator A→B"),
-                (Family::Cyclegan, _) => (
-                    format!("{}_reverse", self.cfg.name),
-                    "CycleGAN generator B→A",
-                ),
-                (Family::Pix2pix, _) => (self.cfg.name.clone(), "pix2pix generator"),
-                (Family::Dcgan, _) => (self.cfg.name.clone(), "DCGAN generator (noise → image)"),
-            };
+        for (i, net) in self.st.g.iter().enumerate() {
+            let (name, what) = self.recipe.export_label(&self.cfg, i);
             let mut card = ModelCard::new(name.clone(), net.arch);
             card.description = format!(
                 "{what}, {} trained by `atelier train {}` for {} steps at {}×{} (batch {}, seed {})",
@@ -1215,7 +941,7 @@ impl Trainer {
             card.provenance.hardware = Some(
                 self.trained_on
                     .clone()
-                    .unwrap_or_else(|| hardware(&self.device)),
+                    .unwrap_or_else(|| hardware(&self.st.device)),
             );
             card.provenance.created = format!(
                 "{}",
@@ -1235,6 +961,12 @@ impl Trainer {
                 "train_seconds".into(),
                 (self.elapsed_s * 10.0).round() / 10.0,
             );
+            if self.cpu_s > 0.0 {
+                card.metrics.insert(
+                    "train_cpu_seconds".into(),
+                    (self.cpu_s * 10.0).round() / 10.0,
+                );
+            }
             let path = self.run.model_path(&name);
             atelier_nets::save(&path, &card, &net.weights(), Storage::F32)?;
             out.push(path);
@@ -1267,27 +999,6 @@ fn hardware(device: &Device) -> String {
     }
 }
 
-struct StepOut {
-    losses: Vec<(&'static str, f64)>,
-    /// Per-discriminator mean D loss per term, for the "D wins" monitor.
-    d_terms: Vec<f64>,
-    d_real: f64,
-    d_fake: f64,
-}
-
-fn scalar(t: &Tensor) -> TrainResult<f64> {
-    Ok(t.to_dtype(DType::F32)?.to_scalar::<f32>()? as f64)
-}
-
-/// The mean of D's verdict: a probability for the vanilla loss, the raw output otherwise.
-fn judged(loss: crate::GanLoss, pred: &Tensor) -> TrainResult<f64> {
-    let p = match loss {
-        crate::GanLoss::Vanilla => candle_nn::ops::sigmoid(pred)?,
-        _ => pred.clone(),
-    };
-    scalar(&p.mean_all()?)
-}
-
 #[derive(Default)]
 struct RateMeter {
     recent: std::collections::VecDeque<(f64, usize)>,
@@ -1311,7 +1022,12 @@ impl RateMeter {
     }
 }
 
-fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainResult<Fixed> {
+fn fixed_inputs(
+    cfg: &TrainConfig,
+    kind: DataKind,
+    device: &Device,
+    seeds: &mut Rng,
+) -> TrainResult<Fixed> {
     let mut rng = seeds.fork();
     let plain = Augment {
         load_size: cfg.augment.crop_size,
@@ -1320,8 +1036,8 @@ fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainRes
         color_jitter: 0.0,
         center_square: false,
     };
-    Ok(match cfg.family {
-        Family::Dcgan => {
+    Ok(match kind {
+        DataKind::Single => {
             let nz = cfg.generator.input_channels();
             let z: Vec<f32> = (0..DCGAN_SAMPLES * nz)
                 .map(|_| rng.normal() as f32)
@@ -1343,7 +1059,7 @@ fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainRes
                 real_diversity: diversity(&values, images.len()),
             }
         }
-        Family::Pix2pix => {
+        DataKind::Paired => {
             let mut src = match &cfg.data_b {
                 None => PairedDataset::aligned(&cfg.data_a)?,
                 Some(b) => PairedDataset::matched(&cfg.data_a, b)?,
@@ -1360,11 +1076,10 @@ fn fixed_inputs(cfg: &TrainConfig, device: &Device, seeds: &mut Rng) -> TrainRes
             let b = PairedDataset::collate(&items, device)?;
             Fixed::Pairs { a: b.a, b: b.b }
         }
-        Family::Cyclegan => {
-            let b_path = cfg
-                .data_b
-                .as_ref()
-                .ok_or_else(|| TrainError::Config("CycleGAN needs --data-b".into()))?;
+        DataKind::Unpaired => {
+            let b_path = cfg.data_b.as_ref().ok_or_else(|| {
+                TrainError::Config(format!("{} needs --data-b", cfg.family.name()))
+            })?;
             let pick = |path: &Path| -> TrainResult<Tensor> {
                 let mut ds = Dataset::open(path)?;
                 let mut images = Vec::new();
@@ -1401,4 +1116,40 @@ fn tensor_image(t: &Tensor) -> TrainResult<atelier_imaging::Image> {
     let v = t.narrow(0, 0, 1)?.flatten_all()?.to_vec1::<f32>()?;
     atelier_imaging::Image::new(w as u32, h as u32, v, None)
         .map_err(|e| TrainError::Config(format!("validation image: {e}")))
+}
+
+/// CPU seconds (user + system, all threads) this process has used so far: `/proc/self/stat`
+/// in clock ticks of 1/100 s (Linux's USER_HZ); 0 where it cannot be read.
+fn process_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (tick(11) + tick(12)) as f64 / 100.0
+}
+
+/// Up to `max` decodable validation images of a folder, in sorted order.
+fn validation_images(dir: &Path, max: usize) -> TrainResult<Vec<atelier_imaging::Image>> {
+    Ok(Dataset::open(dir)?.originals(max))
+}
+
+impl Trainer {
+    /// Every set of trained variables with its checkpoint name: generators, discriminators
+    /// and the recipe's own (CUT's heads).
+    fn var_sets(&self) -> Vec<(&'static str, &SeededVarMap)> {
+        let mut v: Vec<(&'static str, &SeededVarMap)> = self
+            .st
+            .g
+            .iter()
+            .chain(&self.st.d)
+            .map(|n| (n.name, &n.vars))
+            .collect();
+        v.extend(self.recipe.extra_vars());
+        v
+    }
 }

@@ -287,6 +287,102 @@ fn cyclegan_learns_discs_to_squares(net_g: &str) {
     assert!(out.join("cyclegan_reverse.safetensors").is_file());
 }
 
+/// CUT and FastCUT between red discs and blue squares: the translation takes B's colour, and
+/// keeps the input's layout (PatchNCE): the shape's pixels in the input are the blue ones in
+/// the output, the background stays background.
+#[test]
+fn cut_translates_red_discs_to_blue_shapes_in_place() {
+    cut_learns(Family::Cut);
+}
+
+#[test]
+fn fastcut_translates_red_discs_to_blue_shapes_in_place() {
+    cut_learns(Family::Fastcut);
+}
+
+fn cut_learns(family: Family) {
+    atelier_nets::init_threads(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
+    let mut rng = Rng::new(2);
+    for i in 0..24 {
+        save(
+            &a,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
+        );
+        save(
+            &b,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 1, [0.1, 0.2, 0.9]),
+        );
+    }
+    let held = tmp.path().join("held");
+    for i in 0..8 {
+        save(
+            &held,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
+        );
+    }
+    let mut cfg = config(
+        family,
+        &a,
+        Some(&b),
+        &small_nets("resnet_2blocks_resize"),
+        150,
+    );
+    cfg.lr = 2e-3;
+    cfg.nce.num_patches = 64;
+    let out = tmp.path().join("run");
+    let mut t = Trainer::create(cfg, &out).unwrap();
+    let x = load_folder(&held);
+    let real_b = load_folder(&b);
+    let mean_blue = |t: &Tensor| {
+        let r = rows(t);
+        r.iter().map(|v| blueness(v)).sum::<f64>() / r.len() as f64
+    };
+    // Mean blueness of the output on the input's shape minus that on its background.
+    let in_place = |t: &Trainer| {
+        let fake = rows(&t.generate(0, &x).unwrap());
+        let input = rows(&x);
+        let n = (S * S) as usize;
+        let mut contrast = 0.0;
+        for (f, i) in fake.iter().zip(&input) {
+            let (mut on, mut off, mut n_on, mut n_off) = (0.0, 0.0, 0, 0);
+            for p in 0..n {
+                let blue = (f[2 * n + p] - f[p]) as f64;
+                // Input in [-1, 1]: the red shape has red ≫ blue.
+                if i[p] - i[2 * n + p] > 0.8 {
+                    on += blue;
+                    n_on += 1;
+                } else {
+                    off += blue;
+                    n_off += 1;
+                }
+            }
+            contrast += on / n_on as f64 - off / n_off as f64;
+        }
+        contrast / fake.len() as f64
+    };
+    t.run(&mut Silent).unwrap();
+    let fake = t.generate(0, &x).unwrap();
+    let (bl_a, bl_b, bl_fake) = (mean_blue(&x), mean_blue(&real_b), mean_blue(&fake));
+    let place = in_place(&t);
+    eprintln!(
+        "{}: blueness A {bl_a:.3} B {bl_b:.3} G(A) {bl_fake:.3}; shape-vs-background blueness {place:.3}",
+        family.name()
+    );
+    assert!(
+        (bl_fake - bl_b).abs() < 0.35 * (bl_b - bl_a).abs(),
+        "translated A is not blue enough: {bl_fake} (A {bl_a}, B {bl_b})"
+    );
+    // B's shapes are 1.6 (blue − red in [-1, 1]) above the background's 0.
+    assert!(place > 0.8, "the shape did not stay in place: {place}");
+    let model = out.join(format!("{}.safetensors", family.name()));
+    assert!(model.is_file());
+}
+
 /// DCGAN (the brief's network, narrowed) on two modes — horizontal and vertical bars —
 /// produces both.
 #[test]
@@ -386,17 +482,13 @@ impl Observer for StopAt {
     }
 }
 
+/// Every trained variable: generators, discriminators and CUT's heads.
 fn all_weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
-    let mut out = HashMap::new();
-    for (net, w) in t.generator_weights().unwrap() {
-        for (k, v) in w {
-            out.insert(
-                format!("{net}.{k}"),
-                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-        }
-    }
-    out
+    t.trained_weights()
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.flatten_all().unwrap().to_vec1::<f32>().unwrap()))
+        .collect()
 }
 
 fn resume_matches(family: Family, g: &str) {
@@ -443,10 +535,11 @@ fn resume_matches(family: Family, g: &str) {
             eprintln!("{k} differs");
         }
     }
-    assert_eq!(
-        differing, 0,
-        "{differing} generator tensors differ after resume"
+    assert!(
+        x.keys().any(|k| k.starts_with('D')),
+        "discriminators compared too"
     );
+    assert_eq!(differing, 0, "{differing} tensors differ after resume");
     // Metrics were not duplicated by the resume.
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let steps: Vec<u64> = text
@@ -466,6 +559,15 @@ fn resume_matches(family: Family, g: &str) {
 fn cyclegan_resume_is_bitwise_exact() {
     atelier_nets::init_threads(None);
     resume_matches(Family::Cyclegan, "resnet_1blocks");
+}
+
+/// Same for CUT (PatchNCE heads in the generators' optimiser, sampled patch positions, the
+/// identity term) and FastCUT (random flips for flip equivariance).
+#[test]
+fn cut_and_fastcut_resume_is_bitwise_exact() {
+    atelier_nets::init_threads(None);
+    resume_matches(Family::Cut, "resnet_2blocks");
+    resume_matches(Family::Fastcut, "resnet_2blocks_resize");
 }
 
 /// Same for pix2pix (dropout masks and batch-norm running statistics).

@@ -83,6 +83,8 @@ fn validation_settings_are_checked() {
         max_images: 100,
         kid_every: 2,
         weights: tmp.path().join("absent.safetensors"),
+        folders: None,
+        size: None,
     });
     // 2 held out + 2 training images per domain: allowed; the missing weights are reported
     // when the first KID is due, by name.
@@ -95,7 +97,7 @@ fn validation_settings_are_checked() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("KID needs ≥ 2 held out"), "{err}");
+    assert!(err.contains("KID needs ≥ 2 validation images"), "{err}");
     // Not for pix2pix.
     let mut p = cfg.clone();
     p.family = Family::Pix2pix;
@@ -121,6 +123,8 @@ fn a_cyclegan_run_logs_and_plots_kid_on_held_out_images() {
         max_images: 100,
         kid_every: 5,
         weights: w,
+        folders: None,
+        size: None,
     });
     let out = tmp.path().join("run");
     let mut t = Trainer::create(cfg, &out).unwrap();

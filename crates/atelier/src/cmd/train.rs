@@ -17,6 +17,8 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Dcgan(a) => start(global, Family::Dcgan, *a),
         TrainCommand::Pix2pix(a) => start(global, Family::Pix2pix, *a),
         TrainCommand::Cyclegan(a) => start(global, Family::Cyclegan, *a),
+        TrainCommand::Cut(a) => start(global, Family::Cut, *a),
+        TrainCommand::Fastcut(a) => start(global, Family::Fastcut, *a),
         TrainCommand::Resume { run, device } => {
             let trainer = Trainer::resume_on(&run, device.as_deref())?;
             train(global, trainer)
@@ -125,8 +127,18 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
                 .fid_weights
                 .clone()
                 .unwrap_or_else(crate::cmd::eval::default_weights),
+            folders: a.val_folders.map(|v| [v[0].clone(), v[1].clone()]),
+            size: a.val_size,
         });
     }
+    cfg.nce.layers = a.nce_layers;
+    cfg.nce.num_patches = a.num_patches;
+    cfg.nce.nc = a.netf_nc;
+    cfg.nce.tau = a.nce_t;
+    if let Some(l) = a.lambda_nce {
+        cfg.nce.lambda_nce = l;
+    }
+    cfg.nce.lambda_gan = a.lambda_gan;
     let bpe = atelier_train::trainer::batches_per_epoch(&cfg)?;
     cfg.set_length(a.steps, a.epochs, a.epochs_decay, bpe)?;
     Ok(cfg)
