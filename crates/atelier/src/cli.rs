@@ -438,6 +438,12 @@ pub struct TrainArgs {
     /// Licence of the data, for the model card.
     #[arg(long, default_value = "")]
     pub data_licence: String,
+    /// Start from an existing style instead of random weights: a model file, a model name
+    /// (the models folder, then the built-ins, e.g. `monet`), or a run directory (its newest
+    /// checkpoint: generator, discriminator and CUT's heads where they fit). Without --netG /
+    /// --ngf the generator's architecture is the source's.
+    #[arg(long)]
+    pub init_from: Option<String>,
     /// CUT/FastCUT: generator modules whose features PatchNCE compares (reference indices).
     #[arg(long, value_delimiter = ',', default_value = "0,4,8,12,16")]
     pub nce_layers: Vec<usize>,

@@ -214,6 +214,10 @@ pub struct TrainConfig {
     /// CUT / FastCUT: PatchNCE settings.
     #[serde(default)]
     pub nce: NceConfig,
+    /// Start from these weights (a model file, or a run directory's newest checkpoint)
+    /// instead of random ones; copied into the run at creation (`init.safetensors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -360,6 +364,7 @@ impl TrainConfig {
             d_wins_steps: 200,
             batched_passes: true,
             nce: NceConfig::reference(family == Family::Fastcut),
+            init_from: None,
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),

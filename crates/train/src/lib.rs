@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 mod error;
 pub mod grid;
+pub mod init;
 pub mod loss;
 pub mod monitor;
 pub mod nce;

@@ -334,6 +334,9 @@ impl Trainer {
         let device = parse_device(&cfg.device)?;
         let (data, held) = Data::open_held(&cfg, &device)?;
         let run = RunDir::create(out, &cfg)?;
+        if let Some(src) = &cfg.init_from {
+            crate::init::prepare(src, &run, &device)?;
+        }
         Self::build(cfg, run, device, data, held)
     }
 
@@ -400,6 +403,32 @@ impl Trainer {
         let fixed = fixed_inputs(&cfg, recipe.data(), &device, &mut seeds)?;
         let rng = Rng::new(seeds.next_u64());
         let batches_per_epoch = data.batches_per_epoch() as u64;
+        let mut notes = Vec::new();
+        if let Some(init) = crate::init::load(&run, &device)? {
+            let src = cfg
+                .init_from
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let mut sets: Vec<(&'static str, &SeededVarMap)> =
+                g.iter().chain(&d).map(|n| (n.name, &n.vars)).collect();
+            sets.extend(recipe.extra_vars());
+            for (i, (name, vars)) in sets.into_iter().enumerate() {
+                let (set, total) = crate::init::apply(name, vars, &init)?;
+                if i == 0 && set < total {
+                    return Err(TrainError::Config(format!(
+                        "--init-from {src}: only {set} of the generator's {total} weights have \
+                         a tensor of the same name and shape there; train with its \
+                         architecture (omit --netG/--ngf to take it from the source)"
+                    )));
+                }
+                notes.push(match set {
+                    0 => format!("{name}: random initialisation (not in {src})"),
+                    s if s == total => format!("{name}: initialised from {src}"),
+                    s => format!("{name}: {s} of {total} weights from {src}, the rest random"),
+                });
+            }
+        }
         Ok(Trainer {
             cfg,
             run,
@@ -424,7 +453,7 @@ impl Trainer {
             acc: Accumulator::default(),
             last_losses: Vec::new(),
             skipped_seen: 0,
-            notes: Vec::new(),
+            notes,
             resumed: false,
             batches_per_epoch,
             val: held.map(|[a, b]| ValState::new(a, b)),
@@ -794,7 +823,11 @@ impl Trainer {
             val.loaded = Some((net, feats));
         }
         let side = v.size.unwrap_or(self.cfg.augment.crop_size);
-        let mut line = json!({"event": "kid", "step": self.step});
+        let mut line = json!({
+            "event": "kid",
+            "step": self.step,
+            "cpu_s": (self.cpu_s * 10.0).round() / 10.0,
+        });
         for &(dir, g, src) in self.recipe.directions() {
             let other = 1 - src;
             let mut inputs = Vec::new();
@@ -935,6 +968,10 @@ impl Trainer {
                 self.cfg.seed
             );
             card.input.train_size = Some(self.cfg.augment.crop_size);
+            if let Some(src) = &self.cfg.init_from {
+                card.notes
+                    .push(format!("initialised from {} (--init-from)", src.display()));
+            }
             card.inference.batch_stats = self.uses_batch_stats();
             card.provenance.source = format!("atelier train {}", self.cfg.family.name());
             card.provenance.steps = Some(self.step);

@@ -736,3 +736,73 @@ fn cyclegan_batched_passes_match_separate_passes() {
         "{off} of {total} generator weights differ by more than 1e-5"
     );
 }
+
+/// `init_from`: a CUT run starts from a CycleGAN model file's generator (D random), or from a
+/// CycleGAN run directory (G from `G_A`, D from `D_A`); the weights are copied into the run so
+/// a resume before the first checkpoint starts from them too; a generator of another shape is
+/// refused by name.
+#[test]
+fn init_from_a_model_file_or_a_run() {
+    atelier_nets::init_threads(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_domains(tmp.path(), 4);
+    let nets = small_nets("resnet_1blocks_resize");
+    let src_cfg = config(Family::Cyclegan, &a, Some(&b), &nets, 3);
+    let src_run = tmp.path().join("src");
+    let mut src = Trainer::create(src_cfg, &src_run).unwrap();
+    src.run(&mut Silent).unwrap();
+    let source = all_weights(&src);
+    let model = src_run.join("cyclegan.safetensors");
+    assert!(src_run.join("cyclegan_reverse.safetensors").is_file());
+
+    // From the model file: G = G_A; D starts random.
+    let mut cfg = config(Family::Cut, &a, Some(&b), &nets, 3);
+    cfg.init_from = Some(model.clone());
+    let run = tmp.path().join("from_model");
+    let t = Trainer::create(cfg.clone(), &run).unwrap();
+    let w = all_weights(&t);
+    let g_keys: Vec<&String> = w.keys().filter(|k| k.starts_with("G.")).collect();
+    assert!(!g_keys.is_empty());
+    for k in &g_keys {
+        assert_eq!(w[*k], source[&format!("G_A.{}", &k[2..])], "{k}");
+    }
+    let d_same = w
+        .keys()
+        .filter(|k| k.starts_with("D."))
+        .filter(|k| w[*k] == source[&format!("D_A.{}", &k[2..])])
+        .count();
+    assert_eq!(d_same, 0, "D is not in a model file");
+    // Resumed before its first checkpoint: the same start.
+    drop(t);
+    let again = Trainer::resume(&run).unwrap();
+    assert_eq!(all_weights(&again), w);
+
+    // From the run: D from D_A as well.
+    cfg.init_from = Some(src_run.clone());
+    let t = Trainer::create(cfg.clone(), &tmp.path().join("from_run")).unwrap();
+    let w = all_weights(&t);
+    for (k, v) in w.iter().filter(|(k, _)| k.starts_with("D.")) {
+        assert_eq!(v, &source[&format!("D_A.{}", &k[2..])], "{k}");
+    }
+
+    // Another generator width: refused, naming the source.
+    let mut wide = config(
+        Family::Cut,
+        &a,
+        Some(&b),
+        &NetChoice {
+            ngf: Some(8),
+            ..nets
+        },
+        3,
+    );
+    wide.init_from = Some(model.clone());
+    let err = Trainer::create(wide, &tmp.path().join("wide"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cyclegan.safetensors") && err.contains("weights"),
+        "{err}"
+    );
+}

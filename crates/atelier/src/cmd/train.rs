@@ -51,6 +51,58 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Resolves `--init-from`: an existing path, a model in the models folder, or a built-in
+/// style (written to a temporary file, which the trainer copies into the run). Returns the
+/// file or run directory and the generator (and, from a run, discriminator) it holds.
+fn init_source(
+    global: &Global,
+    spec: &str,
+    keep: &mut Option<tempfile::TempDir>,
+) -> anyhow::Result<(
+    std::path::PathBuf,
+    atelier_nets::Arch,
+    Option<atelier_nets::Arch>,
+)> {
+    let path = std::path::PathBuf::from(spec);
+    if path.is_dir() {
+        let (_, cfg) = atelier_train::RunDir::open(&path)
+            .with_context(|| format!("--init-from {spec}: not a model file or run directory"))?;
+        return Ok((path, cfg.generator, Some(cfg.discriminator)));
+    }
+    let file = if path.is_file() {
+        path
+    } else {
+        let in_dir = global.models_dir.join(format!("{spec}.safetensors"));
+        if in_dir.is_file() {
+            in_dir
+        } else if let Some((name, _, bytes)) = atelier_jobs::builtin::EMBEDDED
+            .iter()
+            .find(|(n, _, _)| *n == spec)
+        {
+            let dir = tempfile::tempdir()?;
+            let f = dir.path().join(format!("{name}.safetensors"));
+            std::fs::write(&f, bytes)?;
+            *keep = Some(dir);
+            f
+        } else {
+            anyhow::bail!(
+                "--init-from {spec}: no such file, run directory, model in {} or built-in style",
+                global.models_dir.display()
+            );
+        }
+    };
+    let card = atelier_nets::file::read_card(&file)
+        .with_context(|| format!("--init-from {}", file.display()))?;
+    if card.arch.role() != atelier_nets::Role::Translator {
+        anyhow::bail!(
+            "--init-from {}: a {} is not an image-to-image generator",
+            file.display(),
+            card.arch.name()
+        );
+    }
+    Ok((file, card.arch, None))
+}
+
 fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
     let norm = match a.norm.as_deref() {
         None => None,
@@ -146,8 +198,28 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
 
 fn start(global: &Global, family: Family, args: TrainArgs) -> anyhow::Result<ExitCode> {
     let out = args.out.clone();
-    let cfg = config(family, args)?;
+    let mut keep = None;
+    let init = match &args.init_from {
+        Some(spec) => Some(init_source(global, spec, &mut keep)?),
+        None => None,
+    };
+    let own_g = args.net_g.is_some() || args.ngf.is_some();
+    let own_d = args.net_d.is_some() || args.ndf.is_some();
+    let mut cfg = config(family, args)?;
+    if let Some((path, g, d)) = init {
+        if !own_g {
+            cfg.generator = g;
+        }
+        if let Some(d) =
+            d.filter(|d| !own_d && d.input_channels() == cfg.discriminator.input_channels())
+        {
+            cfg.discriminator = d;
+        }
+        cfg.init_from = Some(std::path::absolute(&path).unwrap_or(path));
+    }
+    // The trainer copies the initial weights into the run; the temporary file may go.
     let trainer = Trainer::create(cfg, &out)?;
+    drop(keep);
     train(global, trainer)
 }
 
