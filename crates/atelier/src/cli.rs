@@ -128,6 +128,14 @@ pub struct ReportArgs {
     /// report so that regenerating it keeps the text).
     #[arg(long)]
     pub notes: Option<PathBuf>,
+    /// The overview (overview.jpg): the first 8 grid photos translated at this side by every
+    /// style's models, one column each (0: no overview).
+    #[arg(long, default_value_t = 512)]
+    pub overview_size: u32,
+    /// An image for the detail crops (crop_NAME.jpg): translated with its longer side at
+    /// 1024 px, a 1:1 crop of its centre beside the same crop of the photo.
+    #[arg(long)]
+    pub crop_photo: Option<PathBuf>,
 }
 
 /// `atelier eval fid|kid`.
@@ -265,6 +273,9 @@ pub enum TrainCommand {
     /// CUT without the identity term, λ_NCE 10 and flip equivariance (the cheapest unpaired
     /// recipe per step).
     Fastcut(Box<TrainArgs>),
+    /// Distil a style into a lighter generator (default: light): trained on photos
+    /// (`--data-a`) to reproduce `--teacher`'s translations (L1 + conditional PatchGAN).
+    Distill(Box<TrainArgs>),
     /// Continue a run after Ctrl-C, `kill -9` or a crash, from its newest checkpoint.
     Resume {
         /// The run directory.
@@ -444,6 +455,9 @@ pub struct TrainArgs {
     /// --ngf the generator's architecture is the source's.
     #[arg(long)]
     pub init_from: Option<String>,
+    /// distill: the teacher, a model file or name (models folder, then the built-ins).
+    #[arg(long)]
+    pub teacher: Option<String>,
     /// CUT/FastCUT: generator modules whose features PatchNCE compares (reference indices).
     #[arg(long, value_delimiter = ',', default_value = "0,4,8,12,16")]
     pub nce_layers: Vec<usize>,

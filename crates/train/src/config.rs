@@ -32,6 +32,9 @@ pub enum Family {
     Cut,
     /// CUT without the identity term, λ_NCE 10 and flip equivariance.
     Fastcut,
+    /// A (lighter) generator trained on photos to reproduce a teacher generator's
+    /// translations: L1 to the teacher's output plus a conditional PatchGAN.
+    Distill,
 }
 
 impl Family {
@@ -42,6 +45,7 @@ impl Family {
             Family::Cyclegan => "cyclegan",
             Family::Cut => "cut",
             Family::Fastcut => "fastcut",
+            Family::Distill => "distill",
         }
     }
 
@@ -218,6 +222,9 @@ pub struct TrainConfig {
     /// instead of random ones; copied into the run at creation (`init.safetensors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// Distillation: the teacher model file (copied into the run at creation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -335,12 +342,18 @@ impl TrainConfig {
             batch: match family {
                 Family::Dcgan if brief => 256,
                 Family::Dcgan => 64,
-                Family::Pix2pix | Family::Cyclegan | Family::Cut | Family::Fastcut => 1,
+                Family::Pix2pix
+                | Family::Cyclegan
+                | Family::Cut
+                | Family::Fastcut
+                | Family::Distill => 1,
             },
             steps: 0,
             epochs: None,
             loss: match family {
-                Family::Cyclegan | Family::Cut | Family::Fastcut => GanLoss::Lsgan,
+                Family::Cyclegan | Family::Cut | Family::Fastcut | Family::Distill => {
+                    GanLoss::Lsgan
+                }
                 _ => GanLoss::Vanilla,
             },
             generator,
@@ -365,6 +378,7 @@ impl TrainConfig {
             batched_passes: true,
             nce: NceConfig::reference(family == Family::Fastcut),
             init_from: None,
+            teacher: None,
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),
@@ -487,7 +501,11 @@ impl TrainConfig {
                     return Err(bad("DCGAN takes one image folder (--data-a)"));
                 }
             }
-            Family::Pix2pix | Family::Cyclegan | Family::Cut | Family::Fastcut => {
+            Family::Pix2pix
+            | Family::Cyclegan
+            | Family::Cut
+            | Family::Fastcut
+            | Family::Distill => {
                 let m = self.generator.size_multiple();
                 if !size.is_multiple_of(m) {
                     return Err(bad(format!(
@@ -503,6 +521,16 @@ impl TrainConfig {
                 }
                 if matches!(self.family, Family::Cut | Family::Fastcut) {
                     self.validate_nce()?;
+                }
+                if self.family == Family::Distill {
+                    if self.teacher.is_none() {
+                        return Err(bad("distill needs a teacher model (--teacher)"));
+                    }
+                    if self.data_b.is_some() {
+                        return Err(bad(
+                            "distill trains on photos only (--data-a); the teacher makes the targets",
+                        ));
+                    }
                 }
             }
         }
@@ -555,6 +583,8 @@ impl TrainConfig {
         }
         self.data_a = abs(&self.data_a);
         self.data_b = self.data_b.as_ref().map(abs);
+        self.teacher = self.teacher.as_ref().map(abs);
+        self.init_from = self.init_from.as_ref().map(abs);
         if let Some(v) = self.validation.as_mut() {
             if let Some([a, b]) = v.folders.as_ref() {
                 v.folders = Some([abs(a), abs(b)]);
@@ -595,6 +625,8 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
         });
     }
     let pix = family == Family::Pix2pix;
+    // Conditional discriminators see (input, output) pairs.
+    let conditional = pix || family == Family::Distill;
     let norm = c.norm.unwrap_or(if pix {
         NormKind::Batch
     } else {
@@ -602,7 +634,11 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
     });
     let dropout = c.dropout.unwrap_or(pix);
     let ngf = c.ngf.unwrap_or(64);
-    let default_g = if pix { "unet" } else { "resnet_9blocks" };
+    let default_g = match family {
+        Family::Pix2pix => "unet",
+        Family::Distill => "light",
+        _ => "resnet_9blocks",
+    };
     let g_name = c.net_g.as_deref().unwrap_or(default_g);
     let generator = if g_name.starts_with("resnet_") {
         let (n_blocks, upsampling) = ResnetConfig::parse_name(g_name).ok_or_else(|| {
@@ -654,7 +690,7 @@ fn networks(family: Family, size: u32, c: &NetChoice) -> Result<(Arch, Arch), Tr
             "unknown --netG `{g_name}` (resnet_9blocks, resnet_6blocks, resnet_<N>blocks_resize, unet, unet_128, unet_256, light)"
         )));
     };
-    let d_in = if pix { 6 } else { 3 };
+    let d_in = if conditional { 6 } else { 3 };
     let ndf = c.ndf.unwrap_or(64);
     let discriminator = match c.net_d.as_deref().unwrap_or("basic") {
         "basic" => Arch::NLayer(NLayerConfig {

@@ -81,7 +81,7 @@ impl Data {
         let seed = cfg.seed ^ 0xDA7A;
         let mut held = None;
         let data = match recipes::for_family(cfg.family).data() {
-            DataKind::Single => Data::Single(Loader::new(
+            DataKind::Single | DataKind::Photos => Data::Single(Loader::new(
                 Dataset::open(&cfg.data_a)?,
                 cfg.augment,
                 cfg.batch,
@@ -337,6 +337,9 @@ impl Trainer {
         if let Some(src) = &cfg.init_from {
             crate::init::prepare(src, &run, &device)?;
         }
+        if let Some(teacher) = &cfg.teacher {
+            recipes::distill::prepare(teacher, &run)?;
+        }
         Self::build(cfg, run, device, data, held)
     }
 
@@ -383,6 +386,7 @@ impl Trainer {
     ) -> TrainResult<Trainer> {
         let mut seeds = Rng::new(cfg.seed);
         let mut recipe = recipes::for_family(cfg.family);
+        recipe.load(&run, &device)?;
         let (g, d) = recipe.networks(&cfg, &mut seeds, &device)?;
         let adam = AdamConfig {
             lr: cfg.lr,
@@ -1113,15 +1117,12 @@ fn fixed_inputs(
             let b = PairedDataset::collate(&items, device)?;
             Fixed::Pairs { a: b.a, b: b.b }
         }
-        DataKind::Unpaired => {
-            let b_path = cfg.data_b.as_ref().ok_or_else(|| {
-                TrainError::Config(format!("{} needs --data-b", cfg.family.name()))
-            })?;
-            let pick = |path: &Path| -> TrainResult<Tensor> {
+        DataKind::Unpaired | DataKind::Photos => {
+            let pick = |path: &Path, n: usize| -> TrainResult<Tensor> {
                 let mut ds = Dataset::open(path)?;
                 let mut images = Vec::new();
                 for i in 0..ds.len() {
-                    if images.len() == PAIR_SAMPLES / 2 {
+                    if images.len() == n {
                         break;
                     }
                     if let Some(img) = ds.sample(i, &plain, &mut Rng::new(0)) {
@@ -1130,9 +1131,16 @@ fn fixed_inputs(
                 }
                 Ok(Dataset::collate(&images, device)?)
             };
+            if kind == DataKind::Photos {
+                let a = pick(&cfg.data_a, PAIR_SAMPLES)?;
+                return Ok(Fixed::Pairs { b: a.clone(), a });
+            }
+            let b_path = cfg.data_b.as_ref().ok_or_else(|| {
+                TrainError::Config(format!("{} needs --data-b", cfg.family.name()))
+            })?;
             Fixed::Pairs {
-                a: pick(&cfg.data_a)?,
-                b: pick(b_path)?,
+                a: pick(&cfg.data_a, PAIR_SAMPLES / 2)?,
+                b: pick(b_path, PAIR_SAMPLES / 2)?,
             }
         }
     })

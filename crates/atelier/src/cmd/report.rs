@@ -37,6 +37,8 @@ struct Entry {
     /// The grid's photos as this entry shows them.
     grid: Vec<Image>,
     kid: atelier_eval::Kid,
+    /// Edge correlation and sharpness against the photos.
+    structure: atelier_eval::StructureSummary,
     params: Option<usize>,
     macs_512: Option<u64>,
     latency_512_ms: Option<f64>,
@@ -83,6 +85,8 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
 
     let mut md = String::new();
     let mut styles_json = Vec::new();
+    // (column title, model file) of every Atelier model, for the overview and the crops.
+    let mut showcase: Vec<(String, PathBuf)> = Vec::new();
     writeln!(
         md,
         "# Evaluation report\n\nKID ×100 (mean ± std over {} random subsets; lower is better) of \
@@ -117,6 +121,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 file: None,
                 grid: grid_photos.clone(),
                 kid: score(&photo_feats)?,
+                structure: structure_of(&photos, &photos)?,
                 params: None,
                 macs_512: None,
                 latency_512_ms: None,
@@ -128,6 +133,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 file: None,
                 grid: grid_photos.iter().map(painterly_filter).collect(),
                 kid: score(&filter_feats)?,
+                structure: structure_of(&photos, &filtered)?,
                 params: None,
                 macs_512: None,
                 latency_512_ms: None,
@@ -148,6 +154,19 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
             candidates.push(("reference", r.join(format!("{name}.safetensors"))));
         }
         for (kind, file) in candidates {
+            if kind != "reference" && file.is_file() {
+                showcase.push((
+                    format!(
+                        "{name}{}",
+                        if kind == "atelier light" {
+                            " (light)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    file.clone(),
+                ));
+            }
             if !file.is_file() {
                 log(format!(
                     "{name}: no {kind} model ({} missing)",
@@ -196,6 +215,7 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 file: Some(file),
                 grid,
                 kid: score(&feats)?,
+                structure: structure_of(&photos, &out)?,
                 params,
                 macs_512: macs,
                 latency_512_ms: latency,
@@ -212,17 +232,21 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         )?;
         writeln!(
             md,
-            "| images | KID ×100 | parameters | GMAC at 512² | CPU ms at 512² | training |"
+            "| images | KID ×100 | edge correlation | sharpness | parameters | GMAC at 512² | CPU ms at 512² | training |"
         )?;
-        writeln!(md, "|---|---|---|---|---|---|")?;
+        writeln!(md, "|---|---|---|---|---|---|---|---|")?;
         for e in &entries {
             let training = e.card.as_ref().map(training_of).unwrap_or_default();
             writeln!(
                 md,
-                "| {} | {:.2} ± {:.2} | {} | {} | {} | {} |",
+                "| {} | {:.2} ± {:.2} | {:.3} ± {:.3} | {:.3} ± {:.3} | {} | {} | {} | {} |",
                 e.label,
                 e.kid.mean * 100.0,
                 e.kid.std * 100.0,
+                e.structure.edge_correlation,
+                e.structure.edge_correlation_std,
+                e.structure.sharpness,
+                e.structure.sharpness_std,
                 e.params
                     .map(|p| format!("{:.2} M", p as f64 / 1e6))
                     .unwrap_or_default(),
@@ -260,6 +284,10 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 "file": e.file.as_ref().map(|f| f.display().to_string()),
                 "kid_x100": e.kid.mean * 100.0,
                 "kid_x100_std": e.kid.std * 100.0,
+                "edge_correlation": e.structure.edge_correlation,
+                "edge_correlation_std": e.structure.edge_correlation_std,
+                "sharpness": e.structure.sharpness,
+                "sharpness_std": e.structure.sharpness_std,
                 "subset_size": e.kid.subset_size,
                 "parameters": e.params,
                 "macs_512": e.macs_512,
@@ -270,10 +298,63 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         if args.write_cards {
             for e in entries.iter().filter(|e| e.kind.starts_with("atelier")) {
                 if let (Some(file), Some(card)) = (&e.file, &e.card) {
-                    write_card_metrics(file, card, &e.kid, paintings.len(), photos.len())?;
+                    write_card_metrics(file, card, e, paintings.len(), photos.len())?;
                     log(format!("{name}: KID written into {}", file.display()));
                 }
             }
+        }
+    }
+    if args.overview_size > 0 && !showcase.is_empty() {
+        let rows: Vec<Image> = grid_photos
+            .iter()
+            .chain(&photos)
+            .take(OVERVIEW_ROWS)
+            .map(|p| {
+                atelier_imaging::resize(
+                    &atelier_imaging::center_square(p),
+                    args.overview_size,
+                    args.overview_size,
+                )
+            })
+            .collect();
+        let grid = overview(&rows, &showcase, &device)?;
+        std::fs::write(
+            args.out.join("overview.jpg"),
+            atelier_imaging::encode(&grid, Format::Jpeg, 88)?,
+        )?;
+        let titles: Vec<&str> = showcase.iter().map(|(t, _)| t.as_str()).collect();
+        writeln!(
+            md,
+            "## Overview\n\n{} photos translated at {s}×{s} (shown at {OVERVIEW_CELL} px). \
+             Columns: photo | {}.\n\n![overview](overview.jpg)\n",
+            rows.len(),
+            titles.join(" | "),
+            s = args.overview_size
+        )?;
+    }
+    if let Some(crop_photo) = &args.crop_photo {
+        let img = atelier_imaging::decode_file(crop_photo, &limits)
+            .with_context(|| format!("decoding {}", crop_photo.display()))?;
+        let (w, h) = atelier_imaging::fit_max_side(img.width, img.height, CROP_SIDE);
+        let big = atelier_imaging::resize(&img, w, h);
+        writeln!(
+            md,
+            "## Detail at {w}×{h}\n\n`{}` translated with its longer side at {CROP_SIDE} px; \
+             the {CROP}×{CROP} centre at 1:1, photo on the left.\n",
+            crop_photo.display()
+        )?;
+        for (title, file) in &showcase {
+            let model = atelier_nets::load(file, &device)?;
+            let st = Stylizer::new(model, device.clone())?;
+            let out = st.stylize(&big, &Options::default(), &mut |_| {})?;
+            let pair = side_by_side(&[centre_crop(&big, CROP), centre_crop(&out, CROP)]);
+            let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+            let fname = format!("crop_{stem}.jpg");
+            std::fs::write(
+                args.out.join(&fname),
+                atelier_imaging::encode(&pair, Format::Jpeg, 90)?,
+            )?;
+            writeln!(md, "**{title}**\n\n![{title}]({fname})\n")?;
         }
     }
     writeln!(
@@ -302,6 +383,100 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
     print!("{md}");
     eprintln!("wrote {}", args.out.join("report.md").display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Rows of the overview.
+const OVERVIEW_ROWS: usize = 8;
+/// Side of an overview cell.
+const OVERVIEW_CELL: u32 = 256;
+/// Longer side of the detail translation, and the side of its crop.
+const CROP_SIDE: u32 = 1024;
+const CROP: u32 = 384;
+
+fn structure_of(photos: &[Image], out: &[Image]) -> anyhow::Result<atelier_eval::StructureSummary> {
+    let pairs: Vec<(&Image, &Image)> = photos.iter().zip(out).collect();
+    Ok(atelier_eval::structure_summary(&pairs)?)
+}
+
+/// Rows: the photos; columns: the photo, then each model's translation.
+fn overview(
+    rows: &[Image],
+    models: &[(String, PathBuf)],
+    device: &Device,
+) -> anyhow::Result<Image> {
+    let mut columns: Vec<Vec<Image>> = vec![rows.to_vec()];
+    for (_, file) in models {
+        let model = atelier_nets::load(file, device)?;
+        let st = Stylizer::new(model, device.clone())?;
+        columns.push(
+            rows.iter()
+                .map(|p| st.stylize(p, &Options::default(), &mut |_| {}))
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    }
+    Ok(paste_grid(&columns, OVERVIEW_CELL))
+}
+
+/// Columns of images, each cell resized to `cell`², on white with gaps.
+fn paste_grid(columns: &[Vec<Image>], cell: u32) -> Image {
+    let cols = columns.len() as u32;
+    let rows = columns.iter().map(Vec::len).max().unwrap_or(1).max(1) as u32;
+    let (gw, gh) = (
+        cols * cell + (cols + 1) * GAP,
+        rows * cell + (rows + 1) * GAP,
+    );
+    let mut canvas = Image::filled(gw, gh, [1.0; 3]);
+    for (c, col) in columns.iter().enumerate() {
+        for (r, img) in col.iter().enumerate() {
+            let x0 = GAP + c as u32 * (cell + GAP);
+            let y0 = GAP + r as u32 * (cell + GAP);
+            paste(
+                &mut canvas,
+                &atelier_imaging::resize(img, cell, cell),
+                x0,
+                y0,
+            );
+        }
+    }
+    canvas
+}
+
+fn paste(canvas: &mut Image, img: &Image, x0: u32, y0: u32) {
+    let (gw, plane) = (canvas.width, canvas.pixel_count());
+    let n = img.pixel_count();
+    for ch in 0..3 {
+        for y in 0..img.height {
+            for x in 0..img.width {
+                canvas.rgb[ch * plane + ((y0 + y) * gw + x0 + x) as usize] =
+                    img.rgb[ch * n + (y * img.width + x) as usize];
+            }
+        }
+    }
+}
+
+/// The centre `side`² of an image (smaller if the image is).
+fn centre_crop(img: &Image, side: u32) -> Image {
+    let (w, h) = (side.min(img.width), side.min(img.height));
+    let rect = atelier_imaging::Rect {
+        x: (img.width - w) / 2,
+        y: (img.height - h) / 2,
+        w,
+        h,
+    };
+    atelier_imaging::crop(img, rect)
+}
+
+/// Images left to right, top-aligned, on white with gaps.
+fn side_by_side(images: &[Image]) -> Image {
+    let w: u32 = images.iter().map(|i| i.width).sum::<u32>() + GAP * (images.len() as u32 + 1);
+    let h = images.iter().map(|i| i.height).max().unwrap_or(1) + 2 * GAP;
+    let mut canvas = Image::filled(w, h, [1.0; 3]);
+    let mut x = GAP;
+    for img in images {
+        paste(&mut canvas, img, x, GAP);
+        x += img.width + GAP;
+    }
+    canvas
 }
 
 fn images_in(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -403,30 +578,11 @@ pub fn painterly_filter(img: &Image) -> Image {
 
 /// Rows: the grid photos; columns: every entry (identity first).
 fn sample_grid(entries: &[Entry], rows: usize) -> Image {
-    let cols = entries.len() as u32;
-    let rows = rows.max(1) as u32;
-    let (gw, gh) = (
-        cols * CELL + (cols + 1) * GAP,
-        rows * CELL + (rows + 1) * GAP,
-    );
-    let mut canvas = Image::filled(gw, gh, [1.0; 3]);
-    let plane = (gw * gh) as usize;
-    for (c, e) in entries.iter().enumerate() {
-        for (r, img) in e.grid.iter().take(rows as usize).enumerate() {
-            let cell = atelier_imaging::resize(img, CELL, CELL);
-            let (x0, y0) = (GAP + c as u32 * (CELL + GAP), GAP + r as u32 * (CELL + GAP));
-            let cn = (CELL * CELL) as usize;
-            for ch in 0..3 {
-                for y in 0..CELL {
-                    for x in 0..CELL {
-                        canvas.rgb[ch * plane + ((y0 + y) * gw + x0 + x) as usize] =
-                            cell.rgb[ch * cn + (y * CELL + x) as usize];
-                    }
-                }
-            }
-        }
-    }
-    canvas
+    let columns: Vec<Vec<Image>> = entries
+        .iter()
+        .map(|e| e.grid.iter().take(rows.max(1)).cloned().collect())
+        .collect();
+    paste_grid(&columns, CELL)
 }
 
 /// Writes the KID into a model file's card (metrics `kid_x100`, `kid_x100_std`, and a note
@@ -434,14 +590,19 @@ fn sample_grid(entries: &[Entry], rows: usize) -> Image {
 fn write_card_metrics(
     file: &Path,
     card: &atelier_nets::ModelCard,
-    kid: &atelier_eval::Kid,
+    e: &Entry,
     paintings: usize,
     photos: usize,
 ) -> anyhow::Result<()> {
+    let kid = &e.kid;
     let (tensors, _) = atelier_nets::file::read_safetensors(file)?;
     let mut card = card.clone();
     card.metrics.insert("kid_x100".into(), kid.mean * 100.0);
     card.metrics.insert("kid_x100_std".into(), kid.std * 100.0);
+    card.metrics
+        .insert("edge_correlation".into(), e.structure.edge_correlation);
+    card.metrics
+        .insert("sharpness".into(), e.structure.sharpness);
     card.notes.retain(|n| !n.starts_with("KID: "));
     card.notes.push(format!(
         "KID: {photos} held-out photos translated vs {paintings} held-out paintings, {} \

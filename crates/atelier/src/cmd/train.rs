@@ -19,6 +19,7 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
         TrainCommand::Cyclegan(a) => start(global, Family::Cyclegan, *a),
         TrainCommand::Cut(a) => start(global, Family::Cut, *a),
         TrainCommand::Fastcut(a) => start(global, Family::Fastcut, *a),
+        TrainCommand::Distill(a) => start(global, Family::Distill, *a),
         TrainCommand::Resume { run, device } => {
             let trainer = Trainer::resume_on(&run, device.as_deref())?;
             train(global, trainer)
@@ -69,28 +70,7 @@ fn init_source(
             .with_context(|| format!("--init-from {spec}: not a model file or run directory"))?;
         return Ok((path, cfg.generator, Some(cfg.discriminator)));
     }
-    let file = if path.is_file() {
-        path
-    } else {
-        let in_dir = global.models_dir.join(format!("{spec}.safetensors"));
-        if in_dir.is_file() {
-            in_dir
-        } else if let Some((name, _, bytes)) = atelier_jobs::builtin::EMBEDDED
-            .iter()
-            .find(|(n, _, _)| *n == spec)
-        {
-            let dir = tempfile::tempdir()?;
-            let f = dir.path().join(format!("{name}.safetensors"));
-            std::fs::write(&f, bytes)?;
-            *keep = Some(dir);
-            f
-        } else {
-            anyhow::bail!(
-                "--init-from {spec}: no such file, run directory, model in {} or built-in style",
-                global.models_dir.display()
-            );
-        }
-    };
+    let file = model_file(global, "--init-from", spec, keep)?;
     let card = atelier_nets::file::read_card(&file)
         .with_context(|| format!("--init-from {}", file.display()))?;
     if card.arch.role() != atelier_nets::Role::Translator {
@@ -101,6 +81,41 @@ fn init_source(
         );
     }
     Ok((file, card.arch, None))
+}
+
+/// A model file given as a path, a name in the models folder or a built-in style (written to
+/// a temporary folder kept in `keep`).
+fn model_file(
+    global: &Global,
+    flag: &str,
+    spec: &str,
+    keep: &mut Option<tempfile::TempDir>,
+) -> anyhow::Result<std::path::PathBuf> {
+    let path = std::path::PathBuf::from(spec);
+    Ok(if path.is_file() {
+        path
+    } else {
+        let in_dir = global.models_dir.join(format!("{spec}.safetensors"));
+        if in_dir.is_file() {
+            in_dir
+        } else if let Some((name, _, bytes)) = atelier_jobs::builtin::EMBEDDED
+            .iter()
+            .find(|(n, _, _)| *n == spec)
+        {
+            let dir = match keep {
+                Some(d) => d,
+                None => keep.insert(tempfile::tempdir()?),
+            };
+            let f = dir.path().join(format!("{name}.safetensors"));
+            std::fs::write(&f, bytes)?;
+            f
+        } else {
+            anyhow::bail!(
+                "{flag} {spec}: no such file, model in {} or built-in style",
+                global.models_dir.display()
+            );
+        }
+    })
 }
 
 fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
@@ -203,9 +218,14 @@ fn start(global: &Global, family: Family, args: TrainArgs) -> anyhow::Result<Exi
         Some(spec) => Some(init_source(global, spec, &mut keep)?),
         None => None,
     };
+    let teacher = match &args.teacher {
+        Some(spec) => Some(model_file(global, "--teacher", spec, &mut keep)?),
+        None => None,
+    };
     let own_g = args.net_g.is_some() || args.ngf.is_some();
     let own_d = args.net_d.is_some() || args.ndf.is_some();
     let mut cfg = config(family, args)?;
+    cfg.teacher = teacher.map(|t| std::path::absolute(&t).unwrap_or(t));
     if let Some((path, g, d)) = init {
         if !own_g {
             cfg.generator = g;

@@ -15,6 +15,7 @@ use crate::{Adam, ImagePool, PairBatch, TrainError, TrainResult};
 mod cut;
 mod cyclegan;
 mod dcgan;
+pub(crate) mod distill;
 mod pix2pix;
 
 /// The recipe of a family.
@@ -24,6 +25,7 @@ pub(crate) fn for_family(family: Family) -> Box<dyn Recipe> {
         Family::Pix2pix => Box::new(pix2pix::Pix2pix),
         Family::Cyclegan => Box::new(cyclegan::Cyclegan),
         Family::Cut | Family::Fastcut => Box::new(cut::Cut::default()),
+        Family::Distill => Box::new(distill::Distill::default()),
     }
 }
 
@@ -36,6 +38,8 @@ pub(crate) enum DataKind {
     Paired,
     /// Two unpaired domains (CycleGAN, CUT).
     Unpaired,
+    /// One folder of photos to translate (distillation: the targets come from a teacher).
+    Photos,
 }
 
 /// One batch of the data.
@@ -56,6 +60,11 @@ pub(crate) struct StepOut {
 /// A family's training procedure.
 pub(crate) trait Recipe {
     fn data(&self) -> DataKind;
+
+    /// Loads what the recipe keeps in the run directory (the distillation teacher).
+    fn load(&mut self, _run: &crate::RunDir, _device: &Device) -> TrainResult<()> {
+        Ok(())
+    }
 
     /// Builds the generators and discriminators (in checkpoint order), drawing their seeds
     /// from `seeds` in a fixed order, and any auxiliary networks of the recipe.
