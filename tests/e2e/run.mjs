@@ -337,13 +337,21 @@ const scenarios = {
     });
     assert(dsValue, 'the new dataset is not offered in the job form');
     await page.locator('[data-testid=job-dataset]').selectOption(dsValue);
+    // The default job: FastCUT from a built-in style, with a measured ETA.
+    await page.locator('[data-testid=job-eta]').waitFor({ timeout: 60000 });
+    const eta = await page.locator('[data-testid=job-eta]').innerText();
+    if (!/About .* min.*fastcut.*from monet/.test(eta)) throw new Error('default job estimate: ' + eta);
+    await shot(page, 'training-2a-default-job');
     await page.locator('[data-testid=job-family]').selectOption('cyclegan');
+    await page.locator('[data-testid=job-init]').selectOption('');
     await page.locator('[data-testid=job-net-g]').selectOption('light');
     await page.locator('[data-testid=job-name]').fill('e2e-style');
     await page.locator('[data-testid=job-steps]').fill('40');
     await page.locator('[data-testid=job-size]').selectOption('32');
     await page.locator('[data-testid=job-ngf]').fill('8');
     await page.locator('[data-testid=job-sample-every]').fill('10');
+    // 40 steps from random weights: warned before starting.
+    await page.locator('[data-testid=job-warning]').filter({ hasText: 'too few' }).waitFor({ timeout: 60000 });
     await shot(page, 'training-2-job-form');
     await page.locator('[data-testid=start-training]').click();
     await page.waitForURL(/#\/jobs\/[^/]+$/, { timeout: 60_000 });

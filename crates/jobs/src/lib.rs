@@ -5,6 +5,7 @@
 pub mod builtin;
 pub mod catalog;
 pub mod datasets;
+pub mod estimate;
 pub mod spec;
 pub mod worker;
 

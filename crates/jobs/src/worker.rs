@@ -403,26 +403,57 @@ fn stylize_job(
     Ok(results)
 }
 
-/// Builds the trainer's configuration from a job's spec and its local data folders.
-fn train_config(
+/// The model a training job starts from: its local file and generator architecture.
+pub type InitModel = (PathBuf, atelier_nets::Arch);
+
+/// Resolves a spec's `init_from` (see [`TrainSpec::init_model`]) for `owner`.
+pub async fn init_model(
+    catalog: &crate::Catalog,
+    owner: &str,
+    spec: &TrainSpec,
+) -> Result<Option<InitModel>, JobsError> {
+    let Some(name) = spec.init_model() else {
+        return Ok(None);
+    };
+    let m = catalog.resolve(owner, name).await?.ok_or_else(|| {
+        JobsError::BadRequest(format!("init_from: no model `{name}` (built-in or yours)"))
+    })?;
+    let card = m.card()?;
+    if card.arch.role() != atelier_nets::Role::Translator {
+        return Err(JobsError::BadRequest(format!(
+            "init_from: `{name}` is a {}, not an image-to-image style",
+            card.arch.name()
+        )));
+    }
+    Ok(Some((catalog.local_file(&m).await?, card.arch)))
+}
+
+/// Builds the trainer's configuration from a job's spec, its local data folders and the
+/// resolved `init_from` model.
+pub fn train_config(
     spec: &TrainSpec,
     data_a: PathBuf,
     data_b: Option<PathBuf>,
     checkpoint_minutes: f64,
+    init: Option<InitModel>,
 ) -> Result<TrainConfig, JobsError> {
     let family = match spec.family.as_str() {
         "pix2pix" => Family::Pix2pix,
         "dcgan" => Family::Dcgan,
+        "cut" => Family::Cut,
+        "fastcut" => Family::Fastcut,
         _ => Family::Cyclegan,
     };
     let net_g = spec.net_g.clone().or(match family {
         Family::Cyclegan => Some("light".to_string()),
+        Family::Cut | Family::Fastcut => Some("resnet_6blocks_resize".to_string()),
         _ => None,
     });
     let nets = NetChoice {
-        ngf: spec
-            .ngf
-            .or((net_g.as_deref() == Some("light")).then_some(32)),
+        ngf: spec.ngf.or(match net_g.as_deref() {
+            Some("light") | Some("resnet_6blocks_resize") => Some(32),
+            _ => None,
+        }),
         net_g,
         ndf: spec.ndf,
         ..NetChoice::default()
@@ -432,6 +463,10 @@ fn train_config(
         _ => Some(128),
     });
     let mut cfg = TrainConfig::new(family, data_a, data_b, size, &nets)?;
+    if let Some((path, arch)) = init {
+        cfg.generator = arch;
+        cfg.init_from = Some(path);
+    }
     if let Some(b) = spec.batch {
         cfg.batch = b;
     }
@@ -491,7 +526,7 @@ fn train_job(
                 max,
             ))?;
             // pix2pix with side-by-side AB images keeps everything in domain A.
-            (n_b > 0 || spec.family == "cyclegan").then_some(b)
+            (n_b > 0 || spec.unpaired()).then_some(b)
         };
         if n_a == 0 {
             return Err(JobsError::BadRequest(format!(
@@ -499,7 +534,8 @@ fn train_job(
                 dataset.id
             )));
         }
-        let mut cfg = train_config(spec, a, b, ctx.config.checkpoint_minutes)?;
+        let init = rt.block_on(init_model(&ctx.catalog, &job.owner, spec))?;
+        let mut cfg = train_config(spec, a, b, ctx.config.checkpoint_minutes, init)?;
         cfg.data_description = format!(
             "dataset `{}` ({}) uploaded by {}: {} images in A, {} in B",
             dataset.name, dataset.id, job.owner, dataset.count_a, dataset.count_b
@@ -753,9 +789,11 @@ mod tests {
 
     #[test]
     fn config_from_spec() {
-        let spec: TrainSpec =
-            serde_json::from_value(json!({"dataset": "d", "name": "x", "steps": 50})).unwrap();
-        let cfg = train_config(&spec, "/a".into(), Some("/b".into()), 5.0).unwrap();
+        let spec: TrainSpec = serde_json::from_value(
+            json!({"dataset": "d", "name": "x", "steps": 50, "family": "cyclegan", "init_from": null}),
+        )
+        .unwrap();
+        let cfg = train_config(&spec, "/a".into(), Some("/b".into()), 5.0, None).unwrap();
         assert_eq!(cfg.steps, 50);
         assert_eq!(cfg.augment.crop_size, 128);
         assert_eq!(cfg.name, "x");
@@ -763,6 +801,32 @@ mod tests {
             cfg.generator.name().starts_with("light"),
             "{}",
             cfg.generator.name()
+        );
+        // The default job: FastCUT from the init model's generator.
+        let spec: TrainSpec = serde_json::from_value(json!({"dataset": "d", "name": "x"})).unwrap();
+        let arch = crate::builtin::EMBEDDED
+            .iter()
+            .find(|(n, _, _)| *n == crate::spec::DEFAULT_INIT)
+            .map(|(n, _, bytes)| {
+                let (_, meta) = atelier_nets::file::parse_safetensors(bytes).unwrap();
+                atelier_nets::file::card_from_metadata(std::path::Path::new(n), meta.as_ref())
+                    .unwrap()
+                    .arch
+            })
+            .unwrap();
+        let cfg = train_config(
+            &spec,
+            "/a".into(),
+            Some("/b".into()),
+            5.0,
+            Some(("/m.safetensors".into(), arch)),
+        )
+        .unwrap();
+        assert_eq!(cfg.family, Family::Fastcut);
+        assert_eq!(cfg.generator, arch);
+        assert_eq!(
+            cfg.init_from.as_deref(),
+            Some(std::path::Path::new("/m.safetensors"))
         );
     }
 }

@@ -855,16 +855,56 @@ async function viewTrain(root, _m, params, alive) {
   });
 
   // job form
-  const J = { dataset: '', family: 'cyclegan', name: '', steps: 2000, size: 128, net_g: 'light', ngf: 32, sample_every: 100 };
-  const NGF_DEFAULT = { light: 32, resnet_6blocks: 64, unet: 64 };
-  const FAMILY_FOR = { unpaired: 'cyclegan', paired: 'pix2pix', single: 'dcgan' };
+  const J = { dataset: '', family: 'fastcut', init: 'monet', name: '', steps: 2000, size: 128, net_g: 'resnet_6blocks_resize', ngf: 32, sample_every: 100 };
+  const NGF_DEFAULT = { light: 32, resnet_6blocks: 64, resnet_6blocks_resize: 32, unet: 64 };
+  const FAMILY_FOR = { unpaired: 'fastcut', paired: 'pix2pix', single: 'dcgan' };
+  const UNPAIRED = ['fastcut', 'cut', 'cyclegan'];
+  // Styles a new one can start from (built-ins and the caller's image-to-image models).
+  let initChoices = [];
+  getModels().then((ms) => {
+    initChoices = ms.filter((m) => canStylize(m)).map((m) => m.name);
+    if (alive()) renderJobForm();
+  }).catch(() => {});
+  // The ETA and warnings of the current form, from POST /v1/jobs/estimate (debounced).
+  const etaBox = h('div.eta', { tid: 'job-estimate', 'aria-live': 'polite' });
+  let etaTimer = null;
+  let etaSeq = 0;
+  function jobSpec() {
+    const spec = { type: 'train', dataset: J.dataset, family: J.family, name: J.name.trim() || 'estimate', steps: J.steps, size: J.size, sample_every: J.sample_every };
+    const canInit = UNPAIRED.includes(J.family);
+    if (canInit && J.init) spec.init_from = J.init;
+    else {
+      if (canInit) spec.init_from = null;
+      if (J.family !== 'dcgan') { spec.net_g = J.net_g; spec.ngf = J.ngf; }
+    }
+    return spec;
+  }
+  function refreshEstimate() {
+    clearTimeout(etaTimer);
+    etaTimer = setTimeout(async () => {
+      const seq = ++etaSeq;
+      if (!(J.steps >= 1)) { etaBox.replaceChildren(); return; }
+      etaBox.replaceChildren(h('p.hint', spinner(), 'Measuring a few training steps on this server…'));
+      let e;
+      try { e = await api('/v1/jobs/estimate', { json: jobSpec(), quiet: true }); } catch (err) {
+        if (seq === etaSeq) etaBox.replaceChildren(h('p.hint', 'No estimate: ' + err.message));
+        return;
+      }
+      if (seq !== etaSeq || !alive()) return;
+      const min = e.eta_seconds / 60;
+      etaBox.replaceChildren(
+        h('p.eta-line', { tid: 'job-eta' }, h('strong', 'About ' + (min < 1 ? '<1' : Math.round(min)) + ' min'),
+          ` on this server: ${fmt.int(e.steps)} steps × ${e.step_seconds.toFixed(2)} s (${e.family}, ${e.generator}${e.init_from ? ', from ' + e.init_from : ', random start'}).`),
+        ...(e.warnings || []).map((w) => h('div.notice.notice-warn', { tid: 'job-warning' }, w)));
+    }, 400);
+  }
   function renderJobForm() {
     const ids = datasets.map((d) => d.id);
     if (preselect && ids.includes(preselect)) { J.dataset = preselect; preselect = null; pickFamily(); }
     if (!ids.includes(J.dataset)) { J.dataset = ids[0] || ''; pickFamily(); }
     const f = (id, label, input, hint) => h('div.field', h('label', { for: id }, label), input, hint ? h('p.hint', hint) : null);
     const bind = (el, key, num) => {
-      const set = () => { J[key] = num ? Number(el.value) : el.value; };
+      const set = () => { J[key] = num ? Number(el.value) : el.value; refreshEstimate(); };
       el.addEventListener('input', set);
       el.addEventListener('change', set);
       return el;
@@ -876,21 +916,29 @@ async function viewTrain(root, _m, params, alive) {
     const ngfInput = h('input#job-ngf', { type: 'number', min: 4, max: 256, step: 1, value: J.ngf, tid: 'job-ngf' });
     ngfInput.addEventListener('input', () => { J.ngf = Number(ngfInput.value); J.ngfEdited = true; });
     const netSel = h('select#job-net', { tid: 'job-net-g' },
-      opt('light', 'light (fast, Atelier)', J.net_g), opt('resnet_6blocks', 'resnet_6blocks', J.net_g), opt('unet', 'unet (pix2pix)', J.net_g));
+      opt('light', 'light (fast, Atelier)', J.net_g), opt('resnet_6blocks_resize', 'resnet_6blocks_resize', J.net_g),
+      opt('resnet_6blocks', 'resnet_6blocks', J.net_g), opt('unet', 'unet (pix2pix)', J.net_g));
     netSel.addEventListener('change', () => {
       J.net_g = netSel.value;
       if (!J.ngfEdited) J.ngf = NGF_DEFAULT[J.net_g] || 32;
       renderJobForm();
     });
     const famSel = h('select#job-family', { tid: 'job-family' },
+      opt('fastcut', 'FastCUT (unpaired, fastest)', J.family), opt('cut', 'CUT (unpaired)', J.family),
       opt('cyclegan', 'CycleGAN (unpaired)', J.family), opt('pix2pix', 'pix2pix (paired)', J.family), opt('dcgan', 'DCGAN (noise → image)', J.family));
     famSel.addEventListener('change', () => {
       J.family = famSel.value;
-      if (J.family === 'pix2pix' && J.net_g === 'light') J.net_g = 'unet';
-      if (J.family === 'cyclegan' && J.net_g === 'unet') J.net_g = 'light';
+      fitNet();
       if (!J.ngfEdited) J.ngf = NGF_DEFAULT[J.net_g] || 32;
       renderJobForm();
     });
+    const canInit = UNPAIRED.includes(J.family);
+    if (!canInit) J.init = '';
+    const initSel = h('select#job-init', { tid: 'job-init', disabled: !canInit },
+      opt('', 'Random weights', J.init),
+      (initChoices.length ? initChoices : [J.init].filter(Boolean)).map((n) => opt(n, n, J.init)));
+    initSel.addEventListener('change', () => { J.init = initSel.value; J.initEdited = true; renderJobForm(); });
+    const fromInit = canInit && !!J.init;
     const submit = h('button.btn', { type: 'submit', tid: 'start-training', disabled: !datasets.length }, 'Start training');
     jobForm.replaceChildren();
     append(jobForm, [
@@ -901,25 +949,36 @@ async function viewTrain(root, _m, params, alive) {
       h('div.grid-2',
         f('job-family', 'Family', famSel),
         f('job-name', 'Model name', bind(h('input#job-name', { type: 'text', value: J.name, required: true, placeholder: 'my-style', pattern: '[A-Za-z0-9._-]+', tid: 'job-name', autocomplete: 'off' }), 'name'))),
+      f('job-init', 'Start from', initSel, fromInit
+        ? 'Fine-tunes this style\'s generator: recognisable in a few hundred steps. Its network is used as it is.'
+        : 'Random weights need thousands of steps to learn a style.'),
       mismatch ? h('div.notice.notice-warn', `A ${ds.kind} dataset is usually trained with ${FAMILY_FOR[ds.kind]}.`) : null,
       h('div.grid-3',
         f('job-steps', 'Steps', bind(h('input#job-steps', { type: 'number', min: 1, step: 1, value: J.steps, tid: 'job-steps' }), 'steps', true)),
         f('job-sample', 'Sample every', bind(h('input#job-sample', { type: 'number', min: 1, step: 1, value: J.sample_every, tid: 'job-sample-every' }), 'sample_every', true)),
         f('job-size', 'Image size', bind(h('select#job-size', { tid: 'job-size' },
           [[32, '32 px (test)'], [64, '64 px'], [128, '128 px'], [256, '256 px']].map(([v, t]) => opt(v, t, J.size))), 'size', true))),
-      h('fieldset', { disabled: dcgan },
+      h('fieldset', { disabled: dcgan || fromInit },
         h('div.grid-2',
           f('job-net', 'Generator', netSel),
           f('job-ngf', 'Generator width (ngf)', ngfInput)),
-        dcgan ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, 'DCGAN uses its own generator; these do not apply.') : null),
+        dcgan ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, 'DCGAN uses its own generator; these do not apply.') : null,
+        fromInit ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, `The generator of "${J.init}" is used.`) : null),
+      etaBox,
       h('div.row-end', submit)]);
+    refreshEstimate();
+  }
+  function fitNet() {
+    if (J.family === 'pix2pix' && J.net_g !== 'unet') J.net_g = 'unet';
+    if (J.family === 'cyclegan' && !['light', 'resnet_6blocks', 'resnet_6blocks_resize'].includes(J.net_g)) J.net_g = 'light';
+    if ((J.family === 'cut' || J.family === 'fastcut') && !J.net_g.startsWith('resnet')) J.net_g = 'resnet_6blocks_resize';
   }
   function pickFamily() {
     const ds = datasets.find((d) => d.id === J.dataset);
     if (ds && FAMILY_FOR[ds.kind]) {
       J.family = FAMILY_FOR[ds.kind];
-      if (J.family === 'pix2pix' && J.net_g === 'light') J.net_g = 'unet';
-      if (J.family === 'cyclegan' && J.net_g === 'unet') J.net_g = 'light';
+      fitNet();
+      if (UNPAIRED.includes(J.family) && J.init === '' && !J.initEdited) J.init = 'monet';
     }
   }
   jobForm.addEventListener('submit', async (e) => {
@@ -929,8 +988,7 @@ async function viewTrain(root, _m, params, alive) {
     if (!J.dataset) { showError({ code: 'bad_request', message: 'Create or pick a dataset first.' }); return; }
     if (!/^[A-Za-z0-9._-]+$/.test(name)) { showError({ code: 'bad_request', message: 'Model name: letters, digits, dot, dash and underscore only.' }); return; }
     if (!(J.steps >= 1) || !(J.sample_every >= 1)) { showError({ code: 'bad_request', message: 'Steps and sample interval must be positive numbers.' }); return; }
-    const spec = { type: 'train', dataset: J.dataset, family: J.family, name, steps: J.steps, size: J.size, sample_every: J.sample_every };
-    if (J.family !== 'dcgan') { spec.net_g = J.net_g; spec.ngf = J.ngf; }
+    const spec = jobSpec();
     const btn = jobForm.querySelector('[data-testid=start-training]');
     btn.disabled = true;
     btn.replaceChildren(spinner(), 'Starting…');
@@ -951,7 +1009,7 @@ async function viewTrain(root, _m, params, alive) {
         h('h3', { style: { marginTop: '22px' } }, 'New dataset'), dsForm),
       h('section.panel.card', { 'aria-labelledby': 'job-title' },
         h('h2#job-title', '2. Start training'),
-        h('p.panel-sub', 'Small sizes and the light generator train fastest on a CPU.'), jobForm)),
+        h('p.panel-sub', 'Starting from a built-in style and FastCUT train fastest on a CPU.'), jobForm)),
     h('div.section-head', h('h2', 'Your jobs'), h('a.small', { href: '#/jobs' }, 'All jobs →')),
     jobsBox);
   renderJobForm();

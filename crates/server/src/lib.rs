@@ -124,6 +124,13 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             errors: &["bad_request", "model_not_found", "dataset_not_found", "name_taken", "model_cannot_stylize", "quota_exceeded", "unsupported_image_format", "invalid_image", "image_too_large", "empty_image", "payload_too_large"],
             ..op("post", "/v1/jobs", "jobs", "Start a job: training a style, or stylizing images at full resolution.")
         }, post(jobs::create), true),
+        (Op {
+            description: "The same JSON as a training job's `TrainSpec` (`dataset` is not read). The first estimate of a configuration runs two training steps on random images (a few seconds); later ones are remembered.",
+            body: ReqBody::Json("JobSpec"),
+            answer: Answer::Json(200, "TrainEstimate"),
+            errors: &["bad_request"],
+            ..op("post", "/v1/jobs/estimate", "jobs", "Estimate a training job: seconds per step measured on this server, ETA, and warnings (too few steps to learn, long runs).")
+        }, post(jobs::estimate), false),
         (Op { params: &[JOB], answer: Answer::Json(200, "Job"), errors: &["job_not_found"], ..op("get", "/v1/jobs/{id}", "jobs", "One job.") }, get(jobs::get), false),
         (Op { params: &[JOB], answer: Answer::EventStream, errors: &["job_not_found"], ..op("get", "/v1/jobs/{id}/events", "jobs", "Live progress as server-sent events.") }, get(jobs::events), false),
         (Op { params: &[JOB], answer: Answer::Json(200, "Job"), errors: &["job_not_found"], ..op("post", "/v1/jobs/{id}/cancel", "jobs", "Cancel (a running training job checkpoints first).") }, post(jobs::cancel), false),

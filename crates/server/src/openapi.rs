@@ -166,10 +166,11 @@ fn schemas() -> Value {
         "properties": {
             "type": {"const": "train"},
             "dataset": {"type": "string"}, "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
-            "family": {"type": "string", "enum": ["cyclegan", "pix2pix", "dcgan"], "default": "cyclegan"},
+            "family": {"type": "string", "enum": ["fastcut", "cut", "cyclegan", "pix2pix", "dcgan"], "default": "fastcut", "description": "fastcut: one generator, PatchNCE (cheapest per step); cut: with the identity term; cyclegan: two generators and discriminators; pix2pix: paired; dcgan: noise → image."},
+            "init_from": {"type": ["string", "null"], "description": "Start from this style's generator (a built-in or your model); absent: `monet` for the unpaired families unless net_g/ngf are given; null: random weights. Leave net_g and ngf out with it."},
             "steps": {"type": "integer", "default": 2000, "minimum": 1},
             "size": {"type": "integer", "default": 128, "minimum": 32, "maximum": 512},
-            "net_g": {"type": "string", "description": "light (CycleGAN default), resnet_6blocks, resnet_9blocks, resnet_6blocks_resize (resize-convolution upsampling), unet (pix2pix default), …"},
+            "net_g": {"type": "string", "description": "Default: the init_from model's; else light (CycleGAN), resnet_6blocks_resize (CUT/FastCUT), unet (pix2pix). Also resnet_6blocks, resnet_9blocks, …"},
             "ngf": {"type": "integer"}, "ndf": {"type": "integer"}, "batch": {"type": "integer"},
             "lr": {"type": "number"}, "loss": {"type": "string", "enum": ["vanilla", "lsgan", "hinge"]},
             "sample_every": {"type": "integer", "default": 100}, "checkpoint_every": {"type": "integer", "default": 200},
@@ -193,6 +194,12 @@ fn schemas() -> Value {
         "Job": job,
         "JobList": {"type": "object", "properties": {"jobs": {"type": "array", "items": {"$ref": "#/components/schemas/Job"}}}},
         "TrainSpec": train, "StylizeSpec": stylize,
+        "TrainEstimate": {"type": "object", "properties": {
+            "family": {"type": "string"}, "generator": {"type": "string"},
+            "init_from": {"type": ["string", "null"]}, "steps": {"type": "integer"},
+            "step_seconds": {"type": "number", "description": "Seconds per training step, measured on this server."},
+            "eta_seconds": {"type": "number", "description": "steps × step_seconds (training only)."},
+            "warnings": {"type": "array", "items": {"type": "string"}}}},
         "JobSpec": {"oneOf": [{"$ref": "#/components/schemas/TrainSpec"}, {"$ref": "#/components/schemas/StylizeSpec"}], "discriminator": {"propertyName": "type"}},
         "Metrics": {"type": "object", "properties": {"metrics": {"type": "array", "items": {"type": "object"}, "description": "The run's metrics.jsonl lines: step, losses {name: value}, D_real, D_fake, lr, images_per_s, warnings."}}},
         "Me": {"type": "object", "properties": {"owner": {"type": "string"}, "open": {"type": "boolean"}}}

@@ -1141,8 +1141,48 @@ async fn training_job_runs_streams_and_makes_a_model() {
         let (s, v) = h.post_json("/v1/jobs", None, spec.clone()).await;
         assert_eq!(v["error"]["code"], code_, "{spec}: {s} {v}");
     }
+    // What it will cost, before it starts: measured on this server, with warnings.
+    let (s, e) = h
+        .post_json(
+            "/v1/jobs/estimate",
+            None,
+            json!({"type": "train", "dataset": ds, "name": "x", "steps": 40, "size": 32}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(
+        (e["family"].as_str(), e["init_from"].as_str()),
+        (Some("fastcut"), Some("monet"))
+    );
+    assert!(e["step_seconds"].as_f64().unwrap() > 0.0, "{e}");
+    let eta = e["eta_seconds"].as_f64().unwrap();
+    assert!(
+        (eta - 40.0 * e["step_seconds"].as_f64().unwrap()).abs() < 1e-9,
+        "{e}"
+    );
+    assert!(
+        e["warnings"][0].as_str().unwrap().contains("too few"),
+        "{e}"
+    );
+    let (s, e) = h
+        .post_json(
+            "/v1/jobs/estimate",
+            None,
+            json!({"type": "train", "dataset": ds, "name": "x", "steps": 3000, "size": 32}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["warnings"].as_array().unwrap().len(), 0, "{e}");
+    for bad in [
+        json!({"type": "train", "dataset": ds, "name": "x", "init_from": "no-such-style"}),
+        json!({"type": "train", "dataset": ds, "name": "x", "family": "fastcut", "net_g": "light"}),
+        json!({"type": "stylize", "model": "monet"}),
+    ] {
+        let (s, v) = h.post_json("/v1/jobs/estimate", None, bad.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
     let spec = json!({"type": "train", "dataset": ds, "name": "red2blue", "steps": 6, "size": 32,
-                      "net_g": "light", "ngf": 4, "ndf": 4, "sample_every": 2, "checkpoint_every": 3,
+                      "family": "cyclegan", "net_g": "light", "ngf": 4, "ndf": 4, "sample_every": 2, "checkpoint_every": 3,
                       "description": "reds to blues"});
     let (s, job) = h.post_json("/v1/jobs", None, spec).await;
     assert_eq!(s, StatusCode::ACCEPTED, "{job}");
@@ -1256,7 +1296,7 @@ async fn cancel_resume_and_quota() {
     assert_eq!(s, StatusCode::CREATED);
     let ds = d["id"].as_str().unwrap().to_string();
     let spec = |name: &str, steps: u64| {
-        json!({"type": "train", "dataset": ds, "name": name, "steps": steps, "size": 32, "net_g": "light",
+        json!({"type": "train", "dataset": ds, "name": name, "steps": steps, "size": 32, "family": "cyclegan", "net_g": "light",
                "ngf": 4, "ndf": 4, "sample_every": 1000, "checkpoint_every": 2})
     };
     // No workers yet: jobs stay queued, and the quota counts them.

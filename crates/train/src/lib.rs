@@ -8,6 +8,7 @@ pub mod adam;
 pub mod config;
 pub mod data;
 mod error;
+pub mod estimate;
 pub mod grid;
 pub mod init;
 pub mod loss;

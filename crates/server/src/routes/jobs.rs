@@ -245,16 +245,18 @@ async fn check_train(state: &AppState, caller: &Caller, t: &TrainSpec) -> Result
             ApiError::not_found("dataset_not_found", format!("no dataset `{}`", t.dataset))
         })?;
     let fits = match t.family.as_str() {
-        "cyclegan" => d.count_a > 0 && d.count_b > 0,
+        "cyclegan" | "cut" | "fastcut" => d.count_a > 0 && d.count_b > 0,
         "pix2pix" => d.kind == DatasetKind::Paired && d.count_a > 0,
         _ => d.count_a > 0,
     };
     if !fits {
         return Err(ApiError::bad_request(format!(
-            "dataset `{}` ({}, {} images in A, {} in B) cannot train {}: CycleGAN needs images in both domains, pix2pix a paired dataset, DCGAN images in A",
+            "dataset `{}` ({}, {} images in A, {} in B) cannot train {}: CycleGAN, CUT and FastCUT need images in both domains, pix2pix a paired dataset, DCGAN images in A",
             d.name, d.kind.as_str(), d.count_a, d.count_b, t.family
         )));
     }
+    // The model it starts from must exist (and be one the caller may use).
+    atelier_jobs::worker::init_model(&state.catalog, &caller.owner, t).await?;
     if state.catalog.own(&caller.owner, &t.name).await?.is_some() {
         return Err(ApiError::conflict(
             "name_taken",
@@ -262,6 +264,23 @@ async fn check_train(state: &AppState, caller: &Caller, t: &TrainSpec) -> Result
         ));
     }
     Ok(())
+}
+
+/// `POST /v1/jobs/estimate`: what a training spec will cost on this server, before it starts.
+pub async fn estimate(
+    State(state): State<AppState>,
+    caller: Caller,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let body = super::body_bytes(req, &state, state.config.max_body_bytes).await?;
+    let JobSpec::Train(t) = parse_json::<JobSpec>(&body)? else {
+        return Err(ApiError::bad_request(
+            "estimates are for training specs (`\"type\": \"train\"`)",
+        ));
+    };
+    t.validate()?;
+    let e = atelier_jobs::estimate::estimate(&state.catalog, &caller.owner, &t).await?;
+    Ok(Json(serde_json::to_value(e).map_err(ApiError::internal)?))
 }
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
