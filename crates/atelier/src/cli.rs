@@ -298,6 +298,20 @@ pub enum TrainCommand {
         #[arg(long, short)]
         output: Option<PathBuf>,
     },
+    /// Compare runs at equal CPU budget: their validation KID, edge correlation and sharpness
+    /// against the CPU minutes spent training (a PNG), and a markdown table of each run's last
+    /// validation within the budget (runs trained with --kid-every).
+    Compare {
+        /// Run directories.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The chart (PNG).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// The budget in CPU minutes (default: the smallest any of the runs reached).
+        #[arg(long)]
+        budget_minutes: Option<f64>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

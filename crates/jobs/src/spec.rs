@@ -10,6 +10,8 @@ use crate::JobsError;
 /// A job request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
+// Parsed once per request and stored as JSON: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum JobSpec {
     Stylize(StylizeSpec),
     Train(TrainSpec),

@@ -403,8 +403,8 @@ fn stylize_job(
     Ok(results)
 }
 
-/// The model a training job starts from: its local file and generator architecture.
-pub type InitModel = (PathBuf, atelier_nets::Arch);
+/// The model a training job starts from: its local file, generator architecture and name.
+pub type InitModel = (PathBuf, atelier_nets::Arch, String);
 
 /// Resolves a spec's `init_from` (see [`TrainSpec::init_model`]) for `owner`.
 pub async fn init_model(
@@ -425,7 +425,11 @@ pub async fn init_model(
             card.arch.name()
         )));
     }
-    Ok(Some((catalog.local_file(&m).await?, card.arch)))
+    Ok(Some((
+        catalog.local_file(&m).await?,
+        card.arch,
+        name.to_string(),
+    )))
 }
 
 /// Builds the trainer's configuration from a job's spec, its local data folders and the
@@ -463,9 +467,10 @@ pub fn train_config(
         _ => Some(128),
     });
     let mut cfg = TrainConfig::new(family, data_a, data_b, size, &nets)?;
-    if let Some((path, arch)) = init {
+    if let Some((path, arch, name)) = init {
         cfg.generator = arch;
         cfg.init_from = Some(path);
+        cfg.init_label = Some(format!("the model `{name}`"));
     }
     if let Some(b) = spec.batch {
         cfg.batch = b;
@@ -819,7 +824,7 @@ mod tests {
             "/a".into(),
             Some("/b".into()),
             5.0,
-            Some(("/m.safetensors".into(), arch)),
+            Some(("/m.safetensors".into(), arch, "monet".into())),
         )
         .unwrap();
         assert_eq!(cfg.family, Family::Fastcut);

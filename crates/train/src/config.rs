@@ -222,6 +222,9 @@ pub struct TrainConfig {
     /// instead of random ones; copied into the run at creation (`init.safetensors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+    /// How `init_from` is named in notes and model cards (e.g. a built-in style's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_label: Option<String>,
     /// Distillation: the teacher model file (copied into the run at creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
@@ -378,6 +381,7 @@ impl TrainConfig {
             batched_passes: true,
             nce: NceConfig::reference(family == Family::Fastcut),
             init_from: None,
+            init_label: None,
             teacher: None,
             name: family.name().into(),
             data_description: String::new(),

@@ -16,7 +16,7 @@ pub const MIN_STEPS_FROM_INIT: u64 = 300;
 /// recipe and networks, on random images of its training size (its data folders are not
 /// read; a distillation teacher is). Threads as the process is configured.
 pub fn step_seconds(cfg: &TrainConfig, steps: usize) -> TrainResult<f64> {
-    let tmp = tempfile::tempdir().map_err(|e| TrainError::io(&std::env::temp_dir(), e))?;
+    let tmp = tempfile::tempdir().map_err(|e| TrainError::io(std::env::temp_dir(), e))?;
     measure(cfg, steps.max(1), tmp.path())
 }
 

@@ -409,11 +409,12 @@ impl Trainer {
         let batches_per_epoch = data.batches_per_epoch() as u64;
         let mut notes = Vec::new();
         if let Some(init) = crate::init::load(&run, &device)? {
-            let src = cfg
-                .init_from
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
+            let src = cfg.init_label.clone().unwrap_or_else(|| {
+                cfg.init_from
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            });
             let mut sets: Vec<(&'static str, &SeededVarMap)> =
                 g.iter().chain(&d).map(|n| (n.name, &n.vars)).collect();
             sets.extend(recipe.extra_vars());
@@ -973,8 +974,13 @@ impl Trainer {
             );
             card.input.train_size = Some(self.cfg.augment.crop_size);
             if let Some(src) = &self.cfg.init_from {
+                let label = self
+                    .cfg
+                    .init_label
+                    .clone()
+                    .unwrap_or_else(|| src.display().to_string());
                 card.notes
-                    .push(format!("initialised from {} (--init-from)", src.display()));
+                    .push(format!("initialised from {label} (--init-from)"));
             }
             card.inference.batch_stats = self.uses_batch_stats();
             card.provenance.source = format!("atelier train {}", self.cfg.family.name());

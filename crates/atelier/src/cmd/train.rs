@@ -35,6 +35,11 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
             eprintln!("exported the generator(s) at step {}", trainer.step());
             Ok(ExitCode::SUCCESS)
         }
+        TrainCommand::Compare {
+            runs,
+            output,
+            budget_minutes,
+        } => compare(&runs, &output, budget_minutes),
         TrainCommand::Plot { run, output } => {
             let (dir, _) = atelier_train::RunDir::open(&run)?;
             let path = match output {
@@ -50,6 +55,75 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn compare(
+    runs: &[std::path::PathBuf],
+    output: &std::path::Path,
+    budget: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let mut all = Vec::new();
+    for r in runs {
+        let (dir, cfg) = atelier_train::RunDir::open(r)?;
+        let name = r
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.display().to_string());
+        all.push((name, cfg, dir.read_metrics()?));
+    }
+    let reached = |m: &[serde_json::Value]| {
+        m.iter()
+            .filter_map(|l| l["cpu_s"].as_f64())
+            .fold(0.0f64, f64::max)
+    };
+    let budget_s = match budget {
+        Some(b) => b * 60.0,
+        None => all
+            .iter()
+            .map(|(_, _, m)| reached(m))
+            .fold(f64::INFINITY, f64::min),
+    };
+    let named: Vec<(String, Vec<serde_json::Value>)> =
+        all.iter().map(|(n, _, m)| (n.clone(), m.clone())).collect();
+    let png = atelier_train::plot::compare_png(&named)?;
+    std::fs::write(output, png).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "At {:.1} CPU minutes of training (each run's last validation within it):\n",
+        budget_s / 60.0
+    );
+    println!(
+        "| run | family | generator | crop | step | CPU min | KID ×100 | edge corr. | sharpness |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (name, cfg, m) in &all {
+        let row = atelier_train::plot::validation_at(m, budget_s);
+        let f = |k: &str, scale: f64, digits: usize| {
+            row.and_then(|l| l[k].as_f64())
+                .map(|v| format!("{:.*}", digits, v * scale))
+                .unwrap_or_else(|| "–".into())
+        };
+        let ngf = match cfg.generator {
+            atelier_nets::Arch::Resnet(c) => format!(" ngf {}", c.ngf),
+            atelier_nets::Arch::Light(c) => format!(" ngf {}", c.ngf),
+            _ => String::new(),
+        };
+        println!(
+            "| {name} | {} | {}{ngf} | {} | {} | {} | {} ± {} | {} | {} |",
+            cfg.family.name(),
+            cfg.generator.name(),
+            cfg.augment.crop_size,
+            row.and_then(|l| l["step"].as_u64())
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "–".into()),
+            f("cpu_s", 1.0 / 60.0, 1),
+            f("kid_a2b", 100.0, 2),
+            f("kid_a2b_std", 100.0, 2),
+            f("edge_corr_a2b", 1.0, 3),
+            f("sharpness_a2b", 1.0, 3),
+        );
+    }
+    eprintln!("wrote {}", output.display());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves `--init-from`: an existing path, a model in the models folder, or a built-in
@@ -222,6 +296,7 @@ fn start(global: &Global, family: Family, args: TrainArgs) -> anyhow::Result<Exi
         Some(spec) => Some(model_file(global, "--teacher", spec, &mut keep)?),
         None => None,
     };
+    let args_init = args.init_from.clone().unwrap_or_default();
     let own_g = args.net_g.is_some() || args.ngf.is_some();
     let own_d = args.net_d.is_some() || args.ndf.is_some();
     let mut cfg = config(family, args)?;
@@ -235,6 +310,12 @@ fn start(global: &Global, family: Family, args: TrainArgs) -> anyhow::Result<Exi
         {
             cfg.discriminator = d;
         }
+        cfg.init_label = Some(match &keep {
+            Some(tmp) if path.starts_with(tmp.path()) => {
+                format!("the built-in style `{}`", args_init)
+            }
+            _ => path.display().to_string(),
+        });
         cfg.init_from = Some(std::path::absolute(&path).unwrap_or(path));
     }
     // The trainer copies the initial weights into the run; the temporary file may go.
