@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::dcgan::{
@@ -142,24 +142,105 @@ impl Arch {
         }
     }
 
-    /// The weights this architecture expects: name → shape, in a stable order.
+    /// The weights this architecture expects: name → shape, in a stable order. Nothing of
+    /// the weights' size is allocated (every architecture number is bounded first, see
+    /// [`Arch::check`]), so a hostile model card cannot exhaust memory here.
     pub fn expected_shapes(&self) -> Result<BTreeMap<String, Vec<usize>>> {
-        let map = VarMap::new();
-        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
-        Network::new(*self, vb)?;
-        let data = map
-            .data()
+        self.check_numbers()?;
+        let rec = ShapeRecorder::default();
+        let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
+        Network::new_unchecked(*self, vb)?;
+        let shapes = rec
+            .shapes
             .lock()
-            .map_err(|_| Error::Arch("poisoned".into()))?;
-        Ok(data
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_tensor().dims().to_vec()))
-            .collect())
+            .map_err(|_| Error::Arch("poisoned".into()))?
+            .clone();
+        Ok(shapes)
+    }
+
+    /// Refuses architectures no real model has, before anything is built: each number within
+    /// its range (widths ≤ [`MAX_WIDTH`], blocks ≤ [`MAX_BLOCKS`], …) and at most
+    /// [`MAX_PARAMETERS`] weights in all.
+    pub fn check(&self) -> Result<()> {
+        let n: u128 = self
+            .expected_shapes()?
+            .values()
+            .map(|s| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        if n > MAX_PARAMETERS as u128 {
+            return Err(Error::Arch(format!(
+                "{}: {n} weights is over the limit of {MAX_PARAMETERS}",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The per-number ranges of [`Arch::check`].
+    fn check_numbers(&self) -> Result<()> {
+        let range = |what: &str, v: usize, lo: usize, hi: usize| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(Error::Arch(format!("{what} {v} is outside {lo}..={hi}")))
+            }
+        };
+        let channels = |what: &str, v: usize| range(what, v, 1, MAX_CHANNELS);
+        let width = |what: &str, v: usize| range(what, v, 1, MAX_WIDTH);
+        match *self {
+            Arch::Resnet(c) => {
+                channels("input_nc", c.input_nc)?;
+                channels("output_nc", c.output_nc)?;
+                width("ngf", c.ngf)?;
+                range("n_blocks", c.n_blocks, 0, MAX_BLOCKS)
+            }
+            Arch::Unet(c) => {
+                channels("input_nc", c.input_nc)?;
+                channels("output_nc", c.output_nc)?;
+                width("ngf", c.ngf)?;
+                range("num_downs", c.num_downs, 2, 10)
+            }
+            Arch::Light(c) => {
+                channels("input_nc", c.input_nc)?;
+                channels("output_nc", c.output_nc)?;
+                width("ngf", c.ngf)?;
+                range("n_blocks", c.n_blocks, 0, MAX_BLOCKS)
+            }
+            Arch::NLayer(c) => {
+                channels("input_nc", c.input_nc)?;
+                width("ndf", c.ndf)?;
+                range("n_layers", c.n_layers, 0, 8)
+            }
+            Arch::Pixel(c) => {
+                channels("input_nc", c.input_nc)?;
+                width("ndf", c.ndf)
+            }
+            Arch::BriefG(c) => {
+                range("nz", c.nz, 1, MAX_NZ)?;
+                channels("channels", c.channels)?;
+                width("width", c.width)
+            }
+            Arch::BriefD(c) => {
+                channels("channels", c.channels)?;
+                range("size", c.size, 4, 4096)?;
+                width("width", c.width)
+            }
+            Arch::Dcgan64G(c) | Arch::Dcgan64D(c) => {
+                range("nz", c.nz, 1, MAX_NZ)?;
+                channels("nc", c.nc)?;
+                width("width", c.width)
+            }
+        }
     }
 
     /// Multiply-accumulates of the convolutions in one forward pass at `h`×`w` (generators with
     /// a closed form: ResNet and light), `None` otherwise.
     pub fn macs(&self, h: usize, w: usize) -> Option<u64> {
+        // Out-of-range numbers (a hostile card) would overflow the products below.
+        self.check_numbers().ok()?;
+        if h.max(w) > 1 << 20 {
+            return None;
+        }
         match self {
             Arch::Light(c) => Some(LightGenerator::macs(c, h, w)),
             Arch::Resnet(c) => {
@@ -196,6 +277,50 @@ impl Arch {
     }
 }
 
+/// Widest layer base a model may declare (`ngf`, `ndf`, `width`): the largest published
+/// CycleGAN/pix2pix networks use 64.
+pub const MAX_WIDTH: usize = 1024;
+/// Most residual blocks (the published ones use 6 or 9).
+pub const MAX_BLOCKS: usize = 64;
+/// Most image channels in or out.
+pub const MAX_CHANNELS: usize = 16;
+/// Largest noise vector.
+pub const MAX_NZ: usize = 4096;
+/// Most weights a model may have (1 GB as f32; ResNet-9 ngf 64 has 11.4 M).
+pub const MAX_PARAMETERS: u64 = 256 << 20;
+
+/// A [`VarBuilder`] backend that records the shapes asked for and hands out zero-stride views
+/// of one scalar: building a network through it allocates nothing of its weights' size.
+#[derive(Clone, Default)]
+struct ShapeRecorder {
+    shapes: std::sync::Arc<std::sync::Mutex<BTreeMap<String, Vec<usize>>>>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for ShapeRecorder {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.shapes
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?
+            .insert(name.to_string(), s.dims().to_vec());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("`{name}`: shapes only")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        true
+    }
+}
+
 /// A built network of any architecture.
 #[derive(Debug, Clone)]
 pub enum Network {
@@ -211,8 +336,14 @@ pub enum Network {
 }
 
 impl Network {
-    /// Builds the network, reading (or, with a `VarMap`, creating) its weights through `vb`.
+    /// Builds the network, reading (or, with a `VarMap`, creating) its weights through `vb`,
+    /// after [`Arch::check`].
     pub fn new(arch: Arch, vb: VarBuilder) -> Result<Self> {
+        arch.check()?;
+        Self::new_unchecked(arch, vb)
+    }
+
+    fn new_unchecked(arch: Arch, vb: VarBuilder) -> Result<Self> {
         Ok(match arch {
             Arch::Resnet(c) => Network::Resnet(ResnetGenerator::new(c, vb)?),
             Arch::Unet(c) => Network::Unet(UnetGenerator::new(c, vb)?),
@@ -233,6 +364,7 @@ impl Network {
         tensors: &std::collections::HashMap<String, Tensor>,
         device: &Device,
     ) -> Result<Self> {
+        arch.check()?;
         let expected = arch.expected_shapes()?;
         let arch_name = arch.name();
         for (key, shape) in &expected {

@@ -768,3 +768,96 @@ fn module_prefixed_checkpoint_imports_with_a_note() {
         atelier_nets::load(&out, &Device::Cpu).unwrap();
     }
 }
+
+/// Peak resident memory of this process so far (`VmHWM`), in bytes; 0 where unknown.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Regression (issue 20, found by probing the server): architecture numbers in an uploaded
+/// card, or an import query, were trusted. A 185 KB model file declaring `"ngf":
+/// 1099511627776` aborted the server ("memory allocation of 646512837132288 bytes failed"),
+/// `"n_blocks": 1000000000` grew it to 22.5 GB: validation built a network before checking
+/// anything. Now every number is bounded and shapes are compared without allocating weights.
+#[test]
+fn hostile_architecture_numbers_are_refused_before_allocating() {
+    let dir = scratch("hostile_arch");
+    let small = small_resnet(NormKind::Instance);
+    let tensors = random_weights(small);
+    let Arch::Resnet(base) = small else {
+        unreachable!()
+    };
+    let before = peak_rss();
+    let t0 = std::time::Instant::now();
+    for (name, arch, says) in [
+        (
+            "ngf_2_40",
+            Arch::Resnet(ResnetConfig {
+                ngf: 1 << 40,
+                ..base
+            }),
+            "ngf 1099511627776 is outside 1..=1024",
+        ),
+        (
+            "blocks_1e9",
+            Arch::Resnet(ResnetConfig {
+                n_blocks: 1_000_000_000,
+                ..base
+            }),
+            "n_blocks 1000000000 is outside 0..=64",
+        ),
+        (
+            // Every number in range, the whole too big (64 blocks of 4096² 3×3 convolutions).
+            "params",
+            Arch::Resnet(ResnetConfig {
+                ngf: 1024,
+                n_blocks: 64,
+                ..base
+            }),
+            "weights is over the limit",
+        ),
+        (
+            "channels",
+            Arch::Resnet(ResnetConfig {
+                input_nc: 1 << 30,
+                ..base
+            }),
+            "input_nc",
+        ),
+    ] {
+        let path = dir.join(format!("{name}.safetensors"));
+        write_raw(&path, &tensors, Some(card_meta(&card_for(arch))));
+        let err = atelier_nets::load(&path, &Device::Cpu).expect_err(name);
+        let msg = one_line(&err);
+        assert!(msg.contains(says), "{name}: {msg}");
+        // The architecture's own queries answer without allocating or overflowing.
+        assert!(arch.check().is_err(), "{name}");
+        if name != "params" {
+            assert_eq!(arch.macs(1024, 1024), None, "{name}");
+        }
+    }
+    // The same numbers from an import query.
+    let err = import(
+        &golden("G_resnet_6blocks_instance_ngf4.pth"),
+        &ImportHints {
+            ngf: Some(1 << 40),
+            ..ImportHints::default()
+        },
+    )
+    .expect_err("ngf 2^40 imported");
+    assert!(one_line(&err).contains("ngf"), "{err}");
+    let grown = peak_rss().saturating_sub(before);
+    assert!(grown < 200 << 20, "peak RSS grew by {} MB", grown >> 20);
+    assert!(t0.elapsed().as_secs_f64() < 5.0, "{:?}", t0.elapsed());
+    // Control: a real architecture still loads.
+    let path = dir.join("ok.safetensors");
+    write_raw(&path, &tensors, Some(card_meta(&card_for(small))));
+    atelier_nets::load(&path, &Device::Cpu).unwrap();
+}

@@ -1477,6 +1477,75 @@ async fn stylize_job_at_full_resolution() {
     drop(tx);
 }
 
+/// A model file whose card's text has `from` replaced by `to` (the weights untouched).
+fn with_card_edit(file: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&file[8..8 + n]).unwrap();
+    let card = header["__metadata__"]["atelier.card"].as_str().unwrap();
+    assert!(card.contains(from), "{card}");
+    header["__metadata__"]["atelier.card"] = json!(card.replace(from, to));
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + n..]);
+    out
+}
+
+/// Regression (issue 20, critical): one upload killed the server. A small model file whose
+/// card declares `"ngf": 1099511627776` aborted the process on an allocation of 646 TB, and
+/// `"n_blocks": 1000000000` grew it to 22.5 GB; so did the same numbers in an import query.
+/// Now they are refused with `invalid_model_file` / `bad_request` and the server keeps serving.
+#[tokio::test]
+async fn hostile_architecture_numbers_do_not_kill_the_server() {
+    let h = harness(|_| {}).await;
+    let good = tiny_model_bytes("x");
+    for (i, (from, to)) in [
+        ("\"ngf\":4", "\"ngf\":1099511627776"),
+        ("\"n_blocks\":1", "\"n_blocks\":1000000000"),
+        ("\"input_nc\":3", "\"input_nc\":4294967296"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = h
+            .post(
+                &format!("/v1/models?name=hostile{i}"),
+                None,
+                with_card_edit(&good, from, to),
+            )
+            .await;
+        assert_eq!(
+            (s, code(&b).as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"),
+            "{to}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    let pth = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/ukiyoe_demo_net_G_A.pth"
+    ))
+    .unwrap();
+    for q in ["ngf=1099511627776", "ngf=1024&netG=resnet_64blocks"] {
+        let (s, b) = h
+            .post(
+                &format!("/v1/models/import?name=imp&{q}"),
+                None,
+                pth.clone(),
+            )
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{q}: {s} {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    // Still serving, and the untouched file uploads.
+    assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
+    let (s, _) = h.post("/v1/models?name=fine", None, good).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
 #[tokio::test]
 async fn real_socket() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
