@@ -190,11 +190,13 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let resp = next.run(req).await;
     let secs = started.elapsed().as_secs_f64();
     let status = resp.status();
+    // Labels come from bounded sets only (a client's own method string would add a series
+    // per request: issue 20).
     state.metrics.inc(
         metrics::HTTP_REQUESTS,
         &[
             ("route", &route),
-            ("method", method.as_str()),
+            ("method", metrics::method_label(&method)),
             ("status", status.as_str()),
         ],
     );
@@ -203,7 +205,7 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
         .observe(metrics::HTTP_SECONDS, &[("route", &route)], secs);
     if route != "/healthz" && route != "/metrics" {
         tracing::info!(
-            method = %method,
+            method = %metrics::method_label(&method),
             path = %path,
             status = status.as_u16(),
             ms = (secs * 1000.0).round() as u64,

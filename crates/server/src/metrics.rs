@@ -45,6 +45,21 @@ const BUCKETS: &[f64] = &[
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The `method` label of a request: the standard methods by name, anything else `other`.
+pub fn method_label(m: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// A gauge measured at scrape time: name, labels, value.
 pub type Gauge = (&'static str, Labels, f64);
 

@@ -1477,6 +1477,70 @@ async fn stylize_job_at_full_resolution() {
     drop(tx);
 }
 
+/// Regressions (issue 20, high): wrong secrets for a real key id ran argon2 without a cap
+/// (64 threads × 5 requests took the server from 188 MB to 6.1 GB), and any method string
+/// became a permanent `/metrics` series (5,000 random 7,000-character methods: +31 MB).
+#[tokio::test]
+async fn argon2_runs_two_at_a_time_and_odd_methods_share_one_series() {
+    let h = harness(|c| c.open = Some(false)).await;
+    let real = key(&h, "alice").await;
+    let id = real.split('_').nth(1).unwrap().to_string();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let st = h.st.clone();
+            let bad = format!("atl_{id}_wrong{i:026}");
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri("/v1/me")
+                    .header("authorization", format!("Bearer {bad}"))
+                    .body(Body::empty())
+                    .unwrap();
+                app(st).oneshot(req).await.unwrap().status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let peak = h.st.keys.peak_verifying();
+    assert!(
+        (1..=2).contains(&peak),
+        "{peak} argon2 verifications at once"
+    );
+    assert_eq!(h.json("/v1/me", Some(&real)).await["owner"], "alice");
+
+    let odd = |n: usize| {
+        let st = h.st.clone();
+        async move {
+            for i in 0..n {
+                let method = format!("X{}{i}", "Q".repeat(2000));
+                let req = Request::builder()
+                    .method(method.as_str())
+                    .uri("/healthz")
+                    .body(Body::empty())
+                    .unwrap();
+                app(st.clone()).oneshot(req).await.unwrap();
+            }
+        }
+    };
+    odd(10).await;
+    h.get("/metrics", None).await; // its own series exist from here on
+    let before = h.get("/metrics", None).await.1.len();
+    odd(300).await;
+    let text = String::from_utf8(h.get("/metrics", None).await.1).unwrap();
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(
+        !text.contains("QQQQ"),
+        "a client's method string became a label"
+    );
+    // Only counts change (a few digits), no new series.
+    assert!(
+        text.len() < before + 200,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
+}
+
 /// A model file whose card's text has `from` replaced by `to` (the weights untouched).
 fn with_card_edit(file: &[u8], from: &str, to: &str) -> Vec<u8> {
     let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
