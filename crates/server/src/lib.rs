@@ -164,7 +164,14 @@ pub fn app(state: AppState) -> Router {
         } else {
             state.config.max_body_bytes
         };
-        router = router.route(op.path, handler.layer(DefaultBodyLimit::max(limit)));
+        router = router.route(
+            op.path,
+            handler
+                .layer(DefaultBodyLimit::max(limit))
+                .layer(axum::middleware::from_fn(
+                    move |req: Request, next: Next| declared_length(req, next, limit),
+                )),
+        );
     }
     router
         .route("/openapi.json", get(openapi_json))
@@ -175,6 +182,22 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
+}
+
+/// Refuses a body whose declared `Content-Length` is over `limit` before reading any of it
+/// (the body limit alone reads up to the limit first: issue 20).
+async fn declared_length(req: Request, next: Next, limit: usize) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            axum::response::IntoResponse::into_response(ApiError::payload_too_large(limit))
+        }
+        _ => next.run(req).await,
+    }
 }
 
 /// One log line and the request metrics per request.

@@ -1541,6 +1541,28 @@ async fn argon2_runs_two_at_a_time_and_odd_methods_share_one_series() {
     );
 }
 
+/// Regression (issue 20, medium): a body declaring a Content-Length over the route's limit was
+/// read up to the limit (256 MiB for uploads) before the 413; now it is refused at once.
+#[tokio::test]
+async fn declared_oversize_bodies_are_refused_before_reading() {
+    let h = harness(|_| {}).await;
+    for uri in ["/v1/models?name=big", "/v1/stylize?model=tiny", "/v1/jobs"] {
+        let req = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("content-length", "10000000000")
+            .header("content-type", "application/octet-stream")
+            .body(Body::from("abc"))
+            .unwrap();
+        let (s, _, b) = h.call(req).await;
+        assert_eq!(
+            (s, code(&b).as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            "{uri}"
+        );
+    }
+}
+
 /// A model file whose card's text has `from` replaced by `to` (the weights untouched).
 fn with_card_edit(file: &[u8], from: &str, to: &str) -> Vec<u8> {
     let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
