@@ -1,71 +1,85 @@
 #!/usr/bin/env bash
-# Trains built-in styles and their equal-budget PyTorch reference, all at once on one machine.
+# Trains (or continues) the built-in styles: long, resumable runs in the background.
 #
-#   scripts/train_builtins.sh MINUTES STYLE...      e.g. scripts/train_builtins.sh 80 ukiyoe monet
+#   scripts/train_builtins.sh full STYLE...     the full model of each STYLE (one run each)
+#   scripts/train_builtins.sh light STYLE...    its light version, distilled from RUNS/STYLE's model
+#   scripts/train_builtins.sh export STYLE...   model files of the newest checkpoints
 #
-# For every STYLE three runs start together, one thread each, and stop after the same wall-clock
-# MINUTES (so machine load, builds included, falls on all of them alike):
-#   RUNS/STYLE        atelier: resnet_6blocks_resize ngf 16 (resize-convolution upsampling,
-#                     no checkerboard), 70x70 PatchGAN ndf 32                  -> models/STYLE
-#   RUNS/STYLE_light  atelier: light generator ngf 16, PatchGAN ndf 32        -> models/STYLE_light
-#   RUNS/STYLE_ref    bench/reference_cyclegan.py: the published ResNet-9 ngf 64, PatchGAN ndf 64
-# Each trains on SPLIT/photo/train -> SPLIT/STYLE/train (bench/split_datasets.py: the last 10 %
-# of each folder held out) with the reference's losses and constant learning rate 2e-4, crops
-# of 128 from images loaded at 256 (the same scale the 256-px photos are translated at).
-# Atelier's runs stop on SIGINT (they checkpoint) and are exported with `atelier train export`.
+# Every run starts if RUNS/NAME does not exist and is resumed from its newest checkpoint if it
+# does, so the same command continues the runs after they were stopped (a session's end, Ctrl-C,
+# kill -9). Runs are nice'd and use one thread each (THREADS), so that two share a 2-core machine.
 #
-# KINDS (default "full light ref") picks which of the three runs start for every STYLE.
-# Environment: ATELIER (binary, default target/release/atelier), PY (python with torch,
-# default bench/.venv/bin/python), SPLIT (default /work/split), DATASETS (../shared/datasets), RUNS (default /work/runs).
-# The runs hold research-use data derivatives: keep RUNS outside the repository.
+# The recipe (docs/eval/recipes.md says why): FastCUT (PatchNCE, one generator, flip
+# equivariance) with the resize-convolution ResNet generator, ngf 32, PatchGAN ndf 32, crops of
+# 128 from photos loaded at 256, STEPS steps whose last DECAY decay the learning rate linearly
+# to 0, validation KID and structure metrics every 2000 steps on the split's val folders.
+# The light version is distilled from the full model: the light generator ngf 16 learns the
+# full model's translations of the training photos (L1 + conditional PatchGAN).
+#
+# Environment: ATELIER (binary, default target/release/atelier), SPLIT (default /work/split,
+# from bench/split_datasets.py), RUNS (default /work/runs/builtins), FAMILY (fastcut), NGF (32),
+# STEPS (60000), DECAY (20000), LIGHT_STEPS (20000), THREADS (1), FID (the FID Inception weights,
+# default ../shared/weights/fid_inception_v3.safetensors). The runs hold research-use data
+# derivatives: keep RUNS outside the repository.
 set -euo pipefail
-minutes=${1:?usage: $0 MINUTES STYLE...}
+what=${1:?usage: $0 full|light|export STYLE...}
 shift
 ATELIER=${ATELIER:-target/release/atelier}
-PY=${PY:-bench/.venv/bin/python}
+ATELIER=$(realpath "$ATELIER")
 SPLIT=${SPLIT:-/work/split}
-DATASETS=${DATASETS:-../shared/datasets}
-RUNS=${RUNS:-/work/runs}
-KINDS=${KINDS:-full light ref}
-has() { [[ " $KINDS " == *" $1 "* ]]; }
+RUNS=${RUNS:-/work/runs/builtins}
+FAMILY=${FAMILY:-fastcut}
+NGF=${NGF:-32}
+STEPS=${STEPS:-60000}
+DECAY=${DECAY:-20000}
+LIGHT_STEPS=${LIGHT_STEPS:-20000}
+THREADS=${THREADS:-1}
+FID=${FID:-$(dirname "$0")/../../shared/weights/fid_inception_v3.safetensors}
 mkdir -p "$RUNS"
-secs=$(python3 -c "print(int(float('$minutes') * 60))")
 
-common=(--data-a "$SPLIT/photo/train" --size 128 --load-size 256 --ndf 32
-  --steps 10000000 --epochs-decay 0 --checkpoint-every 500 --sample-every 250
-  --checkpoint-minutes 10 --keep-checkpoints 1)
+desc() { echo "photo -> $1: shared/datasets photo (Flickr, CycleGAN monet2photo testB) train split -> $1 paintings train split"; }
+licence="research use only (see shared/datasets/SOURCES.md)"
 
-pids=()
+# start_or_resume NAME ARGS...: resumes RUNS/NAME, or starts it with `atelier train ARGS...`.
+start_or_resume() {
+  local name=$1
+  shift
+  local out="$RUNS/$name"
+  if [ -f "$out/config.json" ]; then
+    RAYON_NUM_THREADS=$THREADS nohup nice -n 10 "$ATELIER" -q train resume "$out" >> "$out.log" 2>&1 &
+  else
+    RAYON_NUM_THREADS=$THREADS nohup nice -n 10 "$ATELIER" -q train "$@" --out "$out" > "$out.log" 2>&1 &
+  fi
+  echo "$name: pid $! (log $out.log)"
+}
+
 for style in "$@"; do
-  data_b="$SPLIT/$style/train"
-  desc="photo -> $style: shared/datasets photo (Flickr, CycleGAN monet2photo testB) train split -> $style paintings train split"
-  if has full; then
-    RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
-      --data-b "$data_b" --out "$RUNS/$style" --netG resnet_6blocks_resize --ngf 16 --name "$style" \
-      --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
-      > "$RUNS/$style.log" 2>&1 &
-    pids+=($!)
-  fi
-  if has light; then
-    RAYON_NUM_THREADS=1 timeout -s INT "${secs}s" "$ATELIER" -q train cyclegan "${common[@]}" \
-      --data-b "$data_b" --out "$RUNS/${style}_light" --netG light --ngf 16 --name "${style}_light" \
-      --data-description "$desc" --data-licence "research use only (see shared/datasets/SOURCES.md)" \
-      > "$RUNS/${style}_light.log" 2>&1 &
-    pids+=($!)
-  fi
-  # The reference holds out the last 10 % itself: given the whole folders, it trains on
-  # exactly the train split.
-  if has ref; then
-    "$PY" bench/reference_cyclegan.py --data-a "$DATASETS/photo" --data-b "$DATASETS/$style" \
-      --netG resnet_9blocks --ngf 64 --ndf 64 --load-size 256 --crop-size 128 --threads 1 \
-      --minutes "$minutes" --seed 1 --out "$RUNS/${style}_ref" > "$RUNS/${style}_ref.log" 2>&1 &
-    pids+=($!)
-  fi
+  case $what in
+    full)
+      start_or_resume "$style" "$FAMILY" --data-a "$SPLIT/photo/train" --data-b "$SPLIT/$style/train" \
+        --netG resnet_6blocks_resize --ngf "$NGF" --ndf 32 --size 128 --load-size 256 \
+        --steps "$STEPS" --steps-decay "$DECAY" --name "$style" \
+        --checkpoint-every 1000 --sample-every 1000 --checkpoint-minutes 10 --keep-checkpoints 2 \
+        --kid-every 2000 --val-folders "$SPLIT/photo/val" "$SPLIT/$style/val" --val-size 256 \
+        --fid-weights "$FID" --data-description "$(desc "$style")" --data-licence "$licence"
+      ;;
+    light)
+      teacher="$RUNS/$style/$style.safetensors"
+      [ -f "$teacher" ] || "$ATELIER" train export "$RUNS/$style" > /dev/null
+      start_or_resume "${style}_light" distill --teacher "$teacher" --data-a "$SPLIT/photo/train" \
+        --netG light --ngf 16 --ndf 32 --size 128 --load-size 256 --steps "$LIGHT_STEPS" \
+        --steps-decay $((LIGHT_STEPS / 4)) \
+        --name "${style}_light" --checkpoint-every 1000 --sample-every 1000 --checkpoint-minutes 10 \
+        --keep-checkpoints 2 --data-description "$(desc "$style"), distilled from $style" \
+        --data-licence "$licence"
+      ;;
+    export)
+      "$ATELIER" train export "$RUNS/$style"
+      [ -d "$RUNS/${style}_light" ] && "$ATELIER" train export "$RUNS/${style}_light"
+      ;;
+    *)
+      echo "unknown command $what (full, light or export)" >&2
+      exit 2
+      ;;
+  esac
 done
-status=0
-for p in "${pids[@]}"; do wait "$p" || status=$?; done
-for style in "$@"; do
-  if has full; then "$ATELIER" train export "$RUNS/$style"; fi
-  if has light; then "$ATELIER" train export "$RUNS/${style}_light"; fi
-done
-echo "done (last non-zero status: $status; atelier runs end with 130 on SIGINT)"

@@ -371,6 +371,10 @@ pub struct TrainArgs {
     /// with --epochs, the second half of the run with --steps).
     #[arg(long)]
     pub epochs_decay: Option<u64>,
+    /// With --steps: the last N steps decay the learning rate linearly to 0 (instead of
+    /// --epochs-decay).
+    #[arg(long, conflicts_with_all = ["epochs", "epochs_decay"], requires = "steps")]
+    pub steps_decay: Option<u64>,
     /// cpu, cuda or cuda:N (CUDA needs a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: String,

@@ -282,6 +282,13 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
     cfg.nce.lambda_gan = a.lambda_gan;
     let bpe = atelier_train::trainer::batches_per_epoch(&cfg)?;
     cfg.set_length(a.steps, a.epochs, a.epochs_decay, bpe)?;
+    if let (Some(steps), Some(decay)) = (a.steps, a.steps_decay) {
+        let decay = decay.min(steps);
+        cfg.lr_policy = atelier_train::LrPolicy::LinearSteps {
+            constant: steps - decay,
+            decay,
+        };
+    }
     Ok(cfg)
 }
 
