@@ -91,8 +91,13 @@ pub async fn estimate(
         });
     }
     if eta > LONG_RUN_SECONDS {
+        let sooner = if spec.family == "fastcut" {
+            "fewer steps or a smaller size finish sooner"
+        } else {
+            "fewer steps, a smaller size or family fastcut finish sooner"
+        };
         warnings.push(format!(
-            "about {:.0} minutes on this server: fewer steps, a smaller size or family fastcut finish sooner",
+            "about {:.0} minutes on this server (measured now, with its current load): {sooner}",
             eta / 60.0
         ));
     }

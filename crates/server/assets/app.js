@@ -958,12 +958,11 @@ async function viewTrain(root, _m, params, alive) {
         f('job-sample', 'Sample every', bind(h('input#job-sample', { type: 'number', min: 1, step: 1, value: J.sample_every, tid: 'job-sample-every' }), 'sample_every', true)),
         f('job-size', 'Image size', bind(h('select#job-size', { tid: 'job-size' },
           [[32, '32 px (test)'], [64, '64 px'], [128, '128 px'], [256, '256 px']].map(([v, t]) => opt(v, t, J.size))), 'size', true))),
-      h('fieldset', { disabled: dcgan || fromInit },
+      fromInit ? null : h('fieldset', { disabled: dcgan },
         h('div.grid-2',
           f('job-net', 'Generator', netSel),
           f('job-ngf', 'Generator width (ngf)', ngfInput)),
-        dcgan ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, 'DCGAN uses its own generator; these do not apply.') : null,
-        fromInit ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, `The generator of "${J.init}" is used.`) : null),
+        dcgan ? h('p.hint', { style: { marginTop: '-8px', marginBottom: '14px' } }, 'DCGAN uses its own generator; these do not apply.') : null),
       etaBox,
       h('div.row-end', submit)]);
     refreshEstimate();
