@@ -233,7 +233,7 @@ fn jobs_survive_kill_9_and_sigterm() {
         "POST",
         "/v1/jobs",
         Some(json!({"type": "train", "dataset": ds, "name": "survivor", "steps": 80, "size": 32,
-                    "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
+                    "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
     );
     assert_eq!(st, 202, "{train}");
     let train = train["id"].as_str().unwrap().to_string();

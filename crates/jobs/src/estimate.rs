@@ -78,7 +78,7 @@ pub async fn estimate(
     } else {
         MIN_STEPS_FROM_SCRATCH
     };
-    if spec.family != "dcgan" && spec.steps < min {
+    if spec.family() != "dcgan" && spec.steps < min {
         warnings.push(match &init_from {
             Some(m) => format!(
                 "{} steps is likely too few to learn a style even starting from `{m}`; use at least {min}",
@@ -91,7 +91,7 @@ pub async fn estimate(
         });
     }
     if eta > LONG_RUN_SECONDS {
-        let sooner = if spec.family == "fastcut" {
+        let sooner = if spec.family() == "fastcut" {
             "fewer steps or a smaller size finish sooner"
         } else {
             "fewer steps, a smaller size or family fastcut finish sooner"

@@ -54,9 +54,10 @@ pub struct TrainSpec {
     pub dataset: String,
     /// Name of the model it makes (the caller's private model).
     pub name: String,
-    /// `fastcut` (default), `cut`, `cyclegan`, `pix2pix` or `dcgan`.
-    #[serde(default = "fastcut")]
-    pub family: String,
+    /// `fastcut`, `cut`, `cyclegan`, `pix2pix` or `dcgan`; see [`TrainSpec::family`] for the
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// Start from this style's generator (a built-in or one of the caller's models) instead
     /// of random weights: a new style is recognisable in far fewer steps. Absent: the
     /// built-in [`DEFAULT_INIT`] for the unpaired families; `null`: random weights. The
@@ -100,10 +101,6 @@ pub struct TrainSpec {
     /// Description shown on the model page.
     #[serde(default)]
     pub description: String,
-}
-
-fn fastcut() -> String {
-    "fastcut".into()
 }
 
 /// The style a new unpaired style starts from unless the request says otherwise.
@@ -166,9 +163,19 @@ impl StylizeSpec {
 }
 
 impl TrainSpec {
+    /// The family: as asked, else `fastcut`, or `cyclegan` when the request names a generator
+    /// FastCUT cannot use (e.g. `light`, as requests before FastCUT did).
+    pub fn family(&self) -> &str {
+        match (&self.family, &self.net_g) {
+            (Some(f), _) => f,
+            (None, Some(g)) if !g.starts_with("resnet_") => "cyclegan",
+            (None, _) => "fastcut",
+        }
+    }
+
     /// Whether the family trains on two unpaired domains.
     pub fn unpaired(&self) -> bool {
-        matches!(self.family.as_str(), "cyclegan" | "cut" | "fastcut")
+        matches!(self.family(), "cyclegan" | "cut" | "fastcut")
     }
 
     /// The model the run starts from: `init_from`, or by default [`DEFAULT_INIT`] for the
@@ -190,23 +197,23 @@ impl TrainSpec {
                 "name: 1–64 letters, digits, `-` or `_`, starting with a letter or digit",
             ));
         }
-        if !FAMILIES.contains(&self.family.as_str()) {
+        if !FAMILIES.contains(&self.family()) {
             return Err(bad(format!(
                 "family `{}`: expected {}",
-                self.family,
+                self.family(),
                 FAMILIES.join(", ")
             )));
         }
-        if matches!(self.family.as_str(), "cut" | "fastcut") {
+        if matches!(self.family(), "cut" | "fastcut") {
             if let Some(g) = self.net_g.as_deref().filter(|g| !g.starts_with("resnet_")) {
                 return Err(bad(format!(
                     "net_g `{g}`: {} compares a resnet_<N>blocks generator's encoder features",
-                    self.family
+                    self.family()
                 )));
             }
         }
         if let Some(m) = self.init_model() {
-            if self.family == "dcgan" {
+            if self.family() == "dcgan" {
                 return Err(bad(
                     "init_from: DCGAN generators start from noise, not a style",
                 ));
@@ -270,7 +277,10 @@ mod tests {
         let s: JobSpec =
             serde_json::from_str(r#"{"type":"train","dataset":"d_1","name":"my-style"}"#).unwrap();
         let JobSpec::Train(t) = s else { panic!() };
-        assert_eq!((t.family.as_str(), t.steps), ("fastcut", 2000));
+        assert_eq!((t.family(), t.steps), ("fastcut", 2000));
+        let light: TrainSpec =
+            serde_json::from_str(r#"{"dataset":"d","name":"x","net_g":"light"}"#).unwrap();
+        assert_eq!(light.family(), "cyclegan");
         assert_eq!(t.init_model(), Some(DEFAULT_INIT));
         t.validate().unwrap();
         // null: random weights; a generator of one's own: no default init.
@@ -281,6 +291,11 @@ mod tests {
             ),
             (
                 r#"{"type":"train","dataset":"d","name":"x","net_g":"resnet_9blocks"}"#,
+                None,
+            ),
+            // A generator FastCUT cannot use: CycleGAN, as before FastCUT existed.
+            (
+                r#"{"type":"train","dataset":"d","name":"x","net_g":"light"}"#,
                 None,
             ),
             (

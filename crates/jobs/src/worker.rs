@@ -441,7 +441,7 @@ pub fn train_config(
     checkpoint_minutes: f64,
     init: Option<InitModel>,
 ) -> Result<TrainConfig, JobsError> {
-    let family = match spec.family.as_str() {
+    let family = match spec.family() {
         "pix2pix" => Family::Pix2pix,
         "dcgan" => Family::Dcgan,
         "cut" => Family::Cut,
@@ -519,7 +519,7 @@ fn train_job(
             &a,
             max,
         ))?;
-        let b = if spec.family == "dcgan" {
+        let b = if spec.family() == "dcgan" {
             None
         } else {
             let b = root.join("data").join("b");

@@ -166,7 +166,7 @@ fn schemas() -> Value {
         "properties": {
             "type": {"const": "train"},
             "dataset": {"type": "string"}, "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
-            "family": {"type": "string", "enum": ["fastcut", "cut", "cyclegan", "pix2pix", "dcgan"], "default": "fastcut", "description": "fastcut: one generator, PatchNCE (cheapest per step); cut: with the identity term; cyclegan: two generators and discriminators; pix2pix: paired; dcgan: noise → image."},
+            "family": {"type": "string", "enum": ["fastcut", "cut", "cyclegan", "pix2pix", "dcgan"], "default": "fastcut", "description": "fastcut: one generator, PatchNCE (cheapest per step); cut: with the identity term; cyclegan: two generators and discriminators; pix2pix: paired; dcgan: noise → image. Absent: fastcut, or cyclegan when net_g names a generator other than resnet_*."},
             "init_from": {"type": ["string", "null"], "description": "Start from this style's generator (a built-in or your model); absent: `monet` for the unpaired families unless net_g/ngf are given; null: random weights. Leave net_g and ngf out with it."},
             "steps": {"type": "integer", "default": 2000, "minimum": 1},
             "size": {"type": "integer", "default": 128, "minimum": 32, "maximum": 512},

@@ -180,7 +180,9 @@ async fn build_job(
                 serde_json::to_value(JobSpec::Stylize(s)),
             )
         }
-        JobSpec::Train(t) => {
+        JobSpec::Train(mut t) => {
+            // Stored with its family spelled out (the page and the job list show it).
+            t.family = Some(t.family().to_string());
             if inputs > 0 {
                 return Err(ApiError::bad_request(
                     "training jobs take no images; use a dataset",
@@ -244,7 +246,7 @@ async fn check_train(state: &AppState, caller: &Caller, t: &TrainSpec) -> Result
         .ok_or_else(|| {
             ApiError::not_found("dataset_not_found", format!("no dataset `{}`", t.dataset))
         })?;
-    let fits = match t.family.as_str() {
+    let fits = match t.family() {
         "cyclegan" | "cut" | "fastcut" => d.count_a > 0 && d.count_b > 0,
         "pix2pix" => d.kind == DatasetKind::Paired && d.count_a > 0,
         _ => d.count_a > 0,
@@ -252,7 +254,7 @@ async fn check_train(state: &AppState, caller: &Caller, t: &TrainSpec) -> Result
     if !fits {
         return Err(ApiError::bad_request(format!(
             "dataset `{}` ({}, {} images in A, {} in B) cannot train {}: CycleGAN, CUT and FastCUT need images in both domains, pix2pix a paired dataset, DCGAN images in A",
-            d.name, d.kind.as_str(), d.count_a, d.count_b, t.family
+            d.name, d.kind.as_str(), d.count_a, d.count_b, t.family()
         )));
     }
     // The model it starts from must exist (and be one the caller may use).
