@@ -20,10 +20,15 @@ use crate::{Error, Result};
 /// The side both images are resized to.
 pub const STRUCTURE_SIDE: u32 = 256;
 
+/// Mean Sobel magnitude under which a photo counts as flat (values in `[0, 1]`; one grey
+/// level's step is 1/255 ≈ 0.004).
+const FLAT: f64 = 1e-4;
+
 /// The two metrics of one photo and its translation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Structure {
-    /// Pearson correlation of the Sobel magnitudes (`NaN` if either is constant).
+    /// Pearson correlation of the Sobel magnitudes (`NaN` if either is constant or the photo is
+    /// flat).
     pub edge_correlation: f64,
     /// Mean Sobel magnitude of the translation over that of the photo (`NaN` if the photo is
     /// flat).
@@ -97,6 +102,14 @@ pub fn structure(photo: &Image, translated: &Image) -> Structure {
     let gp = sobel_magnitude(&gray(photo, STRUCTURE_SIDE), side);
     let gt = sobel_magnitude(&gray(translated, STRUCTURE_SIDE), side);
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    // A photo without edges (resampling leaves rounding-level gradients) has no structure to
+    // keep: both metrics are undefined.
+    if mean(&gp) < FLAT {
+        return Structure {
+            edge_correlation: f64::NAN,
+            sharpness: f64::NAN,
+        };
+    }
     Structure {
         edge_correlation: pearson(&gp, &gt),
         sharpness: mean(&gt) / mean(&gp),
