@@ -7,7 +7,7 @@
 //!   antialiasing → `[-1, 1]`);
 //! * [`stats`]: FID (Fréchet distance of the feature Gaussians) and KID (unbiased MMD² with
 //!   the cubic polynomial kernel, over random subsets, as torch-fidelity computes it);
-//! * [`structure`]: edge correlation and sharpness of a translation against its photo
+//! * [`mod@structure`]: edge correlation and sharpness of a translation against its photo
 //!   (Sobel magnitudes on 256² grayscale).
 
 pub mod error;

@@ -147,7 +147,7 @@ impl KeyCache {
         Ok(Some(row.owner))
     }
 
-    /// The most argon2 verifications that ran at once so far (at most [`MAX_VERIFYING`]).
+    /// The most argon2 verifications that ran at once so far (at most two).
     pub fn peak_verifying(&self) -> usize {
         self.peak.load(std::sync::atomic::Ordering::SeqCst)
     }
