@@ -784,7 +784,7 @@ async function viewTrain(root, _m, params, alive) {
   // dataset form
   const dsResult = h('div', { tid: 'dataset-result', 'aria-live': 'polite' });
   const kindHints = {
-    unpaired: ['Domain A (e.g. photos)', 'Domain B (e.g. paintings)', 'CycleGAN: two unrelated sets of images.'],
+    unpaired: ['Domain A (e.g. photos)', 'Domain B (e.g. paintings)', 'FastCUT, CUT or CycleGAN: two unrelated sets of images.'],
     paired: ['Inputs (or side-by-side AB images)', 'Targets (matched by file name)', 'pix2pix: files in A and B pair up by name.'],
     single: ['Images', '', 'DCGAN: one set of images to imitate.'],
   };
@@ -801,7 +801,7 @@ async function viewTrain(root, _m, params, alive) {
   const fa = fileField('ds-a', 'a');
   const fb = fileField('ds-b', 'b');
   const kindSel = h('select#ds-kind', { name: 'kind', tid: 'dataset-kind' },
-    [['unpaired', 'Unpaired (CycleGAN)'], ['paired', 'Paired (pix2pix)'], ['single', 'Single set (DCGAN)']].map(([v, t]) => h('option', { value: v }, t)));
+    [['unpaired', 'Unpaired (FastCUT, CycleGAN)'], ['paired', 'Paired (pix2pix)'], ['single', 'Single set (DCGAN)']].map(([v, t]) => h('option', { value: v }, t)));
   const kindHint = h('p.hint');
   const syncKind = () => {
     const [a, b, hint] = kindHints[kindSel.value];
@@ -911,7 +911,8 @@ async function viewTrain(root, _m, params, alive) {
     };
     const opt = (v, t, cur) => h('option', { value: v, selected: String(cur) === String(v) }, t);
     const ds = datasets.find((d) => d.id === J.dataset);
-    const mismatch = ds && FAMILY_FOR[ds.kind] && FAMILY_FOR[ds.kind] !== J.family;
+    const fitsKind = (kind, fam) => (kind === 'unpaired' ? UNPAIRED.includes(fam) : FAMILY_FOR[kind] === fam);
+    const mismatch = ds && FAMILY_FOR[ds.kind] && !fitsKind(ds.kind, J.family);
     const dcgan = J.family === 'dcgan';
     const ngfInput = h('input#job-ngf', { type: 'number', min: 4, max: 256, step: 1, value: J.ngf, tid: 'job-ngf' });
     ngfInput.addEventListener('input', () => { J.ngf = Number(ngfInput.value); J.ngfEdited = true; });
@@ -952,7 +953,7 @@ async function viewTrain(root, _m, params, alive) {
       f('job-init', 'Start from', initSel, fromInit
         ? 'Fine-tunes this style\'s generator: recognisable in a few hundred steps. Its network is used as it is.'
         : 'Random weights need thousands of steps to learn a style.'),
-      mismatch ? h('div.notice.notice-warn', `A ${ds.kind} dataset is usually trained with ${FAMILY_FOR[ds.kind]}.`) : null,
+      mismatch ? h('div.notice.notice-warn', `This ${ds.kind} dataset is usually trained with ${FAMILY_FOR[ds.kind]}.`) : null,
       h('div.grid-3',
         f('job-steps', 'Steps', bind(h('input#job-steps', { type: 'number', min: 1, step: 1, value: J.steps, tid: 'job-steps' }), 'steps', true)),
         f('job-sample', 'Sample every', bind(h('input#job-sample', { type: 'number', min: 1, step: 1, value: J.sample_every, tid: 'job-sample-every' }), 'sample_every', true)),
@@ -1252,6 +1253,7 @@ async function viewJob(root, [id], _p, alive) {
 }
 function sampleHint(family) {
   if (family === 'cyclegan') return 'Rows: real, translated, reconstructed (fixed inputs).';
+  if (family === 'cut' || family === 'fastcut') return 'Left: inputs (photos, then paintings); right: their translations (for paintings, the identity).';
   if (family === 'pix2pix') return 'Columns: input, output, target.';
   if (family === 'dcgan') return 'Images from a fixed set of noise vectors.';
   return '';
