@@ -18,8 +18,9 @@
 #
 # Environment: ATELIER (binary, default target/release/atelier), SPLIT (default /work/split,
 # from bench/split_datasets.py), RUNS (default /work/runs/builtins), FAMILY (fastcut), NGF (32),
-# STEPS (60000), DECAY (20000), LIGHT_STEPS (20000), THREADS (1), FID (the FID Inception weights,
-# default ../shared/weights/fid_inception_v3.safetensors). The runs hold research-use data
+# STEPS (20000), DECAY (6000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
+# directory the new full runs start from, e.g. a study run of the same recipe), FID (the FID
+# Inception weights, default ../shared/weights/fid_inception_v3.safetensors). The runs hold research-use data
 # derivatives: keep RUNS outside the repository.
 set -euo pipefail
 what=${1:?usage: $0 full|light|export STYLE...}
@@ -30,8 +31,9 @@ SPLIT=${SPLIT:-/work/split}
 RUNS=${RUNS:-/work/runs/builtins}
 FAMILY=${FAMILY:-fastcut}
 NGF=${NGF:-32}
-STEPS=${STEPS:-60000}
-DECAY=${DECAY:-20000}
+STEPS=${STEPS:-20000}
+DECAY=${DECAY:-6000}
+INIT_FROM=${INIT_FROM:-}
 LIGHT_STEPS=${LIGHT_STEPS:-20000}
 THREADS=${THREADS:-1}
 FID=${FID:-$(dirname "$0")/../../shared/weights/fid_inception_v3.safetensors}
@@ -56,7 +58,9 @@ start_or_resume() {
 for style in "$@"; do
   case $what in
     full)
-      start_or_resume "$style" "$FAMILY" --data-a "$SPLIT/photo/train" --data-b "$SPLIT/$style/train" \
+      init=()
+      if [ -n "$INIT_FROM" ]; then init=(--init-from "$INIT_FROM"); fi
+      start_or_resume "$style" "$FAMILY" "${init[@]}" --data-a "$SPLIT/photo/train" --data-b "$SPLIT/$style/train" \
         --netG resnet_6blocks_resize --ngf "$NGF" --ndf 32 --size 128 --load-size 256 \
         --steps "$STEPS" --steps-decay "$DECAY" --name "$style" \
         --checkpoint-every 1000 --sample-every 1000 --checkpoint-minutes 10 --keep-checkpoints 2 \
