@@ -9,16 +9,16 @@
 # does, so the same command continues the runs after they were stopped (a session's end, Ctrl-C,
 # kill -9). Runs are nice'd and use one thread each (THREADS), so that two share a 2-core machine.
 #
-# The recipe (docs/eval/recipes.md says why): FastCUT (PatchNCE, one generator, flip
-# equivariance) with the resize-convolution ResNet generator, ngf 32, PatchGAN ndf 32, crops of
+# The recipe (docs/eval/recipes.md says why): CUT (PatchNCE with the identity term, one
+# generator) with the resize-convolution ResNet generator, ngf 32, PatchGAN ndf 32, crops of
 # 128 from photos loaded at 256, STEPS steps whose last DECAY decay the learning rate linearly
 # to 0, validation KID and structure metrics every 2000 steps on the split's val folders.
 # The light version is distilled from the full model: the light generator ngf 16 learns the
 # full model's translations of the training photos (L1 + conditional PatchGAN).
 #
 # Environment: ATELIER (binary, default target/release/atelier), SPLIT (default /work/split,
-# from bench/split_datasets.py), RUNS (default /work/runs/builtins), FAMILY (fastcut), NGF (32),
-# STEPS (20000), DECAY (6000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
+# from bench/split_datasets.py), RUNS (default /work/runs/builtins), FAMILY (cut), NGF (32),
+# STEPS (12000), DECAY (4000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
 # directory the new full runs start from, e.g. a study run of the same recipe), FID (the FID
 # Inception weights, default ../shared/weights/fid_inception_v3.safetensors). The runs hold research-use data
 # derivatives: keep RUNS outside the repository.
@@ -29,10 +29,10 @@ ATELIER=${ATELIER:-target/release/atelier}
 ATELIER=$(realpath "$ATELIER")
 SPLIT=${SPLIT:-/work/split}
 RUNS=${RUNS:-/work/runs/builtins}
-FAMILY=${FAMILY:-fastcut}
+FAMILY=${FAMILY:-cut}
 NGF=${NGF:-32}
-STEPS=${STEPS:-20000}
-DECAY=${DECAY:-6000}
+STEPS=${STEPS:-12000}
+DECAY=${DECAY:-4000}
 INIT_FROM=${INIT_FROM:-}
 LIGHT_STEPS=${LIGHT_STEPS:-20000}
 THREADS=${THREADS:-1}
