@@ -504,7 +504,17 @@ fn resume_matches(family: Family, g: &str) {
             &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
         );
     }
-    let mut cfg = config(family, &a, Some(&b), &small_nets(g), 12);
+    let distill = family == Family::Distill;
+    let mut cfg = config(
+        family,
+        &a,
+        (!distill).then_some(b.as_path()),
+        &small_nets(g),
+        12,
+    );
+    if distill {
+        cfg.teacher = Some(random_teacher(tmp.path()));
+    }
     cfg.augment.load_size = S + 4; // random crops and flips on
     cfg.augment.flip = true;
     cfg.batch = 2;
@@ -568,6 +578,44 @@ fn cut_and_fastcut_resume_is_bitwise_exact() {
     atelier_nets::init_threads(None);
     resume_matches(Family::Cut, "resnet_2blocks");
     resume_matches(Family::Fastcut, "resnet_2blocks_resize");
+}
+
+/// Same for distillation (the teacher's targets, a conditional D).
+#[test]
+fn distill_resume_is_bitwise_exact() {
+    atelier_nets::init_threads(None);
+    resume_matches(Family::Distill, "light");
+}
+
+/// A model file of a randomly initialised small ResNet generator in `dir` (a fixed teacher).
+fn random_teacher(dir: &Path) -> PathBuf {
+    use atelier_nets::arch::Arch;
+    use atelier_nets::resnet::{ResnetConfig, Upsampling};
+    let arch = Arch::Resnet(ResnetConfig {
+        ngf: 8,
+        n_blocks: 1,
+        upsampling: Upsampling::Resize,
+        ..ResnetConfig::default()
+    });
+    let vars = atelier_nets::SeededVarMap::new(11);
+    atelier_nets::Network::new(arch, vars.builder(&Device::Cpu)).unwrap();
+    let weights: HashMap<String, Tensor> = vars
+        .varmap()
+        .data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    let path = dir.join("teacher.safetensors");
+    atelier_nets::save(
+        &path,
+        &atelier_nets::ModelCard::new("teacher", arch),
+        &weights,
+        atelier_nets::Storage::F32,
+    )
+    .unwrap();
+    path
 }
 
 /// Same for pix2pix (dropout masks and batch-norm running statistics).
