@@ -222,24 +222,17 @@ fn cyclegan_with_resize_convolution_translates_discs_to_squares() {
     cyclegan_learns_discs_to_squares("resnet_2blocks_resize");
 }
 
-fn cyclegan_learns_discs_to_squares(net_g: &str) {
-    atelier_nets::init_threads(None);
-    let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
+/// 24 red discs in `root`/A, 24 blue squares in `root`/B and 8 held-out red discs in
+/// `root`/held (the learning tests of the unpaired families).
+fn discs_and_squares(root: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (a, b, held) = (root.join("A"), root.join("B"), root.join("held"));
     let mut rng = Rng::new(2);
     for i in 0..24 {
-        save(
-            &a,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
-        );
-        save(
-            &b,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 1, [0.1, 0.2, 0.9]),
-        );
+        let disc = shape_image(&mut rng, 0, [0.9, 0.15, 0.1]);
+        save(&a, &format!("{i}.png"), &disc);
+        let square = shape_image(&mut rng, 1, [0.1, 0.2, 0.9]);
+        save(&b, &format!("{i}.png"), &square);
     }
-    let held = tmp.path().join("held");
     for i in 0..8 {
         save(
             &held,
@@ -247,6 +240,13 @@ fn cyclegan_learns_discs_to_squares(net_g: &str) {
             &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
         );
     }
+    (a, b, held)
+}
+
+fn cyclegan_learns_discs_to_squares(net_g: &str) {
+    atelier_nets::init_threads(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, held) = discs_and_squares(tmp.path());
     let mut cfg = config(Family::Cyclegan, &a, Some(&b), &small_nets(net_g), 120);
     cfg.lr = 2e-3;
     let out = tmp.path().join("run");
@@ -303,28 +303,7 @@ fn fastcut_translates_red_discs_to_blue_shapes_in_place() {
 fn cut_learns(family: Family) {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
-    let mut rng = Rng::new(2);
-    for i in 0..24 {
-        save(
-            &a,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
-        );
-        save(
-            &b,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 1, [0.1, 0.2, 0.9]),
-        );
-    }
-    let held = tmp.path().join("held");
-    for i in 0..8 {
-        save(
-            &held,
-            &format!("{i}.png"),
-            &shape_image(&mut rng, 0, [0.9, 0.15, 0.1]),
-        );
-    }
+    let (a, b, held) = discs_and_squares(tmp.path());
     let mut cfg = config(
         family,
         &a,
