@@ -47,6 +47,20 @@ pub struct ServerConfig {
     pub log_format: String,
     /// Kernel precision of stylization: `f32`, or `bf16` (AVX512_BF16 CPUs; others run f32).
     pub precision: String,
+    /// Open connections; further clients wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (from its first byte, or from the
+    /// end of the previous request on a kept-alive connection); slower connections are closed.
+    pub header_timeout_s: u64,
+    /// Seconds a request body may go without sending any data before the request fails
+    /// (`408 request_timeout`).
+    pub body_timeout_s: u64,
+    /// Bytes each owner may store (uploaded datasets, models, job inputs and results);
+    /// uploads past it get `413 storage_quota_exceeded`. 0: no limit.
+    pub max_storage_bytes_per_owner: u64,
+    /// Uploaded images decoded at the same time (dataset ingest checks every image);
+    /// further uploads wait for a slot.
+    pub max_concurrent_ingest: usize,
     /// The in-process workers.
     pub worker: WorkerConfig,
 }
@@ -70,6 +84,11 @@ impl Default for ServerConfig {
             max_dataset_images: 5000,
             log_format: "text".into(),
             precision: "f32".into(),
+            max_connections: 512,
+            header_timeout_s: 30,
+            body_timeout_s: 60,
+            max_storage_bytes_per_owner: 10 << 30,
+            max_concurrent_ingest: 1,
             worker: WorkerConfig::default(),
         }
     }
@@ -117,6 +136,12 @@ impl ServerConfig {
         }
         if self.rate_limit_per_minute == 0 {
             return bad("rate_limit_per_minute must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_concurrent_ingest == 0 {
+            return bad("max_connections and max_concurrent_ingest must be at least 1");
+        }
+        if self.header_timeout_s == 0 || self.body_timeout_s == 0 {
+            return bad("header_timeout_s and body_timeout_s must be at least 1");
         }
         if self.max_active_jobs < 1 {
             return bad("max_active_jobs must be at least 1");

@@ -24,10 +24,14 @@ pub use state::AppState;
 use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use openapi::{p, q, q_req, Answer, Op, ReqBody};
 use routes::{datasets, health, jobs, models, stylize, web};
@@ -55,7 +59,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
     vec![
         (Op { auth: false, ..op("get", "/healthz", "operations", "Liveness: `ok`.") }, get(health::healthz), false),
         (Op { auth: false, errors: &["not_ready", "no_models"], ..op("get", "/readyz", "operations", "Readiness: the database answers and a model is available.") }, get(health::readyz), false),
-        (Op { auth: false, ..op("get", "/metrics", "operations", "Prometheus metrics (text format).") }, get(health::metrics), false),
+        (Op { description: "Key-less on an open server; a closed server wants a key, as for the API.", ..op("get", "/metrics", "operations", "Prometheus metrics (text format).") }, get(health::metrics), false),
         (Op { answer: Answer::Json(200, "Me"), ..op("get", "/v1/me", "operations", "Who the caller is, and whether key-less use is allowed.") }, get(health::me), false),
         (Op {
             description: "The body is the image (format recognised by content), or multipart/form-data with an `image` part and the options as form fields. Larger images are downscaled to `max_side` (at most the server's `max_output_side`); use a job for full resolution. `X-Atelier-Size: WxH` gives the output size.",
@@ -179,9 +183,48 @@ pub fn app(state: AppState) -> Router {
         .route("/docs", get(web::docs))
         .route("/assets/app.js", get(web::app_js))
         .route("/assets/app.css", get(web::app_css))
+        .route("/assets/docs.js", get(web::docs_js))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(security_headers())
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(
+            state.config.body_timeout_s,
+        )))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
         .with_state(state)
+}
+
+/// Headers every response carries (a handler's own win): no MIME sniffing, no referrer
+/// leaving the site, no framing, and for anything that is not a page a CSP that allows nothing
+/// (an API answer opened in a browser runs no script). No CORS headers: other origins'
+/// scripts cannot read the API.
+fn security_headers() -> tower::layer::util::Stack<
+    SetResponseHeaderLayer<HeaderValue>,
+    tower::layer::util::Stack<
+        SetResponseHeaderLayer<HeaderValue>,
+        SetResponseHeaderLayer<HeaderValue>,
+    >,
+> {
+    tower::layer::util::Stack::new(
+        SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        ),
+        tower::layer::util::Stack::new(
+            SetResponseHeaderLayer::overriding(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            SetResponseHeaderLayer::overriding(
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ),
+    )
 }
 
 /// Refuses a body whose declared `Content-Length` is over `limit` before reading any of it
@@ -261,7 +304,6 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
         Err(e) => tracing::error!("requeueing interrupted jobs: {e}"),
     }
     let workers = atelier_jobs::worker::spawn(std::sync::Arc::new(state.worker_context()));
-    let stop = state.shutdown.clone();
     let addr = listener.local_addr()?;
     tracing::info!(
         "listening on http://{addr} ({})",
@@ -273,12 +315,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
     );
     eprintln!("atelier: listening on http://{addr}");
     let db = state.db.clone();
-    let result = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            stop.send_replace(true);
-        })
-        .await;
+    let result = accept_loop(listener, state).await;
     // Workers checkpoint and hand back their jobs; give training a while to finish its step.
     let wait = async {
         for w in workers {
@@ -294,6 +331,67 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
     db.close().await;
     eprintln!("atelier: stopped");
     result
+}
+
+/// Accepts connections until a shutdown signal (or `state.shutdown`), then lets requests in
+/// flight finish (30 s at most). Each connection is HTTP/1.1 with a header read timeout; at most
+/// `max_connections` are open, further clients wait in the listen backlog.
+async fn accept_loop(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let config = state.config.clone();
+    let stop = state.shutdown.clone();
+    let mut stopped = stop.subscribe();
+    let service = app(state).into_service();
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    let until_stop = async {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    tokio::pin!(until_stop);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            _ = &mut signal => break,
+            _ = &mut until_stop => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+            _ = &mut until_stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(service.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(config.header_timeout_s))
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    stop.send_replace(true);
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30 s were closed");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

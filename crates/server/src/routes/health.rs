@@ -34,7 +34,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     Ok("ready")
 }
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// Prometheus metrics. Like the API, a closed server wants a key (any key: the metrics are
+/// totals, not anyone's data); Prometheus sends it with `authorization: {credentials: …}`.
+pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> impl IntoResponse {
     let mut gauges = Vec::new();
     if let Ok(counts) = state.db.job_counts().await {
         for (kind, status, n) in counts {

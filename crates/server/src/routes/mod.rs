@@ -20,6 +20,15 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("not_found", "no such endpoint")
 }
 
+/// A known path with a method it does not have (axum adds the `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take this method (see the Allow header)",
+    )
+}
+
 /// A query string, or `400 bad_request` naming what is wrong.
 pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t)
@@ -42,10 +51,32 @@ pub fn is_json(req: &Request) -> bool {
         .is_some_and(|v| v.starts_with("application/json"))
 }
 
+/// Whether a body error is the body read timeout (the client stopped sending).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+fn request_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body stopped arriving (body read timeout)",
+    )
+}
+
 /// The whole body, mapping an over-limit body to `413 payload_too_large`.
 pub async fn body_bytes(req: Request, state: &AppState, limit: usize) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        if timed_out(&e) {
+            request_timeout()
+        } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::payload_too_large(limit)
         } else {
             ApiError::bad_request(e.body_text())
@@ -61,7 +92,9 @@ pub async fn multipart(req: Request, state: &AppState) -> Result<Multipart, ApiE
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError, limit: usize) -> ApiError {
-    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    if timed_out(&e) {
+        request_timeout()
+    } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::payload_too_large(limit)
     } else {
         ApiError::bad_request(format!("multipart: {}", e.body_text()))

@@ -1,0 +1,373 @@
+//! Regressions of the hardening issue (20): hostile model files, floods, oversize and slow
+//! requests, security headers; one test per finding.
+
+mod common;
+
+use common::*;
+
+/// Regressions (issue 20, high): wrong secrets for a real key id ran argon2 without a cap
+/// (64 threads × 5 requests took the server from 188 MB to 6.1 GB), and any method string
+/// became a permanent `/metrics` series (5,000 random 7,000-character methods: +31 MB).
+#[tokio::test]
+async fn argon2_runs_two_at_a_time_and_odd_methods_share_one_series() {
+    let h = harness(|c| c.open = Some(false)).await;
+    let real = key(&h, "alice").await;
+    let id = real.split('_').nth(1).unwrap().to_string();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let st = h.st.clone();
+            let bad = format!("atl_{id}_wrong{i:026}");
+            tokio::spawn(async move {
+                let req = Request::builder()
+                    .uri("/v1/me")
+                    .header("authorization", format!("Bearer {bad}"))
+                    .body(Body::empty())
+                    .unwrap();
+                app(st).oneshot(req).await.unwrap().status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::UNAUTHORIZED);
+    }
+    let peak = h.st.keys.peak_verifying();
+    assert!(
+        (1..=2).contains(&peak),
+        "{peak} argon2 verifications at once"
+    );
+    assert_eq!(h.json("/v1/me", Some(&real)).await["owner"], "alice");
+
+    let odd = |n: usize| {
+        let st = h.st.clone();
+        async move {
+            for i in 0..n {
+                let method = format!("X{}{i}", "Q".repeat(2000));
+                let req = Request::builder()
+                    .method(method.as_str())
+                    .uri("/healthz")
+                    .body(Body::empty())
+                    .unwrap();
+                app(st.clone()).oneshot(req).await.unwrap();
+            }
+        }
+    };
+    odd(10).await;
+    h.get("/metrics", Some(&real)).await; // its own series exist from here on
+    let before = h.get("/metrics", Some(&real)).await.1.len();
+    odd(300).await;
+    let text = String::from_utf8(h.get("/metrics", Some(&real)).await.1).unwrap();
+    assert!(text.contains("method=\"other\""), "{text}");
+    assert!(
+        !text.contains("QQQQ"),
+        "a client's method string became a label"
+    );
+    // Only counts change (a few digits), no new series.
+    assert!(
+        text.len() < before + 200,
+        "/metrics grew from {before} to {} bytes",
+        text.len()
+    );
+}
+
+/// Regression (issue 20, medium): a body declaring a Content-Length over the route's limit was
+/// read up to the limit (256 MiB for uploads) before the 413; now it is refused at once.
+#[tokio::test]
+async fn declared_oversize_bodies_are_refused_before_reading() {
+    let h = harness(|_| {}).await;
+    for uri in ["/v1/models?name=big", "/v1/stylize?model=tiny", "/v1/jobs"] {
+        let req = Request::builder()
+            .method("POST")
+            .uri(uri)
+            .header("content-length", "10000000000")
+            .header("content-type", "application/octet-stream")
+            .body(Body::from("abc"))
+            .unwrap();
+        let (s, _, b) = h.call(req).await;
+        assert_eq!(
+            (s, code(&b).as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            "{uri}"
+        );
+    }
+}
+
+/// A model file whose card's text has `from` replaced by `to` (the weights untouched).
+fn with_card_edit(file: &[u8], from: &str, to: &str) -> Vec<u8> {
+    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+    let mut header: Value = serde_json::from_slice(&file[8..8 + n]).unwrap();
+    let card = header["__metadata__"]["atelier.card"].as_str().unwrap();
+    assert!(card.contains(from), "{card}");
+    header["__metadata__"]["atelier.card"] = json!(card.replace(from, to));
+    let text = serde_json::to_vec(&header).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&file[8 + n..]);
+    out
+}
+
+/// Regression (issue 20, critical): one upload killed the server. A small model file whose
+/// card declares `"ngf": 1099511627776` aborted the process on an allocation of 646 TB, and
+/// `"n_blocks": 1000000000` grew it to 22.5 GB; so did the same numbers in an import query.
+/// Now they are refused with `invalid_model_file` / `bad_request` and the server keeps serving.
+#[tokio::test]
+async fn hostile_architecture_numbers_do_not_kill_the_server() {
+    let h = harness(|_| {}).await;
+    let good = tiny_model_bytes("x");
+    for (i, (from, to)) in [
+        ("\"ngf\":4", "\"ngf\":1099511627776"),
+        ("\"n_blocks\":1", "\"n_blocks\":1000000000"),
+        ("\"input_nc\":3", "\"input_nc\":4294967296"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (s, b) = h
+            .post(
+                &format!("/v1/models?name=hostile{i}"),
+                None,
+                with_card_edit(&good, from, to),
+            )
+            .await;
+        assert_eq!(
+            (s, code(&b).as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model_file"),
+            "{to}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    let pth = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/ukiyoe_demo_net_G_A.pth"
+    ))
+    .unwrap();
+    for q in ["ngf=1099511627776", "ngf=1024&netG=resnet_64blocks"] {
+        let (s, b) = h
+            .post(
+                &format!("/v1/models/import?name=imp&{q}"),
+                None,
+                pth.clone(),
+            )
+            .await;
+        assert!(
+            s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY,
+            "{q}: {s} {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    // Still serving, and the untouched file uploads.
+    assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
+    let (s, _) = h.post("/v1/models?name=fine", None, good).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn real_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness(|_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(atelier_server::serve_on(listener, h.st.clone()));
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = String::new();
+    sock.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("ok"), "{resp}");
+}
+
+/// Writes `bytes` on a new connection to `addr`, then reads until the server closes it (or
+/// `wait` passes): what came back, and whether the server closed the connection.
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(bytes).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// A server on a real socket; stops when the harness's shutdown is sent.
+async fn listening(h: &Harness) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(atelier_server::serve_on(listener, h.st.clone()));
+    addr
+}
+
+/// Regression (issue 20, medium): 300 connections that never finished their headers stayed
+/// open for 60 s, and nothing bounded how many a client could hold. Now each has
+/// `header_timeout_s` to send its headers, and at most `max_connections` are open: a request
+/// behind a full set of slow clients is served once their time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_header_clients_are_closed_and_capped() {
+    let h = harness(|c| {
+        c.header_timeout_s = 1;
+        c.max_connections = 8;
+    })
+    .await;
+    let _stop = StopOnDrop(h.st.shutdown.clone());
+    let addr = listening(&h).await;
+    let t0 = std::time::Instant::now();
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            tokio::spawn(exchange(
+                addr,
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+                Duration::from_secs(10),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The ninth client waits for a slot, then is answered.
+    let (resp, _) = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    let waited = t0.elapsed();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "answered after {waited:?}, before any slow client's header time ran out: no cap"
+    );
+    for s in slow {
+        let (resp, closed) = s.await.unwrap();
+        assert!(closed, "a slow client was still connected after 10 s");
+        assert!(!resp.contains("200 OK"), "{resp}");
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+}
+
+/// Regression (issue 20, medium): a body that stops arriving held its request (and its
+/// upload buffer) forever. Now it fails with `408 request_timeout` after `body_timeout_s`
+/// without data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_time_out_with_408() {
+    let h = harness(|c| c.body_timeout_s = 1).await;
+    let _stop = StopOnDrop(h.st.shutdown.clone());
+    let addr = listening(&h).await;
+    let t0 = std::time::Instant::now();
+    let (resp, closed) = exchange(
+        addr,
+        b"POST /v1/stylize?model=tiny HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+    assert!(resp.contains("\"request_timeout\""), "{resp}");
+    assert!(closed);
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // Multipart uploads too.
+    let (resp, _) = exchange(
+        addr,
+        b"POST /v1/datasets?name=d HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=XX\r\nContent-Length: 100000\r\n\r\n--XX\r\nContent-Disposition: form-data; name=\"a\"; filename=\"x.png\"\r\n\r\n\x89PNG",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
+}
+
+/// Regression (issue 20, low): the page's CSP allowed inline scripts, no `Referrer-Policy`,
+/// and API answers carried no security headers at all.
+#[tokio::test]
+async fn security_headers_on_every_answer() {
+    let h = harness(|_| {}).await;
+    for uri in [
+        "/",
+        "/docs",
+        "/assets/app.js",
+        "/assets/docs.js",
+        "/v1/models",
+        "/nope",
+        "/healthz",
+    ] {
+        let (_, hd, body) = h
+            .call(
+                Request::get(uri)
+                    .header("origin", "https://evil.example")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        let get = |k: &str| hd.get(k).map(|v| v.to_str().unwrap().to_string());
+        let csp = get("content-security-policy").unwrap_or_else(|| panic!("{uri}: no CSP"));
+        assert!(csp.contains("frame-ancestors 'none'"), "{uri}: {csp}");
+        let script = csp
+            .split(';')
+            .map(str::trim)
+            .find(|d| d.starts_with("script-src") || d.starts_with("default-src"))
+            .unwrap();
+        assert!(
+            !csp.contains("script-src 'self' 'unsafe-inline'") && !script.contains("unsafe"),
+            "{uri}: {csp}"
+        );
+        assert_eq!(
+            get("x-content-type-options").as_deref(),
+            Some("nosniff"),
+            "{uri}"
+        );
+        assert_eq!(
+            get("referrer-policy").as_deref(),
+            Some("no-referrer"),
+            "{uri}"
+        );
+        // CORS is closed: no other origin may read answers.
+        assert!(get("access-control-allow-origin").is_none(), "{uri}");
+        if uri == "/" || uri == "/docs" {
+            let html = String::from_utf8(body).unwrap();
+            for tag in html.split("<script").skip(1) {
+                let open = &tag[..tag.find('>').unwrap()];
+                assert!(
+                    open.contains("src="),
+                    "{uri}: an inline script: <script{open}>"
+                );
+            }
+        }
+    }
+}
+
+/// Regression (issue 20, low): a known path with a wrong method answered 405 with an empty
+/// body; errors are JSON everywhere.
+#[tokio::test]
+async fn wrong_methods_get_a_json_405() {
+    let h = harness(|_| {}).await;
+    let (s, hd, b) = h
+        .call(Request::delete("/v1/stylize").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(code(&b), "method_not_allowed");
+    assert!(hd["allow"].to_str().unwrap().contains("POST"), "{hd:?}");
+}
+
+/// Regression (issue 20, low): `/metrics` answered anyone under `--require-keys`.
+#[tokio::test]
+async fn metrics_want_a_key_on_a_closed_server() {
+    let h = harness(|c| c.open = Some(false)).await;
+    let (s, b) = h.get("/metrics", None).await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let k = key(&h, "alice").await;
+    let (s, b) = h.get("/metrics", Some(&k)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(String::from_utf8(b)
+        .unwrap()
+        .contains("atelier_http_requests_total"));
+    // An open server keeps them key-less (a local Prometheus).
+    let h = harness(|_| {}).await;
+    assert_eq!(h.get("/metrics", None).await.0, StatusCode::OK);
+}
