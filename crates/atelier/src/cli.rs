@@ -217,6 +217,21 @@ pub struct ServeArgs {
     /// Kernel precision of stylization: f32, or bf16 on CPUs with AVX512_BF16 [default: f32].
     #[arg(long, env = "ATELIER_PRECISION")]
     pub precision: Option<String>,
+    /// Open connections at most; more clients wait in the listen backlog [default: 512].
+    #[arg(long, env = "ATELIER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds a client has to send its request headers [default: 30].
+    #[arg(long, env = "ATELIER_HEADER_TIMEOUT")]
+    pub header_timeout: Option<u64>,
+    /// Seconds a request body may send nothing before it fails with 408 [default: 60].
+    #[arg(long, env = "ATELIER_BODY_TIMEOUT")]
+    pub body_timeout: Option<u64>,
+    /// Bytes of datasets and models each owner may store; 0 = no limit [default: 10 GiB].
+    #[arg(long, env = "ATELIER_MAX_STORAGE_PER_OWNER")]
+    pub max_storage_per_owner: Option<u64>,
+    /// Uploaded dataset images decoded at once; more uploads wait [default: 1].
+    #[arg(long, env = "ATELIER_MAX_CONCURRENT_INGEST")]
+    pub max_concurrent_ingest: Option<usize>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "ATELIER_LOG_FORMAT")]
     pub log_format: Option<String>,

@@ -78,19 +78,14 @@ const MAX_VERIFYING: usize = 2;
 /// Verified keys of this process, by SHA-256 of the key.
 pub struct KeyCache {
     verified: Mutex<HashMap<[u8; 32], (String, std::time::Instant)>>,
-    verifying: tokio::sync::Semaphore,
-    /// Verifications running now, and the most there ever were at once.
-    running: std::sync::atomic::AtomicUsize,
-    peak: std::sync::atomic::AtomicUsize,
+    verifying: crate::gate::Gate,
 }
 
 impl Default for KeyCache {
     fn default() -> Self {
         Self {
             verified: Mutex::default(),
-            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
-            running: Default::default(),
-            peak: Default::default(),
+            verifying: crate::gate::Gate::new(MAX_VERIFYING),
         }
     }
 }
@@ -122,10 +117,7 @@ impl KeyCache {
         }
         let secret = secret.to_string();
         let hash = row.hash.clone();
-        let _permit = self.verifying.acquire().await.map_err(ApiError::internal)?;
-        use std::sync::atomic::Ordering::SeqCst;
-        let now_running = self.running.fetch_add(1, SeqCst) + 1;
-        self.peak.fetch_max(now_running, SeqCst);
+        let pass = self.verifying.enter().await;
         let ok = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash).is_ok_and(|h| {
                 Argon2::default()
@@ -134,7 +126,7 @@ impl KeyCache {
             })
         })
         .await;
-        self.running.fetch_sub(1, SeqCst);
+        drop(pass);
         let ok = ok.map_err(ApiError::internal)?;
         if !ok {
             return Ok(None);
@@ -149,7 +141,7 @@ impl KeyCache {
 
     /// The most argon2 verifications that ran at once so far (at most two).
     pub fn peak_verifying(&self) -> usize {
-        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+        self.verifying.peak()
     }
 
     /// Forgets every verified key (after a revocation).

@@ -88,6 +88,17 @@ impl ApiError {
         )
     }
 
+    /// An upload would take its owner past `max_storage_bytes_per_owner`.
+    pub fn storage_quota(used: u64, adding: u64, quota: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "storage_quota_exceeded",
+            format!(
+                "this upload ({adding} bytes) would take your storage past its quota: {used} of {quota} bytes used (delete datasets or models to make room)"
+            ),
+        )
+    }
+
     /// An unexpected failure; the detail goes to the log, not to the client.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!("internal error: {detail}");

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod metrics;
 pub mod openapi;
 mod ratelimit;

@@ -26,6 +26,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     pub keys: Arc<KeyCache>,
     pub metrics: Arc<Metrics>,
+    /// Permits to decode uploaded dataset images; further uploads wait.
+    pub ingest_slots: Arc<crate::gate::Gate>,
     /// Wakes the workers when a job is queued.
     pub wake: Arc<Notify>,
     /// Turns true when the server stops: workers checkpoint and hand back their jobs, event
@@ -61,6 +63,7 @@ impl AppState {
         .with_precision(config.kernel_precision());
         Ok(AppState {
             permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+            ingest_slots: Arc::new(crate::gate::Gate::new(config.max_concurrent_ingest)),
             limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute)),
             keys: Arc::new(KeyCache::default()),
             metrics: Arc::new(Metrics::default()),

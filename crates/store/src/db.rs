@@ -642,6 +642,18 @@ impl Db {
     }
 
     /// `(kind, status, count)` of all jobs (metrics).
+    /// Bytes an owner stores: their datasets' images and their model files.
+    pub async fn storage_used(&self, owner: &str) -> Result<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM datasets WHERE owner = ?1)
+                  + (SELECT COALESCE(SUM(size), 0) FROM models WHERE owner = ?1)",
+        )
+        .bind(owner)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     pub async fn job_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let rows =
             sqlx::query("SELECT kind, status, COUNT(*) AS n FROM jobs GROUP BY kind, status")

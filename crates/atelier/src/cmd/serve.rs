@@ -28,6 +28,11 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(max_active_jobs = a.max_active_jobs);
     set!(worker.train_workers = a.train_workers);
     set!(worker.stylize_workers = a.stylize_workers);
+    set!(max_connections = a.max_connections);
+    set!(header_timeout_s = a.header_timeout);
+    set!(body_timeout_s = a.body_timeout);
+    set!(max_storage_bytes_per_owner = a.max_storage_per_owner);
+    set!(max_concurrent_ingest = a.max_concurrent_ingest);
     set!(log_format = a.log_format);
     set!(precision = a.precision);
     if a.open {

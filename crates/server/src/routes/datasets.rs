@@ -27,25 +27,64 @@ pub struct CreateQuery {
     pub kind: Option<String>,
 }
 
-/// Reads the multipart parts named in `domains` into the dataset; returns (added A, added
-/// B, bytes, skipped).
+/// What one upload added to a dataset.
+#[derive(Debug, Default)]
+struct Tally {
+    a: i64,
+    b: i64,
+    bytes: i64,
+    skipped: Vec<Skipped>,
+}
+
+/// Checks that `adding` more bytes keep the caller within their storage quota.
+pub(crate) async fn check_quota(
+    state: &AppState,
+    owner: &str,
+    adding: u64,
+) -> Result<(), ApiError> {
+    let quota = state.config.max_storage_bytes_per_owner;
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = state.db.storage_used(owner).await?.max(0) as u64;
+    if used.saturating_add(adding) > quota {
+        return Err(ApiError::storage_quota(used, adding, quota));
+    }
+    Ok(())
+}
+
+/// The body's declared length, if any.
+fn declared(req: &Request) -> Option<u64> {
+    req.headers()
+        .get(axum::http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Reads the multipart parts into the dataset, adding what it stored to `tally` (also when
+/// it fails part-way, so that the caller records what was stored).
 async fn ingest(
     state: &AppState,
     req: Request,
     row: &DatasetRow,
     fixed: Option<char>,
-) -> Result<(i64, i64, i64, Vec<Skipped>), ApiError> {
+    tally: &mut Tally,
+) -> Result<(), ApiError> {
     if !is_multipart(&req) {
         return Err(ApiError::bad_request(
             "send multipart/form-data with image or .zip files in parts `a` and `b`",
         ));
     }
+    // A body that says it is too big is refused before any of it is read.
+    if let Some(n) = declared(&req) {
+        check_quota(state, &row.owner, n).await?;
+    }
     let limit = state.config.max_upload_bytes;
     let limits = state.config.ingest_limits();
     let mut m = multipart(req, state).await?;
     let mut total = (row.count_a + row.count_b) as usize;
-    let (mut add_a, mut add_b, mut bytes) = (0i64, 0i64, 0i64);
-    let mut skipped = Vec::new();
     while let Some(f) = next_field(&mut m, limit).await? {
         let part = f.name().unwrap_or("").to_ascii_lowercase();
         let domain = match (fixed, part.as_str()) {
@@ -65,27 +104,36 @@ async fn ingest(
         }
         let file = f.file_name().unwrap_or("upload").to_string();
         let data = read_field(f, limit, limit).await?;
+        // Without a declared length (chunked bodies), each file is checked as it comes.
+        check_quota(
+            state,
+            &row.owner,
+            tally.bytes as u64 + data.len() as u64,
+        )
+        .await?;
+        // Decoding is CPU and memory: a few uploads at a time, the others wait.
+        let _slot = state.ingest_slots.enter().await;
         let mut ing = Ingest::new(&state.blobs, &row.id, domain, total, limits).await?;
-        match ing.add_file(&file, data).await {
-            Ok(()) => {}
-            // One unusable archive is reported like an unusable image.
-            Err(atelier_jobs::JobsError::InvalidArchive(reason)) => ing.out.skipped.push(Skipped {
-                file: file.clone(),
-                reason,
-            }),
-            Err(e) => return Err(e.into()),
-        }
+        let added = ing.add_file(&file, data).await;
         total = ing.total;
         let out = ing.out;
         if domain == 'a' {
-            add_a += out.added as i64;
+            tally.a += out.added as i64;
         } else {
-            add_b += out.added as i64;
+            tally.b += out.added as i64;
         }
-        bytes += out.bytes as i64;
-        skipped.extend(out.skipped);
+        tally.bytes += out.bytes as i64;
+        tally.skipped.extend(out.skipped);
+        match added {
+            Ok(()) => {}
+            // One unusable archive is reported like an unusable image.
+            Err(atelier_jobs::JobsError::InvalidArchive(reason)) => {
+                tally.skipped.push(Skipped { file, reason })
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok((add_a, add_b, bytes, skipped))
+    Ok(())
 }
 
 pub async fn create(
@@ -115,19 +163,16 @@ pub async fn create(
         skipped: vec![],
         created: now(),
     };
-    let result = ingest(&state, req, &row, None).await;
-    let (a, b, bytes, skipped) = match result {
-        Ok(r) => r,
-        Err(e) => {
-            // Nothing half-made stays behind.
-            let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
-            return Err(e);
-        }
-    };
-    row.count_a = a;
-    row.count_b = b;
-    row.bytes = bytes;
-    row.skipped = skipped;
+    let mut tally = Tally::default();
+    if let Err(e) = ingest(&state, req, &row, None, &mut tally).await {
+        // Nothing half-made stays behind.
+        let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
+        return Err(e);
+    }
+    row.count_a = tally.a;
+    row.count_b = tally.b;
+    row.bytes = tally.bytes;
+    row.skipped = tally.skipped;
     state.db.insert_dataset(&row).await?;
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
@@ -157,8 +202,17 @@ pub async fn add_images(
         .dataset(&caller.owner, &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let (a, b, bytes, skipped) = ingest(&state, req, &row, Some(domain)).await?;
-    state.db.add_to_dataset(&id, a, b, bytes, &skipped).await?;
+    let mut tally = Tally::default();
+    let result = ingest(&state, req, &row, Some(domain), &mut tally).await;
+    // What was stored before a failure is kept and counted (nothing stored goes uncounted).
+    if tally.a + tally.b > 0 || !tally.skipped.is_empty() {
+        state
+            .db
+            .add_to_dataset(&id, tally.a, tally.b, tally.bytes, &tally.skipped)
+            .await?;
+    }
+    result?;
+    let skipped = tally.skipped;
     let mut row = state
         .db
         .dataset(&caller.owner, &id)

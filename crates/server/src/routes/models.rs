@@ -127,6 +127,7 @@ pub async fn upload(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let body = body_bytes(req, &state, state.config.max_upload_bytes).await?;
+    super::datasets::check_quota(&state, &caller.owner, body.len() as u64).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send a .safetensors model file",
@@ -171,6 +172,7 @@ pub async fn import(
         ),
     };
     let body = body_bytes(req, &state, state.config.max_upload_bytes).await?;
+    super::datasets::check_quota(&state, &caller.owner, body.len() as u64).await?;
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "the body is empty: send a .pth checkpoint",
