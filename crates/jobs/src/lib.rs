@@ -6,6 +6,7 @@ pub mod builtin;
 pub mod catalog;
 pub mod datasets;
 pub mod estimate;
+pub mod leftovers;
 pub mod spec;
 pub mod worker;
 

@@ -304,6 +304,23 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
         Ok(n) => tracing::info!("{n} job(s) interrupted by the last stop continue now"),
         Err(e) => tracing::error!("requeueing interrupted jobs: {e}"),
     }
+    let data = &state.config.data_dir;
+    match atelier_jobs::leftovers::sweep(
+        &state.db,
+        &state.blobs,
+        Some(&data.join("blobs")),
+        &data.join("cache"),
+    )
+    .await
+    {
+        Ok(s) if s == Default::default() => {}
+        Ok(s) => tracing::info!(
+            "collected leftovers of interrupted work: {} blob(s) without a row, {} temporary file(s)",
+            s.orphan_blobs,
+            s.temp_files
+        ),
+        Err(e) => tracing::error!("collecting leftovers: {e}"),
+    }
     let workers = atelier_jobs::worker::spawn(std::sync::Arc::new(state.worker_context()));
     let addr = listener.local_addr()?;
     tracing::info!(

@@ -463,3 +463,72 @@ async fn ingest_decodes_a_bounded_number_of_images_at_once() {
         }
     }
 }
+
+/// Regression (issue 20, low): leftovers of work killed before its row was written
+/// (`blobs/datasets/<id>` without a row, `cache/import-*.pth`, half-written blob files) were
+/// never collected. The server collects them when it starts, and keeps everything a row
+/// refers to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftovers_are_collected_at_start() {
+    let h = harness(|_| {}).await;
+    let (s, d) = h
+        .post_multipart("/v1/datasets?name=kept", None, &[("a", Some("1.png"), png(32, 32))])
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let kept = d["id"].as_str().unwrap().to_string();
+    let (s, _) = h.post("/v1/models?name=mine", None, tiny_model_bytes("mine")).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let data = h.st.config.data_dir.clone();
+    let blobs = data.join("blobs");
+    let before = |dir: &std::path::Path| walk(dir).len();
+    let kept_files = before(&blobs.join(format!("datasets/{kept}")));
+    let model_files = before(&blobs.join("models"));
+    for (path, bytes) in [
+        ("blobs/datasets/d_orphan/a/x.png", png(8, 8)),
+        ("blobs/jobs/j_orphan/input/0000.png", png(8, 8)),
+        ("blobs/models/local/ghost-1.safetensors", vec![0u8; 100]),
+        (&format!("blobs/datasets/{kept}/a/half.png#7") as &str, vec![1u8; 10]),
+        ("cache/import-abcdef.pth", vec![2u8; 10]),
+    ] {
+        let p = data.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    let _stop = StopOnDrop(h.st.shutdown.clone());
+    let addr = listening(&h).await;
+    // The sweep runs before the first connection is accepted.
+    let (resp, _) = exchange(
+        addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let left: Vec<String> = walk(&data)
+        .into_iter()
+        .map(|p| p.strip_prefix(&data).unwrap().display().to_string())
+        .collect();
+    for gone in ["d_orphan", "j_orphan", "ghost-1", "half.png#7", "import-abcdef"] {
+        assert!(!left.iter().any(|p| p.contains(gone)), "{gone} is still there: {left:?}");
+    }
+    assert_eq!(before(&blobs.join(format!("datasets/{kept}"))), kept_files);
+    assert_eq!(before(&blobs.join("models")), model_files);
+    assert_eq!(h.json(&format!("/v1/datasets/{kept}"), None).await["count_a"], 1);
+    assert_eq!(h.get("/v1/models/mine/file", None).await.0, StatusCode::OK);
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

@@ -18,6 +18,14 @@ use sqlx::{Row, SqlitePool};
 
 use crate::{Result, StoreError};
 
+/// What the database refers to in the blob store ([`Db::referenced`]).
+#[derive(Debug, Default, Clone)]
+pub struct Referenced {
+    pub datasets: std::collections::HashSet<String>,
+    pub jobs: std::collections::HashSet<String>,
+    pub model_blobs: std::collections::HashSet<String>,
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -642,6 +650,24 @@ impl Db {
     }
 
     /// `(kind, status, count)` of all jobs (metrics).
+    /// Every dataset id, job id and model blob key (to find blobs that belong to nothing).
+    pub async fn referenced(&self) -> Result<Referenced> {
+        let datasets = sqlx::query_scalar("SELECT id FROM datasets")
+            .fetch_all(&self.pool)
+            .await?;
+        let jobs = sqlx::query_scalar("SELECT id FROM jobs")
+            .fetch_all(&self.pool)
+            .await?;
+        let model_blobs = sqlx::query_scalar("SELECT blob FROM models")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(Referenced {
+            datasets: datasets.into_iter().collect(),
+            jobs: jobs.into_iter().collect(),
+            model_blobs: model_blobs.into_iter().collect(),
+        })
+    }
+
     /// Bytes an owner stores: their datasets' images and their model files.
     pub async fn storage_used(&self, owner: &str) -> Result<i64> {
         let n: i64 = sqlx::query_scalar(
