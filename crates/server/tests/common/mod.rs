@@ -17,10 +17,15 @@ pub use tower::ServiceExt;
 
 /// A small random-weight ResNet generator as model-file bytes.
 pub fn tiny_model_bytes(name: &str) -> Vec<u8> {
+    model_bytes(name, 4, 1)
+}
+
+/// A random-weight ResNet generator of width `ngf` with `n_blocks` blocks as model-file bytes.
+pub fn model_bytes(name: &str, ngf: usize, n_blocks: usize) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     let arch = Arch::Resnet(ResnetConfig {
-        ngf: 4,
-        n_blocks: 1,
+        ngf,
+        n_blocks,
         ..ResnetConfig::default()
     });
     let map = candle_nn::VarMap::new();
