@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit/golden/integration/API tests,
 # browser tests of the web page, docs. Needs the Rust toolchain; installs the rest itself
-# (Debian chromium, node/npm, playwright-core from tests/e2e/package-lock.json). The PyTorch
+# (Debian chromium, node/npm, playwright-core from tests/e2e/package-lock.json, schemathesis
+# from PyPI). The PyTorch
 # golden files are committed (regenerate them with tests/reference/regen.sh), and nothing
 # here downloads models or datasets.
 set -euo pipefail
@@ -21,6 +22,8 @@ echo "== cargo test"
 cargo test --workspace --locked
 echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"
 ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
+echo "== schemathesis against /openapi.json (PyPI schemathesis in tests/schemathesis/.venv)"
+./scripts/schemathesis.sh target/debug/atelier 50
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "all tests passed"

@@ -49,18 +49,26 @@ pub async fn sweep(
     }
     let mut temp = Vec::new();
     if let Some(dir) = blob_dir {
-        walk(dir, &mut |p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains('#'))
-        }, &mut temp);
+        walk(
+            dir,
+            &mut |p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains('#'))
+            },
+            &mut temp,
+        );
     }
-    walk(cache_dir, &mut |p| {
-        p.parent() == Some(cache_dir)
-            && p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("import-"))
-    }, &mut temp);
+    walk(
+        cache_dir,
+        &mut |p| {
+            p.parent() == Some(cache_dir)
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("import-"))
+        },
+        &mut temp,
+    );
     for p in temp {
         if std::fs::remove_file(&p).is_ok() {
             swept.temp_files += 1;

@@ -178,6 +178,8 @@ impl From<atelier_jobs::JobsError> for ApiError {
                 format!("invalid archive: {m}"),
             ),
             E::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+            // A training configuration that cannot be built is the request's fault.
+            E::Train(atelier_train::TrainError::Config(m)) => ApiError::bad_request(m),
             E::Imaging(e) => e.into(),
             E::Engine(e) => e.into(),
             E::Store(e) => e.into(),

@@ -31,7 +31,11 @@ impl Gate {
 
     /// Waits for a slot.
     pub async fn enter(&self) -> Pass<'_> {
-        let permit = self.slots.acquire().await.expect("the gate is never closed");
+        let permit = self
+            .slots
+            .acquire()
+            .await
+            .expect("the gate is never closed");
         let now = self.running.fetch_add(1, SeqCst) + 1;
         self.peak.fetch_max(now, SeqCst);
         Pass {

@@ -43,6 +43,8 @@ const IMAGE_TYPES: &str = "image/jpeg, image/png, image/webp";
 /// as `max_upload_bytes` (the others: `max_body_bytes`).
 pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
     const NAME: openapi::Param = p("name", "Model name.");
+    const NAME_SCHEMA: &str =
+        r#"{"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"}"#;
     const JOB: openapi::Param = p("id", "Job id (`j_…`).");
     const DS: openapi::Param = p("id", "Dataset id (`d_…`).");
     let op = |method, path, tag, summary| Op {
@@ -65,37 +67,37 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
         (Op {
             description: "The body is the image (format recognised by content), or multipart/form-data with an `image` part and the options as form fields. Larger images are downscaled to `max_side` (at most the server's `max_output_side`); use a job for full resolution. `X-Atelier-Size: WxH` gives the output size.",
             params: const { &[
-                q("model", "string", "Model name (required, as query or form field)."),
-                q("format", "string", "jpg, png or webp (default: the input's)."),
-                q("max_side", "integer", "Downscale so the longer side is at most this."),
-                q("strength", "number", "0 = the original, 1 = fully stylized (default 1)."),
-                q("quality", "integer", "JPEG quality 1–100 (default 92)."),
+                q("model", r#"{"type": "string", "examples": ["monet", "ukiyoe"]}"#, "Model name (required, as query or form field)."),
+                q("format", r#"{"type": "string", "enum": ["jpg", "jpeg", "png", "webp"]}"#, "jpg, png or webp (default: the input's)."),
+                q("max_side", r#"{"type": "integer", "minimum": 1}"#, "Downscale so the longer side is at most this."),
+                q("strength", r#"{"type": "number", "minimum": 0, "maximum": 1}"#, "0 = the original, 1 = fully stylized (default 1)."),
+                q("quality", r#"{"type": "integer", "minimum": 1, "maximum": 100}"#, "JPEG quality 1–100 (default 92)."),
             ] },
             body: ReqBody::BytesOrMultipart(IMAGE_TYPES, &[("image", "The image."), ("model", "Model name."), ("strength", "0–1.")]),
             answer: Answer::Bytes(200, IMAGE_TYPES),
-            errors: &["bad_request", "model_not_found", "empty_image", "unsupported_image_format", "invalid_image", "image_too_large", "payload_too_large", "model_cannot_stylize", "overloaded"],
+            errors: &["bad_request", "model_not_found", "empty_image", "unsupported_image_format", "invalid_image", "image_too_large", "payload_too_large", "model_cannot_stylize", "overloaded", "request_timeout"],
             ..op("post", "/v1/stylize", "stylize", "Stylize one image.")
         }, post(stylize::stylize), false),
         (Op { answer: Answer::Json(200, "ModelList"), ..op("get", "/v1/models", "models", "Built-in, published and your own models.") }, get(models::list), false),
         (Op {
-            params: const { &[q_req("name", "string", "Name of the new model (1–64 letters, digits, `-`, `_`).")] },
+            params: const { &[q_req("name", NAME_SCHEMA, "Name of the new model (1–64 letters, digits, `-`, `_`).")] },
             body: ReqBody::Bytes("application/octet-stream", "An Atelier .safetensors model file (with its model card)."),
             answer: Answer::Json(201, "Model"),
-            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large"],
+            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/models", "models", "Upload a model file (private until published).")
         }, post(models::upload), true),
         (Op {
             params: const { &[
-                q_req("name", "string", "Name of the new model."),
+                q_req("name", NAME_SCHEMA, "Name of the new model."),
                 q("netG", "string", "Generator architecture (inferred from the weights if omitted)."),
                 q("ngf", "integer", "Generator width."),
-                q("norm", "string", "instance, batch or none."),
+                q("norm", r#"{"type": "string", "enum": ["instance", "batch", "none"]}"#, "instance, batch or none."),
                 q("no_dropout", "boolean", "The reference's --no_dropout."),
                 q("description", "string", "Shown on the model page."),
             ] },
             body: ReqBody::Bytes("application/octet-stream", "A pytorch-CycleGAN-and-pix2pix checkpoint (torch.save zip or .safetensors state dict)."),
             answer: Answer::Json(201, "Model"),
-            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large"],
+            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/models/import", "models", "Import a pytorch-CycleGAN-and-pix2pix checkpoint.")
         }, post(models::import), true),
         (Op { params: &[NAME], answer: Answer::Json(200, "Model"), errors: &["model_not_found"], ..op("get", "/v1/models/{name}", "models", "A model with its card and sample images.") }, get(models::get), false),
@@ -106,19 +108,19 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
         (Op { answer: Answer::Json(200, "DatasetList"), ..op("get", "/v1/datasets", "datasets", "Your datasets.") }, get(datasets::list), false),
         (Op {
             description: "Files in part `a` go to domain A, in part `b` to domain B; each file is an image or a .zip of images. Unreadable files are skipped and listed in `skipped`, never stored. `paired` datasets match A and B by file name (or hold side-by-side AB images in A); `single` (DCGAN) has only A.",
-            params: const { &[q_req("name", "string", "Dataset name."), q("kind", "string", "unpaired (default), paired or single.")] },
+            params: const { &[q_req("name", "string", "Dataset name."), q("kind", r#"{"type": "string", "enum": ["unpaired", "paired", "single"]}"#, "unpaired (default), paired or single.")] },
             body: ReqBody::Multipart(&[("a", "Images or zips for domain A (repeatable)."), ("b", "Images or zips for domain B (repeatable).")]),
             answer: Answer::Json(201, "Dataset"),
-            errors: &["bad_request", "payload_too_large"],
+            errors: &["bad_request", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/datasets", "datasets", "Create a dataset from uploaded images or zips.")
         }, post(datasets::create), true),
         (Op { params: &[DS], answer: Answer::Json(200, "Dataset"), errors: &["dataset_not_found"], ..op("get", "/v1/datasets/{id}", "datasets", "One dataset.") }, get(datasets::get), false),
         (Op { params: &[DS], answer: Answer::Empty(204), errors: &["dataset_not_found", "conflict"], ..op("delete", "/v1/datasets/{id}", "datasets", "Delete a dataset (refused while an unfinished job uses it).") }, delete(datasets::delete), false),
         (Op {
-            params: const { &[DS, q_req("domain", "string", "a or b.")] },
+            params: const { &[DS, q_req("domain", r#"{"type": "string", "enum": ["a", "b"]}"#, "a or b.")] },
             body: ReqBody::Multipart(&[("files", "Images or zips (repeatable).")]),
             answer: Answer::Json(200, "Dataset"),
-            errors: &["dataset_not_found", "bad_request", "payload_too_large"],
+            errors: &["dataset_not_found", "bad_request", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/datasets/{id}/images", "datasets", "Add images to one domain of a dataset.")
         }, post(datasets::add_images), true),
         (Op { answer: Answer::Json(200, "JobList"), ..op("get", "/v1/jobs", "jobs", "Your jobs, newest first.") }, get(jobs::list), false),
@@ -126,7 +128,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             description: "Training: a JSON `TrainSpec`. Stylizing large images or batches: multipart/form-data with a `spec` part (JSON `StylizeSpec`) and one or more `image` parts. Jobs are durable: a restart loses none, and training resumes from its last checkpoint.",
             body: ReqBody::JsonOrMultipart("JobSpec", &[("spec", "JSON StylizeSpec."), ("image", "An image (repeatable, up to 100).")]),
             answer: Answer::Json(202, "Job"),
-            errors: &["bad_request", "model_not_found", "dataset_not_found", "name_taken", "model_cannot_stylize", "quota_exceeded", "unsupported_image_format", "invalid_image", "image_too_large", "empty_image", "payload_too_large"],
+            errors: &["bad_request", "model_not_found", "dataset_not_found", "name_taken", "model_cannot_stylize", "quota_exceeded", "unsupported_image_format", "invalid_image", "image_too_large", "empty_image", "payload_too_large", "request_timeout"],
             ..op("post", "/v1/jobs", "jobs", "Start a job: training a style, or stylizing images at full resolution.")
         }, post(jobs::create), true),
         (Op {

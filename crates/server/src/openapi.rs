@@ -17,7 +17,8 @@ pub enum In {
 pub struct Param {
     pub name: &'static str,
     pub at: In,
-    /// JSON schema type: `string`, `integer`, `number`, `boolean`.
+    /// JSON schema type (`string`, `integer`, `number`, `boolean`), or a whole schema as JSON
+    /// text (`{"type": "string", "enum": [...]}`).
     pub ty: &'static str,
     pub required: bool,
     pub description: &'static str,
@@ -100,7 +101,9 @@ fn status_of(code: &str) -> u16 {
     match code {
         "unauthorized" => 401,
         "rate_limited" | "quota_exceeded" | "overloaded" => 429,
-        "payload_too_large" | "image_too_large" => 413,
+        "payload_too_large" | "image_too_large" | "storage_quota_exceeded" => 413,
+        "request_timeout" => 408,
+        "method_not_allowed" => 405,
         "unsupported_image_format" => 415,
         "invalid_model_file" | "invalid_archive" | "model_cannot_stylize" => 422,
         "name_taken" | "conflict" => 409,
@@ -169,11 +172,12 @@ fn schemas() -> Value {
             "family": {"type": "string", "enum": ["fastcut", "cut", "cyclegan", "pix2pix", "dcgan"], "default": "fastcut", "description": "fastcut: one generator, PatchNCE (cheapest per step); cut: with the identity term; cyclegan: two generators and discriminators; pix2pix: paired; dcgan: noise → image. Absent: fastcut, or cyclegan when net_g names a generator other than resnet_*."},
             "init_from": {"type": ["string", "null"], "description": "Start from this style's generator (a built-in or your model); absent: `monet` for the unpaired families unless net_g/ngf are given; null: random weights. Leave net_g and ngf out with it."},
             "steps": {"type": "integer", "default": 2000, "minimum": 1},
-            "size": {"type": "integer", "default": 128, "minimum": 32, "maximum": 512},
-            "net_g": {"type": "string", "description": "Default: the init_from model's; else light (CycleGAN), resnet_6blocks_resize (CUT/FastCUT), unet (pix2pix). Also resnet_6blocks, resnet_9blocks, …"},
-            "ngf": {"type": "integer"}, "ndf": {"type": "integer"}, "batch": {"type": "integer"},
-            "lr": {"type": "number"}, "loss": {"type": "string", "enum": ["vanilla", "lsgan", "hinge"]},
-            "sample_every": {"type": "integer", "default": 100}, "checkpoint_every": {"type": "integer", "default": 200},
+            "size": {"type": ["integer", "null"], "default": 128, "minimum": 32, "maximum": 512},
+            "net_g": {"type": ["string", "null"], "description": "Default: the init_from model's; else light (CycleGAN), resnet_6blocks_resize (CUT/FastCUT), unet (pix2pix). Also resnet_6blocks, resnet_9blocks, …"},
+            "ngf": {"type": ["integer", "null"], "minimum": 1}, "ndf": {"type": ["integer", "null"], "minimum": 1},
+            "batch": {"type": ["integer", "null"], "minimum": 1},
+            "lr": {"type": ["number", "null"]}, "loss": {"type": ["string", "null"], "enum": ["vanilla", "lsgan", "hinge", null]},
+            "sample_every": {"type": ["integer", "null"], "default": 100, "minimum": 1}, "checkpoint_every": {"type": ["integer", "null"], "default": 200, "minimum": 1},
             "seed": {"type": "integer"}, "description": {"type": "string"}
         }
     });
@@ -181,9 +185,10 @@ fn schemas() -> Value {
         "type": "object", "required": ["type", "model"],
         "properties": {
             "type": {"const": "stylize"}, "model": {"type": "string"},
-            "format": {"type": "string", "enum": ["jpg", "png", "webp"]},
+            "format": {"type": ["string", "null"], "enum": ["jpg", "png", "webp", null]},
             "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1},
-            "max_side": {"type": "integer"}, "quality": {"type": "integer", "default": 92}
+            "max_side": {"type": ["integer", "null"], "minimum": 1}, "quality": {"type": "integer", "default": 92, "minimum": 1, "maximum": 100},
+            "inputs": {"type": "integer", "description": "Number of input images (set by the server)."}
         }
     });
     json!({
@@ -200,7 +205,7 @@ fn schemas() -> Value {
             "step_seconds": {"type": "number", "description": "Seconds per training step, measured on this server."},
             "eta_seconds": {"type": "number", "description": "steps × step_seconds (training only)."},
             "warnings": {"type": "array", "items": {"type": "string"}}}},
-        "JobSpec": {"oneOf": [{"$ref": "#/components/schemas/TrainSpec"}, {"$ref": "#/components/schemas/StylizeSpec"}], "discriminator": {"propertyName": "type"}},
+        "JobSpec": {"oneOf": [{"$ref": "#/components/schemas/TrainSpec"}, {"$ref": "#/components/schemas/StylizeSpec"}], "discriminator": {"propertyName": "type", "mapping": {"train": "#/components/schemas/TrainSpec", "stylize": "#/components/schemas/StylizeSpec"}}},
         "Metrics": {"type": "object", "properties": {"metrics": {"type": "array", "items": {"type": "object"}, "description": "The run's metrics.jsonl lines: step, losses {name: value}, D_real, D_fake, lr, images_per_s, warnings."}}},
         "Me": {"type": "object", "properties": {"owner": {"type": "string"}, "open": {"type": "boolean"}}}
     })
@@ -244,14 +249,18 @@ fn operation(op: &Op) -> Value {
                 "in": match p.at { In::Path => "path", In::Query => "query" },
                 "required": p.required,
                 "description": p.description,
-                "schema": {"type": p.ty},
+                "schema": if p.ty.starts_with('{') {
+                    serde_json::from_str::<Value>(p.ty).expect("a parameter's schema is JSON")
+                } else {
+                    json!({"type": p.ty})
+                },
             })
         })
         .collect();
     let mut o = json!({
         "tags": [op.tag],
         "summary": op.summary,
-        "operationId": format!("{}_{}", op.method, op.path.trim_start_matches('/').replace(['/', '{', '}'], "_").trim_end_matches('_')),
+        "operationId": operation_id(op),
     });
     if !op.description.is_empty() {
         o["description"] = json!(op.description);
@@ -329,6 +338,61 @@ fn operation(op: &Op) -> Value {
 }
 
 /// The document for these operations.
+fn operation_id(op: &Op) -> String {
+    format!(
+        "{}_{}",
+        op.method,
+        op.path
+            .trim_start_matches('/')
+            .replace(['/', '{', '}'], "_")
+            .trim_end_matches('_')
+    )
+}
+
+/// OpenAPI links from each operation that creates a resource (`POST P` answering 201/202
+/// with JSON) to the operations on it (`P/{x}…`), taking `x` from the answer's field of the
+/// same name: clients and schema-driven testers can follow them.
+fn add_links(ops: &[Op], paths: &mut Map<String, Value>) {
+    for create in ops {
+        let status = match create.answer {
+            Answer::Json(s @ (201 | 202), _) if create.method == "post" => s,
+            _ => continue,
+        };
+        let mut links = Map::new();
+        for target in ops {
+            let Some(rest) = target.path.strip_prefix(create.path) else {
+                continue;
+            };
+            let Some(param) = rest
+                .strip_prefix("/{")
+                .and_then(|r| r.split_once('}'))
+                .map(|(p, _)| p)
+            else {
+                continue;
+            };
+            // `{file}` of a result is not in the answer; the other parameters must be.
+            if target
+                .params
+                .iter()
+                .any(|p| matches!(p.at, In::Path) && p.name != param)
+            {
+                continue;
+            }
+            links.insert(
+                operation_id(target),
+                json!({
+                    "operationId": operation_id(target),
+                    "parameters": {param: format!("$response.body#/{}", if param == "name" { "name" } else { "id" })},
+                }),
+            );
+        }
+        if !links.is_empty() {
+            paths[create.path][create.method]["responses"][status.to_string()]["links"] =
+                Value::Object(links);
+        }
+    }
+}
+
 pub fn document(ops: &[Op]) -> Value {
     let mut paths = Map::new();
     for op in ops {
@@ -337,6 +401,7 @@ pub fn document(ops: &[Op]) -> Value {
             .or_insert_with(|| json!({}));
         entry[op.method] = operation(op);
     }
+    add_links(ops, &mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {

@@ -382,25 +382,60 @@ async fn storage_quota_per_owner() {
     let one = img().len() as u64;
     let h = harness(|c| c.max_storage_bytes_per_owner = one * 5 / 2).await;
     let (s, d) = h
-        .post_multipart("/v1/datasets?name=x", None, &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())])
+        .post_multipart(
+            "/v1/datasets?name=x",
+            None,
+            &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{d}");
     // A third and fourth image would pass the quota: refused, nothing stored.
     let (s, e) = h
-        .post_multipart("/v1/datasets?name=y", None, &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())])
+        .post_multipart(
+            "/v1/datasets?name=y",
+            None,
+            &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())],
+        )
         .await;
     assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{e}");
     assert_eq!(e["error"]["code"], "storage_quota_exceeded");
-    assert_eq!(h.json("/v1/datasets", None).await["datasets"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        h.json("/v1/datasets", None).await["datasets"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     let id = d["id"].as_str().unwrap();
     let (s, e) = h
-        .post_multipart(&format!("/v1/datasets/{id}/images?domain=b"), None, &[("files", Some("5.png"), img()), ("files", Some("6.png"), img())])
+        .post_multipart(
+            &format!("/v1/datasets/{id}/images?domain=b"),
+            None,
+            &[
+                ("files", Some("5.png"), img()),
+                ("files", Some("6.png"), img()),
+            ],
+        )
         .await;
-    assert_eq!((s, e["error"]["code"].as_str()), (StatusCode::PAYLOAD_TOO_LARGE, Some("storage_quota_exceeded")));
-    assert_eq!(h.json(&format!("/v1/datasets/{id}"), None).await["count_b"], 0);
+    assert_eq!(
+        (s, e["error"]["code"].as_str()),
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Some("storage_quota_exceeded")
+        )
+    );
+    assert_eq!(
+        h.json(&format!("/v1/datasets/{id}"), None).await["count_b"],
+        0
+    );
     // Model files count too.
-    let (s, e) = h.post("/v1/models?name=m", None, tiny_model_bytes("m")).await;
-    assert_eq!((s, code(&e).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "storage_quota_exceeded"));
+    let (s, e) = h
+        .post("/v1/models?name=m", None, tiny_model_bytes("m"))
+        .await;
+    assert_eq!(
+        (s, code(&e).as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "storage_quota_exceeded")
+    );
     // Another owner has their own quota.
     let h2 = harness(|c| {
         c.max_storage_bytes_per_owner = one * 5 / 2;
@@ -410,14 +445,25 @@ async fn storage_quota_per_owner() {
     let (ka, kb) = (key(&h2, "alice").await, key(&h2, "bob").await);
     for k in [&ka, &kb] {
         let (s, _) = h2
-            .post_multipart("/v1/datasets?name=x", Some(k), &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())])
+            .post_multipart(
+                "/v1/datasets?name=x",
+                Some(k),
+                &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())],
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED);
     }
     // Deleting makes room.
-    assert_eq!(h.delete(&format!("/v1/datasets/{id}"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.delete(&format!("/v1/datasets/{id}"), None).await.0,
+        StatusCode::NO_CONTENT
+    );
     let (s, _) = h
-        .post_multipart("/v1/datasets?name=y", None, &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())])
+        .post_multipart(
+            "/v1/datasets?name=y",
+            None,
+            &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED);
 }
@@ -427,7 +473,12 @@ fn noisy_jpeg(side: u32, seed: u32) -> Vec<u8> {
     let px: Vec<u8> = (0..side * side * 3)
         .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed) >> 24) as u8)
         .collect();
-    encode(&Image::from_rgb8(side, side, &px).unwrap(), Format::Jpeg, 90).unwrap()
+    encode(
+        &Image::from_rgb8(side, side, &px).unwrap(),
+        Format::Jpeg,
+        90,
+    )
+    .unwrap()
 }
 
 /// Regression (issue 20, medium): dataset ingest decoded every uploaded image at once
@@ -437,7 +488,10 @@ fn noisy_jpeg(side: u32, seed: u32) -> Vec<u8> {
 async fn ingest_decodes_a_bounded_number_of_images_at_once() {
     for cap in [1usize, 4] {
         let h = harness(|c| c.max_concurrent_ingest = cap).await;
-        let zip = zip_of(&[("1.jpg", noisy_jpeg(1024, 1)), ("2.jpg", noisy_jpeg(1024, 2))]);
+        let zip = zip_of(&[
+            ("1.jpg", noisy_jpeg(1024, 1)),
+            ("2.jpg", noisy_jpeg(1024, 2)),
+        ]);
         let uploads: Vec<_> = (0..8)
             .map(|i| {
                 let st = h.st.clone();
@@ -472,11 +526,17 @@ async fn ingest_decodes_a_bounded_number_of_images_at_once() {
 async fn leftovers_are_collected_at_start() {
     let h = harness(|_| {}).await;
     let (s, d) = h
-        .post_multipart("/v1/datasets?name=kept", None, &[("a", Some("1.png"), png(32, 32))])
+        .post_multipart(
+            "/v1/datasets?name=kept",
+            None,
+            &[("a", Some("1.png"), png(32, 32))],
+        )
         .await;
     assert_eq!(s, StatusCode::CREATED);
     let kept = d["id"].as_str().unwrap().to_string();
-    let (s, _) = h.post("/v1/models?name=mine", None, tiny_model_bytes("mine")).await;
+    let (s, _) = h
+        .post("/v1/models?name=mine", None, tiny_model_bytes("mine"))
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     let data = h.st.config.data_dir.clone();
     let blobs = data.join("blobs");
@@ -487,7 +547,10 @@ async fn leftovers_are_collected_at_start() {
         ("blobs/datasets/d_orphan/a/x.png", png(8, 8)),
         ("blobs/jobs/j_orphan/input/0000.png", png(8, 8)),
         ("blobs/models/local/ghost-1.safetensors", vec![0u8; 100]),
-        (&format!("blobs/datasets/{kept}/a/half.png#7") as &str, vec![1u8; 10]),
+        (
+            &format!("blobs/datasets/{kept}/a/half.png#7") as &str,
+            vec![1u8; 10],
+        ),
         ("cache/import-abcdef.pth", vec![2u8; 10]),
     ] {
         let p = data.join(path);
@@ -508,12 +571,24 @@ async fn leftovers_are_collected_at_start() {
         .into_iter()
         .map(|p| p.strip_prefix(&data).unwrap().display().to_string())
         .collect();
-    for gone in ["d_orphan", "j_orphan", "ghost-1", "half.png#7", "import-abcdef"] {
-        assert!(!left.iter().any(|p| p.contains(gone)), "{gone} is still there: {left:?}");
+    for gone in [
+        "d_orphan",
+        "j_orphan",
+        "ghost-1",
+        "half.png#7",
+        "import-abcdef",
+    ] {
+        assert!(
+            !left.iter().any(|p| p.contains(gone)),
+            "{gone} is still there: {left:?}"
+        );
     }
     assert_eq!(before(&blobs.join(format!("datasets/{kept}"))), kept_files);
     assert_eq!(before(&blobs.join("models")), model_files);
-    assert_eq!(h.json(&format!("/v1/datasets/{kept}"), None).await["count_a"], 1);
+    assert_eq!(
+        h.json(&format!("/v1/datasets/{kept}"), None).await["count_a"],
+        1
+    );
     assert_eq!(h.get("/v1/models/mine/file", None).await.0, StatusCode::OK);
 }
 
@@ -542,9 +617,13 @@ async fn listing_many_models_is_cheap() {
     // The size of the built-ins (ngf 16, 6 blocks: 0.5 M parameters).
     let file = model_bytes("m", 16, 6);
     for i in 0..30 {
-        let (s, _) = h.post(&format!("/v1/models?name=m{i}"), None, file.clone()).await;
+        let (s, _) = h
+            .post(&format!("/v1/models?name=m{i}"), None, file.clone())
+            .await;
         assert_eq!(s, StatusCode::CREATED);
-        let (s, _) = h.post(&format!("/v1/models/m{i}/publish"), None, vec![]).await;
+        let (s, _) = h
+            .post(&format!("/v1/models/m{i}/publish"), None, vec![])
+            .await;
         assert_eq!(s, StatusCode::OK);
     }
     let t0 = std::time::Instant::now();
@@ -581,5 +660,62 @@ async fn listing_many_models_is_cheap() {
     let health = health.await.unwrap();
     eprintln!("200 lists of 31+ models: p50 {p50:?}, all {all:?}, /healthz {health:?}");
     assert!(p50 < Duration::from_secs(1), "p50 {p50:?}");
-    assert!(health < Duration::from_millis(500), "/healthz took {health:?}");
+    assert!(
+        health < Duration::from_millis(500),
+        "/healthz took {health:?}"
+    );
+}
+
+/// Found by schemathesis (scripts/schemathesis.sh): estimating a from-scratch job with
+/// `ngf: 1` answered 500, because the two timed steps on random images overflowed the loss
+/// ("training diverged"). The steps ran and were timed; the estimate answers.
+#[tokio::test]
+async fn estimate_of_a_diverging_configuration_is_not_a_server_error() {
+    let h = harness(|_| {}).await;
+    let (s, v) = h
+        .post_json(
+            "/v1/jobs/estimate",
+            None,
+            json!({"dataset": "", "name": "0", "ngf": 1, "type": "train"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["step_seconds"].as_f64().unwrap() > 0.0, "{v}");
+}
+
+/// Found by schemathesis: a training spec whose generator name is unknown (`"net_g": ""`)
+/// answered 500 from the estimate and was queued by `POST /v1/jobs`, to fail in the worker.
+/// Both refuse it with 400 now.
+#[tokio::test]
+async fn unbuildable_training_specs_are_refused_up_front() {
+    let h = harness(|_| {}).await;
+    let spec = |dataset: &str| json!({"type": "train", "dataset": dataset, "name": "x", "net_g": "", "steps": 10});
+    let (s, v) = h.post_json("/v1/jobs/estimate", None, spec("")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("netG"),
+        "{v}"
+    );
+    let (s, d) = h
+        .post_multipart(
+            "/v1/datasets?name=d",
+            None,
+            &[
+                ("a", Some("a.png"), png(32, 32)),
+                ("b", Some("b.png"), png(32, 32)),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, v) = h
+        .post_json("/v1/jobs", None, spec(d["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        h.json("/v1/jobs", None).await["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }

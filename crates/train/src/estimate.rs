@@ -72,8 +72,16 @@ fn measure(cfg: &TrainConfig, steps: usize, tmp: &std::path::Path) -> TrainResul
         times: Vec::new(),
     };
     let mut t = Trainer::create(c, &tmp.join("run"))?;
-    t.run(&mut timer)?;
-    let mut times: Vec<f64> = timer.times.into_iter().skip(1).collect();
+    match t.run(&mut timer) {
+        Ok(_) => {}
+        // Random images can make a tiny network's losses overflow: the step still ran, and
+        // its time is what is asked for.
+        Err(TrainError::Diverged { .. }) => timer.times.push(timer.last.elapsed().as_secs_f64()),
+        Err(e) => return Err(e),
+    }
+    // The first step warms up (packing, allocation); it counts only if it is all there is.
+    let warm = usize::from(timer.times.len() > 1);
+    let mut times: Vec<f64> = timer.times.into_iter().skip(warm).collect();
     times.sort_by(f64::total_cmp);
     times
         .get(times.len() / 2)

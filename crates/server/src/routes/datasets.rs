@@ -105,12 +105,7 @@ async fn ingest(
         let file = f.file_name().unwrap_or("upload").to_string();
         let data = read_field(f, limit, limit).await?;
         // Without a declared length (chunked bodies), each file is checked as it comes.
-        check_quota(
-            state,
-            &row.owner,
-            tally.bytes as u64 + data.len() as u64,
-        )
-        .await?;
+        check_quota(state, &row.owner, tally.bytes as u64 + data.len() as u64).await?;
         // Decoding is CPU and memory: a few uploads at a time, the others wait.
         let _slot = state.ingest_slots.enter().await;
         let mut ing = Ingest::new(&state.blobs, &row.id, domain, total, limits).await?;

@@ -257,8 +257,12 @@ async fn check_train(state: &AppState, caller: &Caller, t: &TrainSpec) -> Result
             d.name, d.kind.as_str(), d.count_a, d.count_b, t.family()
         )));
     }
-    // The model it starts from must exist (and be one the caller may use).
-    atelier_jobs::worker::init_model(&state.catalog, &caller.owner, t).await?;
+    // The model it starts from must exist (and be one the caller may use), and the
+    // configuration must build (a generator name, a size the U-Net takes…), so that a job that
+    // cannot run is refused now rather than failing in the queue.
+    let init = atelier_jobs::worker::init_model(&state.catalog, &caller.owner, t).await?;
+    let b = t.unpaired().then(|| "/b".into());
+    atelier_jobs::worker::train_config(t, "/a".into(), b, 0.0, init)?;
     if state.catalog.own(&caller.owner, &t.name).await?.is_some() {
         return Err(ApiError::conflict(
             "name_taken",
