@@ -29,10 +29,13 @@ for _ in $(seq 100); do
   sleep 0.2
 done
 set +e
-"$VENV/bin/st" run "http://127.0.0.1:$port/openapi.json" -H "Authorization: Bearer $key" \
+# Run from the temporary folder: schemathesis writes its caches (.hypothesis, .schemathesis)
+# into the current one.
+VENV=$(realpath "$VENV")
+(cd "$data" && "$VENV/bin/st" run "http://127.0.0.1:$port/openapi.json" -H "Authorization: Bearer $key" \
   --checks all --exclude-checks positive_data_acceptance --max-examples "$EXAMPLES" \
   --request-timeout 30 --workers 1 --no-color --seed 1 \
-  --generation-database none
+  --generation-database none)
 rc=$?
 set -e
 if [ $rc -ne 0 ]; then

@@ -24,6 +24,8 @@ echo "== browser tests (Debian chromium + playwright-core; installs them if miss
 ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
 echo "== schemathesis against /openapi.json (PyPI schemathesis in tests/schemathesis/.venv)"
 ./scripts/schemathesis.sh target/debug/atelier 50
+echo "== fuzz smoke: every libFuzzer target for 10 s (scripts/fuzz.sh; nightly + cargo-fuzz)"
+./scripts/fuzz.sh smoke 10
 echo "== cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "all tests passed"

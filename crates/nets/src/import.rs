@@ -128,10 +128,21 @@ fn pth_tensor_infos(
     };
     let dir = std::path::PathBuf::from(pkl.strip_suffix(".pkl").unwrap_or(pkl));
     let entry = zip.by_name(pkl).map_err(|e| e.to_string())?;
-    if entry.size() > 64 << 20 {
+    const MAX_PICKLE: u64 = 64 << 20;
+    if entry.size() > MAX_PICKLE {
         return Err("data.pkl is implausibly large".into());
     }
-    let mut reader = std::io::BufReader::new(entry);
+    // Read it whole (bounded: the header's size is the sender's word), check it, then parse.
+    let mut bytes = Vec::new();
+    entry
+        .take(MAX_PICKLE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("data.pkl: {e}"))?;
+    if bytes.len() as u64 > MAX_PICKLE {
+        return Err("data.pkl is implausibly large".into());
+    }
+    crate::pickle_guard::check(&bytes).map_err(|e| format!("pickle: {e}"))?;
+    let mut reader = std::io::Cursor::new(bytes);
     let mut stack = Stack::empty();
     stack
         .read_loop(&mut reader)
@@ -139,6 +150,7 @@ fn pth_tensor_infos(
     let obj = stack
         .finalize()
         .map_err(|e| format!("pickle: {}", candle_one_line(&e)))?;
+    check_globals(&obj)?;
     let Object::Dict(items) = obj else {
         return Err(
             "the pickle is not a state_dict (expected a dict of tensors; save \
@@ -157,6 +169,70 @@ fn pth_tensor_infos(
     Ok(infos)
 }
 
+/// The only globals (classes and functions) a state dict's pickle may name: dicts, tensor
+/// rebuilding and storage types. The pickle reader never calls them (it only builds a tree of
+/// values), and anything else (`os.system`, `builtins.eval`, a model class) is refused before
+/// any tensor is read.
+const ALLOWED_GLOBALS: &[(&str, &str)] = &[
+    ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._tensor", "_rebuild_from_type_v2"),
+    ("torch", "Tensor"),
+    ("torch.nn.parameter", "Parameter"),
+    ("torch", "FloatStorage"),
+    ("torch", "HalfStorage"),
+    ("torch", "BFloat16Storage"),
+    ("torch", "DoubleStorage"),
+    ("torch", "LongStorage"),
+    ("torch", "IntStorage"),
+    ("torch", "ShortStorage"),
+    ("torch", "CharStorage"),
+    ("torch", "ByteStorage"),
+    ("torch", "BoolStorage"),
+];
+
+/// Refuses a pickle that names a global outside [`ALLOWED_GLOBALS`].
+fn check_globals(obj: &candle_core::pickle::Object) -> std::result::Result<(), String> {
+    use candle_core::pickle::Object;
+    let mut todo = vec![obj];
+    while let Some(o) = todo.pop() {
+        match o {
+            Object::Class {
+                module_name,
+                class_name,
+            } => {
+                if !ALLOWED_GLOBALS
+                    .iter()
+                    .any(|(m, c)| m == module_name && c == class_name)
+                {
+                    return Err(format!(
+                        "the pickle names `{}.{}`, which a state dict does not need; refused \
+                         (only tensors, storages and dicts are read)",
+                        module_name.chars().take(80).collect::<String>(),
+                        class_name.chars().take(80).collect::<String>()
+                    ));
+                }
+            }
+            Object::Tuple(v) | Object::List(v) => todo.extend(v.iter()),
+            Object::Dict(kv) => {
+                for (k, v) in kv {
+                    todo.push(k);
+                    todo.push(v);
+                }
+            }
+            Object::Reduce { callable, args } | Object::Build { callable, args } => {
+                todo.push(callable);
+                todo.push(args);
+            }
+            Object::PersistentLoad(x) => todo.push(x),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// A candle error as one line: candle appends a multi-line backtrace to its errors when
 /// `RUST_BACKTRACE` is set, and some variants span several lines; error messages here are
 /// shown to users on one line.
@@ -173,6 +249,10 @@ fn candle_one_line(e: &candle_core::Error) -> String {
             .join(" "),
     }
 }
+
+/// Largest single tensor a checkpoint may hold (the largest architecture's widest layer is far
+/// smaller; `MAX_PARAMETERS` bounds the whole model).
+const MAX_TENSOR_BYTES: usize = 1 << 30;
 
 fn read_pth(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String> {
     let mut zip = open_zip(path)?;
@@ -198,6 +278,13 @@ fn read_pth(path: &Path) -> std::result::Result<HashMap<String, Tensor>, String>
         let need = (start + count)
             .checked_mul(elem)
             .ok_or_else(|| format!("tensor `{}` is too large", info.name))?;
+        // The zip header's size is the sender's word: bound what is allocated from it.
+        if need > MAX_TENSOR_BYTES {
+            return Err(format!(
+                "tensor `{}` would take {need} bytes (at most {MAX_TENSOR_BYTES})",
+                info.name
+            ));
+        }
         if (entry.size() as usize) < need {
             return Err(format!(
                 "tensor `{}` needs {need} bytes but its storage holds {} (truncated file?)",

@@ -17,6 +17,7 @@ pub mod import;
 pub mod layers;
 pub mod light;
 pub mod norm;
+pub mod pickle_guard;
 pub mod resnet;
 pub mod rng;
 pub mod seeded;

@@ -628,6 +628,21 @@ fn import_refuses_broken_checkpoints_cleanly() {
         &["legacy"],
     );
 
+    // A pickle that would run `os.system("ls")` when unpickled by Python: refused by name,
+    // before any tensor is read (SECURITY.md: the importer refuses every global outside its
+    // allow-list).
+    let evil: &[u8] = b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.";
+    let evil = zip_with(&[("archive/data.pkl", evil), ("archive/data/0", &[0u8; 16])]);
+    check("os_system.pth", &evil, &["os.system", "refused"]);
+    // A dict whose value is built by another global (a model class).
+    let class: &[u8] = b"\x80\x02}X\x01\x00\x00\x00wcmodels.networks\nResnetGenerator\n)Rs.";
+    let class = zip_with(&[("archive/data.pkl", class)]);
+    check(
+        "model_class.pth",
+        &class,
+        &["models.networks.ResnetGenerator", "refused"],
+    );
+
     // Control: the untouched checkpoint imports.
     import(&golden("G_resnet_6blocks_instance_ngf4.pth"), &hints).unwrap();
 }
@@ -860,4 +875,18 @@ fn hostile_architecture_numbers_are_refused_before_allocating() {
     let path = dir.join("ok.safetensors");
     write_raw(&path, &tensors, Some(card_meta(&card_for(small))));
     atelier_nets::load(&path, &Device::Cpu).unwrap();
+}
+
+/// Found by fuzzing (`fuzz/regressions/pth_import/oom-binunicode-4gib-length`, and `-valid-crc`, the same pickle in a
+/// zip whose checksum holds): a pickle
+/// string declaring 4 GiB made candle's reader allocate 4 GiB before reading it. The pickle is
+/// checked first and refused without allocating.
+#[test]
+fn fuzz_regression_oom_binunicode_4gib_length() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/regressions/pth_import/oom-binunicode-4gib-length-valid-crc");
+    let err = import(&path, &ImportHints::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ends inside an opcode's argument"), "{err}");
 }

@@ -1,0 +1,3 @@
+#![no_main]
+// See atelier_fuzzing::model_card.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| atelier_fuzzing::model_card(data));
