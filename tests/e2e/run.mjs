@@ -2,7 +2,7 @@
 // Browser tests of the Atelier web page: starts `atelier serve` on a free port with a fresh data
 // folder, drives Debian's Chromium through playwright-core, saves screenshots in artifacts/.
 //
-//   node tests/e2e/run.mjs [scenario ...]      scenarios: stylize bad-upload training docs
+//   node tests/e2e/run.mjs [scenario ...]      scenarios: stylize bad-upload training hostile-text docs
 //
 // Env: ATELIER_BIN (default target/debug/atelier, relative to the repository root),
 //      CHROMIUM (default /usr/bin/chromium), E2E_READY_TIMEOUT_S (60), E2E_TRAIN_TIMEOUT_S (300),
@@ -445,6 +445,37 @@ const scenarios = {
     await noHorizontalScroll(page, 'training page');
     await shot(page, 'training-9-train-phone');
     return `job ${jobId}: steps seen ${seen.length}, chart points ${chartReads[0].points}→${chartReads[chartReads.length - 1].points} over ${chartReads.length} reads, ${samples.size} sample images`;
+  },
+
+  // Text from other users (a model card's description, a dataset's name) is shown as text,
+  // never parsed as HTML (SECURITY.md).
+  async 'hostile-text'(page, { base }) {
+    const payload = '<img src=x onerror="window.__xss=1"><b id="injected">bold</b>';
+    // A built-in's model file with the payload in its card's description.
+    const file = Buffer.from(await (await fetch(base + '/v1/models/monet/file')).arrayBuffer());
+    const n = Number(file.readBigUInt64LE(0));
+    const header = JSON.parse(file.subarray(8, 8 + n).toString('utf8'));
+    const card = JSON.parse(header.__metadata__['atelier.card']);
+    card.description = payload;
+    header.__metadata__['atelier.card'] = JSON.stringify(card);
+    const text = Buffer.from(JSON.stringify(header), 'utf8');
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(text.length));
+    const upload = await fetch(base + '/v1/models?name=hostile', { method: 'POST', body: Buffer.concat([len, text, file.subarray(8 + n)]) });
+    assert(upload.status === 201, `upload: ${upload.status} ${await upload.text()}`);
+    const form = new FormData();
+    form.append('a', new Blob([encodePng(8, 8, new Uint8Array(8 * 8 * 3))]), 'a.png');
+    const ds = await fetch(base + '/v1/datasets?name=' + encodeURIComponent(payload), { method: 'POST', body: form });
+    assert(ds.status === 201, `dataset: ${ds.status} ${await ds.text()}`);
+    for (const [hash, where] of [['#/models/hostile', 'model page'], ['#/train', 'training page']]) {
+      await page.goto(base + '/' + hash);
+      await page.waitForFunction((p) => document.body.innerText.includes(p), payload, { timeout: 30_000 });
+      await sleep(300);
+      const injected = await page.evaluate(() => ({ xss: window.__xss, b: !!document.getElementById('injected'), img: [...document.images].some((i) => i.getAttribute('src') === 'x') }));
+      assert(!injected.xss && !injected.b && !injected.img, `${where}: the payload became markup ${JSON.stringify(injected)}`);
+    }
+    await shot(page, 'hostile-text', false);
+    return 'card description and dataset name shown as text';
   },
 
   async docs(page, { base }) {

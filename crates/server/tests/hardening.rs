@@ -719,3 +719,149 @@ async fn unbuildable_training_specs_are_refused_up_front() {
         0
     );
 }
+
+/// SECURITY.md: keys are stored as argon2id hashes only (the secret is nowhere in the data
+/// folder), and no key reaches the logs, from the header or from `?key=`.
+#[tokio::test]
+async fn keys_are_hashed_at_rest_and_never_logged() {
+    use std::io::Write;
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Buf::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let h = harness(|c| c.open = Some(false)).await;
+    let k = key(&h, "alice").await;
+    let secret = k.rsplit('_').next().unwrap().to_string();
+    assert!(secret.len() >= 32, "{k}");
+    let row =
+        h.st.db
+            .key(k.split('_').nth(1).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(row.hash.starts_with("$argon2id$"), "{}", row.hash);
+    for f in walk(&h.st.config.data_dir) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is stored in {}",
+            f.display()
+        );
+    }
+    assert_eq!(h.get("/v1/me", Some(&k)).await.0, StatusCode::OK);
+    let (s, _, _) = h
+        .call(
+            Request::get(format!("/v1/models?key={k}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let wrong = format!("{}x", &k[..k.len() - 1]);
+    assert_eq!(
+        h.get("/v1/me", Some(&wrong)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("request"), "nothing was logged: {text}");
+    assert!(
+        !text.contains(&secret) && !text.contains(&wrong[wrong.len() - 20..]),
+        "{text}"
+    );
+}
+
+/// SECURITY.md: ids are unguessable: 10 characters from 32 (50 bits) from the operating
+/// system's generator for datasets, jobs and keys; no repeats in 100 000.
+#[test]
+fn ids_are_random_and_long() {
+    let ids: std::collections::HashSet<String> = (0..100_000)
+        .map(|_| atelier_store::db::new_id("d_", 10))
+        .collect();
+    assert_eq!(ids.len(), 100_000);
+    // Every character position takes every symbol (not a counter or a clock).
+    for pos in 2..12 {
+        let seen: std::collections::HashSet<char> =
+            ids.iter().map(|s| s.chars().nth(pos).unwrap()).collect();
+        assert_eq!(seen.len(), 32, "position {pos}");
+    }
+}
+
+/// SECURITY.md: the server fetches nothing on a client's behalf (no SSRF surface): no
+/// operation takes a URL, and a model reference that looks like one is just an unknown name.
+#[tokio::test]
+async fn no_operation_takes_a_url() {
+    let doc = atelier_server::openapi_document();
+    // Every name and format a request can carry: parameters, and the properties of request
+    // bodies (with the schemas they refer to).
+    fn names(v: &Value, doc: &Value, out: &mut Vec<String>, depth: usize) {
+        if depth > 8 {
+            return;
+        }
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    let name = r.rsplit('/').next().unwrap();
+                    names(&doc["components"]["schemas"][name], doc, out, depth + 1);
+                }
+                for (k, x) in m {
+                    if k == "properties" {
+                        out.extend(x.as_object().unwrap().keys().cloned());
+                    }
+                    if k == "format" {
+                        out.push(format!("format:{}", x.as_str().unwrap_or("")));
+                    }
+                    names(x, doc, out, depth + 1);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|x| names(x, doc, out, depth + 1)),
+            _ => {}
+        }
+    }
+    let mut seen = Vec::new();
+    for ops in doc["paths"].as_object().unwrap().values() {
+        for op in ops.as_object().unwrap().values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                seen.push(p["name"].as_str().unwrap().to_string());
+            }
+            names(&op["requestBody"], &doc, &mut seen, 0);
+        }
+    }
+    assert!(
+        seen.iter().any(|n| n == "model") && seen.iter().any(|n| n == "init_from"),
+        "{seen:?}"
+    );
+    for n in &seen {
+        let l = n.to_ascii_lowercase();
+        assert!(
+            !l.contains("url") && !l.contains("uri") && l != "format:uri",
+            "a request takes `{n}`"
+        );
+    }
+    let h = harness(|_| {}).await;
+    let (s, b) = h
+        .post(
+            "/v1/stylize?model=http://169.254.169.254/latest",
+            None,
+            png(8, 8),
+        )
+        .await;
+    assert_eq!(
+        (s, code(&b).as_str()),
+        (StatusCode::NOT_FOUND, "model_not_found")
+    );
+}
