@@ -16,8 +16,11 @@ use std::sync::OnceLock;
 
 use atelier_imaging::Limits;
 
+/// A fuzz target: the fuzzer's bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and the corpus folders).
-pub const TARGETS: [(&str, fn(&[u8])); 6] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("image", image),
     ("dataset_zip", dataset_zip),
     ("model_file", model_file),

@@ -202,18 +202,16 @@ fn check_globals(obj: &candle_core::pickle::Object) -> std::result::Result<(), S
             Object::Class {
                 module_name,
                 class_name,
-            } => {
-                if !ALLOWED_GLOBALS
-                    .iter()
-                    .any(|(m, c)| m == module_name && c == class_name)
-                {
-                    return Err(format!(
-                        "the pickle names `{}.{}`, which a state dict does not need; refused \
-                         (only tensors, storages and dicts are read)",
-                        module_name.chars().take(80).collect::<String>(),
-                        class_name.chars().take(80).collect::<String>()
-                    ));
-                }
+            } if !ALLOWED_GLOBALS
+                .iter()
+                .any(|(m, c)| m == module_name && c == class_name) =>
+            {
+                return Err(format!(
+                    "the pickle names `{}.{}`, which a state dict does not need; refused \
+                     (only tensors, storages and dicts are read)",
+                    module_name.chars().take(80).collect::<String>(),
+                    class_name.chars().take(80).collect::<String>()
+                ));
             }
             Object::Tuple(v) | Object::List(v) => todo.extend(v.iter()),
             Object::Dict(kv) => {
