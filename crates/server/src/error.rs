@@ -99,8 +99,23 @@ impl ApiError {
         )
     }
 
-    /// An unexpected failure; the detail goes to the log, not to the client.
+    /// The server's disk (or database) is full: nothing was stored; try again later.
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "the server's storage is full: nothing was stored; try again later",
+        )
+    }
+
+    /// An unexpected failure; the detail goes to the log, not to the client. A full disk
+    /// (`ENOSPC`, SQLite's `SQLITE_FULL`), wherever it surfaced, answers `507 storage_full`.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let detail = detail.to_string();
+        if is_storage_full(&detail) {
+            tracing::error!("storage full: {detail}");
+            return Self::storage_full();
+        }
         tracing::error!("internal error: {detail}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -144,6 +159,14 @@ impl From<atelier_engine::Error> for ApiError {
             other => ApiError::internal(other),
         }
     }
+}
+
+/// Whether an error's text is the operating system's or SQLite's "disk full" (the errors reach
+/// here through several libraries, as text at the end).
+fn is_storage_full(detail: &str) -> bool {
+    detail.contains("No space left on device")
+        || detail.contains("database or disk is full")
+        || detail.contains("StorageFull")
 }
 
 impl From<atelier_store::StoreError> for ApiError {

@@ -108,6 +108,7 @@ fn status_of(code: &str) -> u16 {
         "invalid_model_file" | "invalid_archive" | "model_cannot_stylize" => 422,
         "name_taken" | "conflict" => 409,
         "internal" => 500,
+        "storage_full" => 507,
         "not_ready" | "no_models" => 503,
         c if c.ends_with("not_found") => 404,
         _ => 400,
@@ -317,6 +318,9 @@ fn operation(op: &Op) -> Value {
         codes.extend(["unauthorized", "rate_limited"]);
     }
     codes.push("internal");
+    if op.method != "get" {
+        codes.push("storage_full");
+    }
     let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
     for c in codes {
         by_status.entry(status_of(c)).or_default().push(c);

@@ -865,3 +865,109 @@ async fn no_operation_takes_a_url() {
         (StatusCode::NOT_FOUND, "model_not_found")
     );
 }
+
+/// A tmpfs of `size` mounted on a fresh folder (unmounted on drop); `None` when this process
+/// may not mount (not root), which the caller reports.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(dir))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Fault injection (issue 20): a data folder on a full filesystem. Uploads get a clear
+/// `507 storage_full` and store nothing (no half-written blob, no row); requests that need no
+/// disk keep working; once space is back, uploads succeed again without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_gives_clear_errors_and_recovers_without_restart() {
+    let Some(fs) = Tmpfs::mount("24m") else {
+        assert!(!is_root(), "running as root, but mounting a tmpfs failed");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let data = fs.0.path().join("data");
+    let h = harness(|c| c.data_dir = data.clone()).await;
+    let (s, _) = h
+        .post_multipart(
+            "/v1/datasets?name=before",
+            None,
+            &[("a", Some("1.png"), png(64, 64))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Fill the filesystem, leaving less than one upload.
+    let filler = fs.0.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 1 << 16];
+        while f.write_all(&block).is_ok() {}
+    }
+    let blobs_before = walk(&data.join("blobs")).len();
+    let imgs: Vec<Vec<u8>> = (0..4)
+        .map(|i| colour_png(256, 256, [30, 90, 200], i))
+        .collect();
+    let parts: Vec<(&str, Option<&str>, Vec<u8>)> = imgs
+        .iter()
+        .map(|b| ("a", Some("x.png"), b.clone()))
+        .collect();
+    let (s, e) = h
+        .post_multipart("/v1/datasets?name=full", None, &parts)
+        .await;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{e}");
+    assert_eq!(e["error"]["code"], "storage_full", "{e}");
+    let (s, e) = h
+        .post("/v1/models?name=m", None, tiny_model_bytes("m"))
+        .await;
+    assert_eq!(
+        (s, code(&e).as_str()),
+        (StatusCode::INSUFFICIENT_STORAGE, "storage_full")
+    );
+    // Nothing half-made: no new row, no new blob (nor staging file).
+    let names: Vec<String> = h.json("/v1/datasets", None).await["datasets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["before"]);
+    assert_eq!(walk(&data.join("blobs")).len(), blobs_before);
+    // What needs no disk still works.
+    let (s, b) = h.post("/v1/stylize?model=tiny", None, png(32, 32)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert_eq!(h.get("/healthz", None).await.0, StatusCode::OK);
+    // Space is back: the same upload succeeds, no restart.
+    std::fs::remove_file(&filler).unwrap();
+    let (s, d) = h
+        .post_multipart("/v1/datasets?name=full", None, &parts)
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    assert_eq!(d["count_a"], 4);
+    let (s, _) = h
+        .post("/v1/models?name=m", None, tiny_model_bytes("m"))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+}

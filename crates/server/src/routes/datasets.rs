@@ -168,7 +168,11 @@ pub async fn create(
     row.count_b = tally.b;
     row.bytes = tally.bytes;
     row.skipped = tally.skipped;
-    state.db.insert_dataset(&row).await?;
+    if let Err(e) = state.db.insert_dataset(&row).await {
+        // No row, no images: a failed insert (a full disk) leaves nothing behind.
+        let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
+        return Err(e.into());
+    }
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
