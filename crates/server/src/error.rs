@@ -116,6 +116,18 @@ impl ApiError {
             tracing::error!("storage full: {detail}");
             return Self::storage_full();
         }
+        if detail.contains("database is locked") {
+            // Another process held the database past the busy timeout (10 s).
+            tracing::warn!("database busy: {detail}");
+            return Self {
+                retry_after: Some(2),
+                ..Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the database is busy; try again shortly",
+                )
+            };
+        }
         tracing::error!("internal error: {detail}");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

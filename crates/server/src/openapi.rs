@@ -109,7 +109,7 @@ fn status_of(code: &str) -> u16 {
         "name_taken" | "conflict" => 409,
         "internal" => 500,
         "storage_full" => 507,
-        "not_ready" | "no_models" => 503,
+        "not_ready" | "no_models" | "busy" => 503,
         c if c.ends_with("not_found") => 404,
         _ => 400,
     }
@@ -319,7 +319,7 @@ fn operation(op: &Op) -> Value {
     }
     codes.push("internal");
     if op.method != "get" {
-        codes.push("storage_full");
+        codes.extend(["storage_full", "busy"]);
     }
     let mut by_status: std::collections::BTreeMap<u16, Vec<&str>> = Default::default();
     for c in codes {

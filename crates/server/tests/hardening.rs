@@ -971,3 +971,71 @@ async fn a_full_disk_gives_clear_errors_and_recovers_without_restart() {
         .await;
     assert_eq!(s, StatusCode::CREATED);
 }
+
+/// Fault injection (issue 20): another process holds SQLite's write lock. A write waits for
+/// it (busy timeout 10 s) and succeeds when it is released; held past the timeout, the request
+/// gets `503 busy` with `Retry-After`, and the next one succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_database_is_waited_for_then_reported_busy() {
+    use sqlx::Connection;
+    let h = harness(|_| {}).await;
+    let db = h.st.config.data_dir.join("atelier.db");
+    let lock = |secs: u64| {
+        let db = db.clone();
+        async move {
+            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+                .await
+                .unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(secs)).await;
+                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+            })
+        }
+    };
+    let upload = |name: &'static str| {
+        let st = h.st.clone();
+        async move {
+            let (ct, body) = multipart(&[("a", Some("1.png"), png(16, 16))]);
+            let req = Request::post(format!("/v1/datasets?name={name}"))
+                .header("content-type", ct)
+                .body(Body::from(body))
+                .unwrap();
+            let resp = app(st).oneshot(req).await.unwrap();
+            let retry = resp.headers().get("retry-after").cloned();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (resp_status(&body), retry, body)
+        }
+    };
+    fn resp_status(body: &[u8]) -> String {
+        serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| {
+                v["error"]["code"]
+                    .as_str()
+                    .map(String::from)
+                    .or(v["id"].as_str().map(|_| "created".into()))
+            })
+            .unwrap_or_default()
+    }
+    let held = lock(2).await;
+    let t0 = std::time::Instant::now();
+    let (what, _, body) = upload("waited").await;
+    assert_eq!(what, "created", "{}", String::from_utf8_lossy(&body));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t0.elapsed()
+    );
+    held.await.unwrap();
+    let held = lock(13).await;
+    let (what, retry, body) = upload("busy").await;
+    assert_eq!(what, "busy", "{}", String::from_utf8_lossy(&body));
+    assert!(retry.is_some());
+    held.await.unwrap();
+    let (what, _, _) = upload("after").await;
+    assert_eq!(what, "created");
+}
