@@ -25,7 +25,20 @@ fn free_port() -> u16 {
 
 struct Server {
     child: Child,
+    client: Client,
+}
+
+/// Requests to a server's port (usable from another thread while the server is killed).
+#[derive(Clone, Copy)]
+struct Client {
     port: u16,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
 }
 
 fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
@@ -43,7 +56,10 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
         .stderr(log)
         .spawn()
         .unwrap();
-    let s = Server { child, port };
+    let s = Server {
+        child,
+        client: Client { port },
+    };
     let t0 = Instant::now();
     while s.request("GET", "/readyz", None, &[]).map(|r| r.0) != Some(200) {
         assert!(
@@ -55,7 +71,7 @@ fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
     s
 }
 
-impl Server {
+impl Client {
     /// One HTTP/1.1 request (Connection: close); `None` if nothing answers.
     fn request(
         &self,
@@ -101,6 +117,15 @@ impl Server {
     }
 
     fn multipart(&self, path: &str, parts: &[(&str, Option<&str>, Vec<u8>)]) -> (u16, Value) {
+        self.try_multipart(path, parts).expect("no answer")
+    }
+
+    /// [`Client::multipart`], `None` if the server did not answer (it was killed).
+    fn try_multipart(
+        &self,
+        path: &str,
+        parts: &[(&str, Option<&str>, Vec<u8>)],
+    ) -> Option<(u16, Value)> {
         let boundary = "serve-test-boundary";
         let mut body = Vec::new();
         for (name, file, data) in parts {
@@ -117,10 +142,8 @@ impl Server {
         }
         body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
         let ct = format!("multipart/form-data; boundary={boundary}");
-        let (s, r) = self
-            .request("POST", path, Some(&ct), &body)
-            .expect("no answer");
-        (s, serde_json::from_slice(&r).unwrap_or(Value::Null))
+        let (s, r) = self.request("POST", path, Some(&ct), &body)?;
+        Some((s, serde_json::from_slice(&r).unwrap_or(Value::Null)))
     }
 
     fn job(&self, id: &str) -> Value {
@@ -143,7 +166,9 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
 
+impl Server {
     fn kill9(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -365,4 +390,175 @@ fn closed_server_needs_a_key_from_admin_create_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrent"));
+}
+
+/// Files under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Fault injection (issue 20): the server `kill -9`ed twenty times in a row while a training
+/// job, a stylize job and dataset uploads are under way. No job is lost or duplicated, each
+/// runs to completion once, every upload the server acknowledged is there, and no
+/// half-written blob or leftover of a killed upload is visible after the next start.
+#[test]
+fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let s = start(&data, port, &[]);
+    let ds = dataset(&s);
+    let (st, train) = s.json(
+        "POST",
+        "/v1/jobs",
+        Some(json!({"type": "train", "dataset": ds, "name": "tough", "steps": 120, "size": 32,
+                    "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
+    );
+    assert_eq!(st, 202, "{train}");
+    let train = train["id"].as_str().unwrap().to_string();
+    const IMAGES: usize = 10;
+    let mut parts = vec![(
+        "spec",
+        None,
+        br#"{"type":"stylize","model":"ukiyoe","format":"png"}"#.to_vec(),
+    )];
+    for i in 0..IMAGES as u32 {
+        parts.push(("image", Some("p.png"), png(480, 360, [120, 160, 90], i)));
+    }
+    let (st, sty) = s.multipart("/v1/jobs", &parts);
+    assert_eq!(st, 202, "{sty}");
+    let sty = sty["id"].as_str().unwrap().to_string();
+
+    let mut s = Some(s);
+    let mut acknowledged = Vec::new();
+    let mut finished_at: std::collections::HashMap<String, Value> = Default::default();
+    for round in 0..20u64 {
+        let server = s.take().unwrap_or_else(|| start(&data, port, &[]));
+        let client = *server;
+        // Kills 0.6–2.5 s apart: often enough that jobs are cut mid-image and mid-step, with
+        // room for some progress between them (a job that never progresses is failed after
+        // `max_attempts`, by design).
+        std::thread::sleep(Duration::from_millis(600 + (round * 397) % 1900));
+        // An upload racing the kill: started 0–1.5 s before it, so some finish and some are
+        // cut off mid-body or mid-ingest.
+        let upload = std::thread::spawn(move || {
+            let imgs: Vec<(&str, Option<&str>, Vec<u8>)> = (0..6)
+                .map(|i| {
+                    (
+                        "a",
+                        Some("u.png"),
+                        png(600, 600, [90, 90, 200], round as u32 * 10 + i),
+                    )
+                })
+                .collect();
+            client.try_multipart(&format!("/v1/datasets?name=up{round}"), &imgs)
+        });
+        std::thread::sleep(Duration::from_millis((round * 173) % 1500));
+        for id in [&train, &sty] {
+            let j = server.job(id);
+            if j["status"] == "succeeded" {
+                // Once done, a job stays done: the same finish time and results after any kill.
+                let first = finished_at.entry(id.clone()).or_insert_with(|| j.clone());
+                assert_eq!(first["finished"], j["finished"], "{id} finished twice");
+                assert_eq!(first["results"], j["results"], "{id} results changed");
+            }
+        }
+        server.kill9();
+        if let Some((201, d)) = upload.join().unwrap() {
+            acknowledged.push((
+                d["id"].as_str().unwrap().to_string(),
+                d["count_a"].as_i64().unwrap(),
+            ));
+        }
+    }
+
+    let s = start(&data, port, &[]);
+    let finished = |j: &Value| j["status"] != "queued" && j["status"] != "running";
+    let sty_done = s.wait(&sty, "the stylize job", 600, finished);
+    assert_eq!(sty_done["status"], "succeeded", "{sty_done}");
+    let results = sty_done["results"].as_array().unwrap();
+    assert_eq!(results.len(), IMAGES, "{sty_done}");
+    for r in results {
+        let (st, b) = s
+            .request("GET", r["url"].as_str().unwrap(), None, &[])
+            .unwrap();
+        assert_eq!(st, 200);
+        let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
+        assert_eq!((img.width, img.height), (480, 360));
+    }
+    let done = s.wait(&train, "the training job", 600, finished);
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let (_, metrics) = s.json("GET", &format!("/v1/jobs/{train}/metrics"), None);
+    let steps: Vec<u64> = metrics["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["step"].as_u64())
+        .collect();
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(steps.last(), Some(&120), "{steps:?}");
+    // No job lost, none duplicated.
+    let (_, jobs) = s.json("GET", "/v1/jobs", None);
+    let mut ids: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![train.as_str(), sty.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    // Every acknowledged upload is whole; every listed dataset has exactly its images.
+    let (_, list) = s.json("GET", "/v1/datasets", None);
+    let list = list["datasets"].as_array().unwrap().clone();
+    for (id, count) in &acknowledged {
+        let d = list
+            .iter()
+            .find(|d| d["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("upload {id} lost"));
+        assert_eq!(d["count_a"].as_i64().unwrap(), *count);
+    }
+    let blobs = data.join("blobs");
+    for d in &list {
+        let id = d["id"].as_str().unwrap();
+        let stored = files(&blobs.join("datasets").join(id)).len() as i64;
+        assert_eq!(
+            stored,
+            d["count_a"].as_i64().unwrap() + d["count_b"].as_i64().unwrap(),
+            "{d}"
+        );
+    }
+    // No half-written blob, no images of an upload that never got its row.
+    let all = files(&blobs);
+    assert!(
+        !all.iter().any(|p| p.to_string_lossy().contains('#')),
+        "staging files left"
+    );
+    for p in &all {
+        let rel = p
+            .strip_prefix(&blobs)
+            .unwrap()
+            .to_string_lossy()
+            .to_string();
+        if let Some(rest) = rel.strip_prefix("datasets/") {
+            let id = rest.split('/').next().unwrap();
+            assert!(list.iter().any(|d| d["id"] == id), "leftover {rel}");
+        }
+    }
+    eprintln!(
+        "20 kills: {} of 20 racing uploads acknowledged; training attempts {}, stylize attempts {}",
+        acknowledged.len(),
+        done["attempts"],
+        sty_done["attempts"]
+    );
 }

@@ -41,7 +41,8 @@ pub struct WorkerConfig {
     pub lease_s: u64,
     /// Lease renewals (and cancel checks) every this many seconds.
     pub heartbeat_s: u64,
-    /// Attempts before a job whose worker keeps dying is failed.
+    /// Attempts in a row without durable progress (no image done, no checkpoint) before a job
+    /// whose worker keeps dying is failed; progress resets the count.
     pub max_attempts: i64,
     /// Longest side a stylize job produces.
     pub max_job_side: u32,

@@ -753,8 +753,12 @@ impl Db {
         results: Option<&[String]>,
     ) -> Result<Lease> {
         let r = match results {
+            // Stored results (an image done, a checkpoint) are durable progress: earlier
+            // attempts that ended in a crash no longer count against `max_attempts`, which
+            // is for jobs that never get anywhere (a poison input), not for a server that was
+            // killed while they worked.
             Some(res) => sqlx::query(
-                "UPDATE jobs SET progress = ?, results = ?, updated = ?
+                "UPDATE jobs SET progress = ?, results = ?, updated = ?, attempts = MIN(attempts, 1)
                      WHERE id = ? AND lease_owner = ? AND status = 'running'",
             )
             .bind(progress.to_string())
