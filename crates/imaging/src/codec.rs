@@ -56,7 +56,7 @@ pub fn probe(bytes: &[u8], limits: &Limits) -> Result<(Format, u32, u32)> {
 /// [`Error::UnsupportedFeature`] and [`Error::MemoryLimit`] from the decoder.
 pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Image> {
     let (format, width, height) = probe(bytes, limits)?;
-    check_complete(format, bytes)?;
+    check_complete(format, bytes, width, height)?;
     let decoded = guard(format, || {
         let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_format());
         reader.limits(limits.to_image_limits(width, height));
@@ -175,17 +175,27 @@ pub fn encode(img: &Image, format: Format, quality: u8) -> Result<Vec<u8>> {
 /// JPEG cut inside its scan data with gray, and image-webp accepts a file shorter than its
 /// RIFF header declares when the missing bytes are padding. Both are refused here, as
 /// libjpeg-turbo's strict mode and libwebp do.
-fn check_complete(format: Format, bytes: &[u8]) -> Result<()> {
+fn check_complete(format: Format, bytes: &[u8], width: u32, height: u32) -> Result<()> {
     let truncated = |reason: &str| {
         Err(Error::Truncated {
             format,
             reason: reason.to_owned(),
         })
     };
+    // Huffman-coded JPEG (the only kind the decoder reads) spends at least one bit on every
+    // 8×8 luma block (its DC code), so a file with fewer than blocks/16 bytes (half of that)
+    // cannot hold its declared picture: it would decode to a mostly invented image at the full
+    // cost of its declared size (a 633-byte file declaring 4000×16000 took 3.6 s and 1.26 GB).
+    let blocks = u64::from(width.div_ceil(8)) * u64::from(height.div_ceil(8));
     match format {
         Format::Jpeg if jpeg_eoi(bytes) == Some(false) => {
             truncated("the end-of-image marker is missing")
         }
+        Format::Jpeg if (bytes.len() as u64) < blocks / 16 => truncated(&format!(
+            "{} bytes cannot hold a {width}×{height} picture (at least {} for its {blocks} blocks)",
+            bytes.len(),
+            blocks / 16
+        )),
         Format::WebP => {
             let declared = bytes
                 .get(4..8)

@@ -921,3 +921,27 @@ fn mutated_files_never_panic() {
         }
     }
 }
+
+/// Regression (issue 20, low): a 633-byte JPEG declaring 4000×16000 (64 MP, within the
+/// default cap) took 3.6 s and 1.26 GB to decode into an invented picture. Its data is too
+/// short for its size, so it is refused before decoding; a real, very compressible JPEG of
+/// that kind of size still decodes.
+#[test]
+fn jpeg_too_short_for_its_declared_size_is_refused_before_decoding() {
+    let mut jpeg = encode(&Image::filled(16, 16, [0.0; 3]), Format::Jpeg, 50).unwrap();
+    let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    jpeg[sof + 5..sof + 7].copy_from_slice(&16000u16.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&4000u16.to_be_bytes());
+    assert!(jpeg.len() < 1000, "{}", jpeg.len());
+    let default = Limits::default();
+    assert_eq!(probe(&jpeg, &default).unwrap().1, 4000);
+    let t0 = std::time::Instant::now();
+    let err = expect_err(decode(&jpeg, &default), "decode");
+    assert!(matches!(err, Error::Truncated { .. }), "{err}");
+    assert!(err.to_string().contains("cannot hold a 4000×16000 picture"), "{err}");
+    assert!(t0.elapsed() < std::time::Duration::from_millis(100), "{:?}", t0.elapsed());
+    // A flat 2048×2048 JPEG is about as compressible as real JPEGs get; it decodes.
+    let flat = encode(&Image::filled(2048, 2048, [0.2, -0.1, 0.4]), Format::Jpeg, 30).unwrap();
+    let img = decode(&flat, &default).unwrap();
+    assert_eq!((img.width, img.height, flat.len() > 65536 / 16), (2048, 2048, true));
+}
