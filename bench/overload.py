@@ -85,14 +85,14 @@ def stylize_load(port, path, body, clients, seconds):
     return {"clients": clients, "ok": len(lat), "statuses": statuses, "p50_ms": round(q(0.5)), "p99_ms": round(q(0.99))}
 
 
-def jobs_load(port, dataset, per_round, rounds):
+def jobs_load(port, dataset, per_round, rounds, tag):
     statuses = {}
     for r in range(rounds):
         admitted = []
         lock = threading.Lock()
 
         def one(i):
-            spec = {"type": "train", "dataset": dataset, "name": f"j{r}x{i}", "steps": 50, "size": 32,
+            spec = {"type": "train", "dataset": dataset, "name": f"{tag}r{r}x{i}", "steps": 50, "size": 32,
                     "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8}
             st, _, data = request(port, "POST", "/v1/jobs", json.dumps(spec), {"Content-Type": "application/json"})
             with lock:
@@ -157,7 +157,7 @@ def main():
         time.sleep(2)
         out["before"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
         out["stylize"] = [stylize_load(port, path, body, k * a.max_concurrent, a.seconds) for k in (1, 2, 4)]
-        out["jobs"] = {f"{k}x": jobs_load(port, dataset, k * a.max_active_jobs, 3) for k in (1, 2, 4)}
+        out["jobs"] = {f"{k}x": jobs_load(port, dataset, k * a.max_active_jobs, 3, f"k{k}") for k in (1, 2, 4)}
         time.sleep(5)
         out["after"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
     finally:

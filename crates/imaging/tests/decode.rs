@@ -938,10 +938,25 @@ fn jpeg_too_short_for_its_declared_size_is_refused_before_decoding() {
     let t0 = std::time::Instant::now();
     let err = expect_err(decode(&jpeg, &default), "decode");
     assert!(matches!(err, Error::Truncated { .. }), "{err}");
-    assert!(err.to_string().contains("cannot hold a 4000×16000 picture"), "{err}");
-    assert!(t0.elapsed() < std::time::Duration::from_millis(100), "{:?}", t0.elapsed());
+    assert!(
+        err.to_string().contains("cannot hold a 4000×16000 picture"),
+        "{err}"
+    );
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(100),
+        "{:?}",
+        t0.elapsed()
+    );
     // A flat 2048×2048 JPEG is about as compressible as real JPEGs get; it decodes.
-    let flat = encode(&Image::filled(2048, 2048, [0.2, -0.1, 0.4]), Format::Jpeg, 30).unwrap();
+    let flat = encode(
+        &Image::filled(2048, 2048, [0.2, -0.1, 0.4]),
+        Format::Jpeg,
+        30,
+    )
+    .unwrap();
     let img = decode(&flat, &default).unwrap();
-    assert_eq!((img.width, img.height, flat.len() > 65536 / 16), (2048, 2048, true));
+    assert_eq!(
+        (img.width, img.height, flat.len() > 65536 / 16),
+        (2048, 2048, true)
+    );
 }

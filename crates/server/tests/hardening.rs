@@ -1039,3 +1039,56 @@ async fn a_locked_database_is_waited_for_then_reported_busy() {
     let (what, _, _) = upload("after").await;
     assert_eq!(what, "created");
 }
+
+/// Found by bench/overload.py: concurrent job submissions while a worker records progress got
+/// `503 busy` at once. Their transactions read (the active-job quota) and then wrote, and
+/// SQLite cannot wait for a read transaction to become a write one; write transactions now
+/// take the write lock when they begin (`BEGIN IMMEDIATE`) and wait their turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_job_submissions_wait_their_turn() {
+    let h = harness(|c| {
+        c.max_active_jobs = 1000;
+        c.rate_limit_per_minute = 100_000;
+    })
+    .await;
+    let _workers = h.workers();
+    let (s, d) = h
+        .post_multipart(
+            "/v1/datasets?name=d",
+            None,
+            &[
+                ("a", Some("a.png"), png(32, 32)),
+                ("b", Some("b.png"), png(32, 32)),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let ds = d["id"].as_str().unwrap().to_string();
+    let mut statuses = std::collections::BTreeMap::new();
+    for round in 0..4 {
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let st = h.st.clone();
+                let spec = json!({"type": "train", "dataset": ds, "name": format!("m{round}x{i}"), "steps": 30,
+                                  "size": 32, "family": "cyclegan", "net_g": "light", "ngf": 4, "ndf": 4,
+                                  "sample_every": 1, "checkpoint_every": 2});
+                tokio::spawn(async move {
+                    let req = Request::post("/v1/jobs")
+                        .header("content-type", "application/json")
+                        .body(Body::from(spec.to_string()))
+                        .unwrap();
+                    let resp = app(st).oneshot(req).await.unwrap();
+                    let s = resp.status();
+                    let b = resp.into_body().collect().await.unwrap().to_bytes();
+                    (s, String::from_utf8_lossy(&b).into_owned())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (s, b) = t.await.unwrap();
+            assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+            *statuses.entry(s.as_u16()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(statuses[&202], 64);
+}

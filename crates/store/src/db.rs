@@ -308,6 +308,14 @@ fn dataset_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DatasetRow> {
 }
 
 impl Db {
+    /// A write transaction that takes SQLite's write lock when it begins (`BEGIN IMMEDIATE`),
+    /// so it waits its turn under the busy timeout. A deferred transaction that reads and then
+    /// writes cannot wait: SQLite fails it at once (`database is locked`) when another
+    /// connection wrote in between.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
     /// Opens (creating if missing) the SQLite database at `path` and applies the migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Db> {
         if let Some(dir) = path.parent() {
@@ -442,7 +450,7 @@ impl Db {
     /// Makes the owner's model public, unless another public model already has that name.
     /// Returns false if the name is taken.
     pub async fn publish_model(&self, owner: &str, name: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let taken: Option<String> = sqlx::query_scalar(
             "SELECT owner FROM models WHERE visibility = 'public' AND name = ? AND owner != ?",
         )
@@ -503,7 +511,7 @@ impl Db {
         bytes: i64,
         skipped: &[Skipped],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let old: String = sqlx::query_scalar("SELECT skipped FROM datasets WHERE id = ?")
             .bind(id)
             .fetch_one(&mut *tx)
@@ -552,7 +560,7 @@ impl Db {
     /// Deletes a dataset unless an unfinished job reads it. `Ok(None)`: no such dataset;
     /// `Err(Conflict)`: in use.
     pub async fn delete_dataset(&self, owner: &str, id: &str) -> Result<Option<DatasetRow>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let busy: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE dataset = ? AND status IN ('queued', 'running')",
         )
@@ -585,7 +593,7 @@ impl Db {
     /// Queues a job, unless the owner already has `max_active` unfinished jobs
     /// (`Err(QuotaExceeded)`); the check and the insert are one transaction.
     pub async fn enqueue(&self, job: &JobRow, max_active: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
         )
@@ -832,7 +840,7 @@ impl Db {
     /// worker's next heartbeat. Returns the job after the change, `None` if not the owner's.
     pub async fn request_cancel(&self, owner: &str, id: &str) -> Result<Option<JobRow>> {
         let t = now();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         sqlx::query(
             "UPDATE jobs SET status = 'cancelled', updated = ?, finished = ?
              WHERE id = ? AND owner = ? AND status = 'queued'",
@@ -868,7 +876,7 @@ impl Db {
                 job.status.as_str()
             )));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let active: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
         )
