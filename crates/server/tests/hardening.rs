@@ -980,22 +980,21 @@ async fn a_locked_database_is_waited_for_then_reported_busy() {
     use sqlx::Connection;
     let h = harness(|_| {}).await;
     let db = h.st.config.data_dir.join("atelier.db");
-    let lock = |secs: u64| {
-        let db = db.clone();
-        async move {
-            let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .unwrap();
-            sqlx::query("BEGIN EXCLUSIVE")
-                .execute(&mut c)
-                .await
-                .unwrap();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(secs)).await;
-                sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
-            })
-        }
-    };
+    /// Takes the write lock from another connection; the handle releases it after `secs`.
+    async fn hold_lock(db: std::path::PathBuf, secs: u64) -> tokio::task::JoinHandle<()> {
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+        })
+    }
+    let lock = |secs: u64| hold_lock(db.clone(), secs);
     let upload = |name: &'static str| {
         let st = h.st.clone();
         async move {
