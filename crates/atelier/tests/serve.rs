@@ -444,9 +444,30 @@ fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
     for round in 0..20u64 {
         let server = s.take().unwrap_or_else(|| start(&data, port, &[]));
         let client = *server;
-        // Kills 0.6–2.5 s apart: often enough that jobs are cut mid-image and mid-step, with
-        // room for some progress between them (a job that never progresses is failed after
-        // `max_attempts`, by design).
+        // Kills 0.6–2.5 s apart, and after some durable progress of an unfinished job (a
+        // checkpoint or an image done): jobs are cut mid-image and mid-step, yet each attempt
+        // gets somewhere. (A job that never stores anything is failed after `max_attempts`,
+        // by design: that is how a poison job is told from a killed server; on a loaded
+        // machine the first seconds after a start can pass without a checkpoint.)
+        let durable = |c: &Client| -> Vec<Value> {
+            [&train, &sty]
+                .iter()
+                .map(|id| {
+                    let j = c.job(id);
+                    json!([j["status"], j["results"], j["progress"]["checkpoint_step"]])
+                })
+                .collect()
+        };
+        let at_start = durable(&client);
+        let t0 = Instant::now();
+        while durable(&client) == at_start
+            && at_start
+                .iter()
+                .any(|d| d[0] == "queued" || d[0] == "running")
+            && t0.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         std::thread::sleep(Duration::from_millis(600 + (round * 397) % 1900));
         // An upload racing the kill: started 0–1.5 s before it, so some finish and some are
         // cut off mid-body or mid-ingest.
