@@ -304,6 +304,10 @@ pub enum TrainCommand {
     Export {
         /// The run directory.
         run: PathBuf,
+        /// Export this step's checkpoint instead of the newest (checkpoints of validated
+        /// steps are all kept).
+        #[arg(long)]
+        step: Option<u64>,
     },
     /// Redraw RUN/loss.png from RUN/metrics.jsonl.
     Plot {

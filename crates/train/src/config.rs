@@ -198,7 +198,9 @@ pub struct TrainConfig {
     pub checkpoint_minutes: f64,
     pub sample_every: u64,
     pub log_every: u64,
-    /// Periodic checkpoints kept on disk (the newest ones).
+    /// Periodic checkpoints kept on disk (the newest ones). Checkpoints of validated steps
+    /// (multiples of the validation's `kid_every`) are all kept besides, so any validated
+    /// state can be exported (`atelier train export RUN --step N`).
     pub keep_checkpoints: usize,
     /// Consecutive steps with a near-zero D loss before the "D wins" warning.
     pub d_wins_steps: u64,

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::{LoaderState, TrainError, TrainResult};
 
+
+/// Named tensors of a checkpoint.
+pub type Tensors = HashMap<String, Tensor>;
 /// Version tag of checkpoint files.
 pub const CHECKPOINT_FORMAT: &str = "atelier-checkpoint/1";
 /// Metadata key of the checkpoint state.
@@ -200,12 +203,15 @@ impl RunDir {
         Ok(out)
     }
 
-    /// Writes a checkpoint atomically and removes all but the newest `keep` ones.
+    /// Writes a checkpoint atomically and removes all but the newest `keep` ones, except
+    /// those that `pinned` selects (the checkpoints of validated steps, kept so that any
+    /// validated state can be exported later).
     pub fn write_checkpoint(
         &self,
         state: &CheckpointState,
         tensors: &HashMap<String, Tensor>,
         keep: usize,
+        pinned: &dyn Fn(u64) -> bool,
     ) -> TrainResult<PathBuf> {
         let path = self.checkpoint_path(state.step);
         let json = serde_json::to_string(state)
@@ -218,7 +224,11 @@ impl RunDir {
                     reason,
                 })?;
         atelier_nets::file::write_atomic(&path, &bytes)?;
-        let all = self.checkpoints()?;
+        let all: Vec<_> = self
+            .checkpoints()?
+            .into_iter()
+            .filter(|(step, _)| !pinned(*step))
+            .collect();
         if all.len() > keep.max(1) {
             for (_, old) in &all[..all.len() - keep.max(1)] {
                 let _ = std::fs::remove_file(old);
@@ -262,10 +272,35 @@ impl RunDir {
 
     /// The newest checkpoint that reads back, with a note for each newer one that did not.
     #[allow(clippy::type_complexity)]
+    /// The checkpoint of exactly `step`.
+    pub fn checkpoint_at(
+        &self,
+        step: u64,
+        device: &Device,
+    ) -> TrainResult<(CheckpointState, Tensors)> {
+        let found = self.checkpoints()?.into_iter().find(|(s, _)| *s == step);
+        let Some((_, path)) = found else {
+            let have: Vec<String> = self
+                .checkpoints()?
+                .iter()
+                .map(|(s, _)| s.to_string())
+                .collect();
+            return Err(TrainError::Config(format!(
+                "no checkpoint of step {step} (there are: {})",
+                if have.is_empty() {
+                    "none".into()
+                } else {
+                    have.join(", ")
+                }
+            )));
+        };
+        Self::read_checkpoint(&path, device)
+    }
+
     pub fn latest_checkpoint(
         &self,
         device: &Device,
-    ) -> TrainResult<Option<(CheckpointState, HashMap<String, Tensor>, Vec<String>)>> {
+    ) -> TrainResult<Option<(CheckpointState, Tensors, Vec<String>)>> {
         let mut notes = Vec::new();
         for (_, path) in self.checkpoints()?.into_iter().rev() {
             match Self::read_checkpoint(&path, device) {

@@ -359,6 +359,21 @@ impl Trainer {
 
     /// The state of `run`'s newest readable checkpoint, without touching the run's files
     /// (safe while the run is still training elsewhere); for [`Trainer::export_now`].
+    /// [`Trainer::load_latest`], or the checkpoint of exactly `step` when given.
+    pub fn load_at(run: &Path, step: Option<u64>, device: Option<&str>) -> TrainResult<Trainer> {
+        let Some(step) = step else {
+            return Self::load_latest(run, device);
+        };
+        let (run, cfg) = RunDir::open(run)?;
+        let device = parse_device(device.unwrap_or(&cfg.device))?;
+        let (data, held) = Data::open_held(&cfg, &device)?;
+        let mut t = Self::build(cfg, run, device, data, held)?;
+        t.resumed = true;
+        let (state, tensors) = t.run.checkpoint_at(step, &t.st.device)?;
+        t.restore(state, &tensors)?;
+        Ok(t)
+    }
+
     pub fn load_latest(run: &Path, device: Option<&str>) -> TrainResult<Trainer> {
         let (run, cfg) = RunDir::open(run)?;
         let device = parse_device(device.unwrap_or(&cfg.device))?;
@@ -613,9 +628,11 @@ impl Trainer {
             cpu_s: self.cpu_s,
             hardware: self.trained_on.clone(),
         };
-        let path = self
-            .run
-            .write_checkpoint(&state, &tensors, self.cfg.keep_checkpoints)?;
+        let every = self.cfg.validation.as_ref().map_or(0, |v| v.kid_every);
+        let validated = move |step: u64| every > 0 && step > 0 && step.is_multiple_of(every);
+        let path =
+            self.run
+                .write_checkpoint(&state, &tensors, self.cfg.keep_checkpoints, &validated)?;
         obs.event(&Event::Checkpoint {
             step: self.step,
             path: &path,

@@ -126,9 +126,37 @@ fn a_cyclegan_run_logs_and_plots_kid_on_held_out_images() {
         folders: None,
         size: None,
     });
+    // A checkpoint every step, one kept (9: the newest of the others), and the validated
+    // steps' (5, 10) besides.
+    cfg.checkpoint_every = 1;
+    cfg.keep_checkpoints = 1;
     let out = tmp.path().join("run");
     let mut t = Trainer::create(cfg, &out).unwrap();
     t.run(&mut Silent).unwrap();
+    let mut kept: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        [
+            "step-00000005.safetensors",
+            "step-00000009.safetensors",
+            "step-00000010.safetensors"
+        ]
+    );
+    let mut at5 = Trainer::load_at(&out, Some(5), Some("cpu")).unwrap();
+    assert_eq!(at5.step(), 5);
+    assert!(!at5.export_now().unwrap().is_empty());
+    let err = Trainer::load_at(&out, Some(3), Some("cpu"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("no checkpoint of step 3 (there are: 5, 9, 10)"),
+        "{err}"
+    );
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()

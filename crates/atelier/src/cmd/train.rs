@@ -24,8 +24,8 @@ pub fn run(global: &Global, cmd: TrainCommand) -> anyhow::Result<ExitCode> {
             let trainer = Trainer::resume_on(&run, device.as_deref())?;
             train(global, trainer)
         }
-        TrainCommand::Export { run } => {
-            let mut trainer = Trainer::load_latest(&run, Some("cpu"))?;
+        TrainCommand::Export { run, step } => {
+            let mut trainer = Trainer::load_at(&run, step, Some("cpu"))?;
             if trainer.step() == 0 {
                 anyhow::bail!("{}: no checkpoint to export yet", run.display());
             }
