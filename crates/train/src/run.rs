@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::{LoaderState, TrainError, TrainResult};
 
-
 /// Named tensors of a checkpoint.
 pub type Tensors = HashMap<String, Tensor>;
+
 /// Version tag of checkpoint files.
 pub const CHECKPOINT_FORMAT: &str = "atelier-checkpoint/1";
 /// Metadata key of the checkpoint state.
