@@ -633,9 +633,8 @@ async fn listing_many_models_is_cheap() {
             tokio::spawn(async move {
                 let t = std::time::Instant::now();
                 let req = Request::get("/v1/models").body(Body::empty()).unwrap();
-                let resp = app(st).oneshot(req).await.unwrap();
-                assert_eq!(resp.status(), StatusCode::OK);
-                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                let (status, _, body) = send(st, req).await;
+                assert_eq!(status, StatusCode::OK);
                 let v: Value = serde_json::from_slice(&body).unwrap();
                 assert!(v["models"].as_array().unwrap().len() >= 31);
                 t.elapsed()
@@ -1003,10 +1002,12 @@ async fn a_locked_database_is_waited_for_then_reported_busy() {
                 .header("content-type", ct)
                 .body(Body::from(body))
                 .unwrap();
-            let resp = app(st).oneshot(req).await.unwrap();
-            let retry = resp.headers().get("retry-after").cloned();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            (resp_status(&body), retry, body)
+            let (_, headers, body) = send(st, req).await;
+            (
+                resp_status(&body),
+                headers.get("retry-after").cloned(),
+                body,
+            )
         }
     };
     fn resp_status(body: &[u8]) -> String {
@@ -1076,9 +1077,7 @@ async fn concurrent_job_submissions_wait_their_turn() {
                         .header("content-type", "application/json")
                         .body(Body::from(spec.to_string()))
                         .unwrap();
-                    let resp = app(st).oneshot(req).await.unwrap();
-                    let s = resp.status();
-                    let b = resp.into_body().collect().await.unwrap().to_bytes();
+                    let (s, _, b) = send(st, req).await;
                     (s, String::from_utf8_lossy(&b).into_owned())
                 })
             })

@@ -75,19 +75,28 @@ pub async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     }
 }
 
+/// One request through the router of `st` (for tasks that hold a clone of the state): status,
+/// headers and the whole body.
+pub async fn send(
+    st: AppState,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(st).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
 impl Harness {
     pub async fn call(&self, req: Request<Body>) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-        let resp = app(self.st.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes()
-            .to_vec();
-        (status, headers, body)
+        send(self.st.clone(), req).await
     }
 
     pub async fn get(&self, uri: &str, key: Option<&str>) -> (StatusCode, Vec<u8>) {
