@@ -247,38 +247,53 @@ fn dataset(s: &Server) -> String {
     d["id"].as_str().unwrap().to_string()
 }
 
+/// Starts a training job (light CycleGAN, 32 px, a checkpoint every 5 steps) making the model
+/// `name`, and a stylize job of `images` PNGs of `size`; returns their ids.
+fn two_jobs(
+    s: &Server,
+    name: &str,
+    steps: u64,
+    images: usize,
+    size: (u32, u32),
+) -> (String, String) {
+    let ds = dataset(s);
+    let (st, train) = s.json(
+        "POST",
+        "/v1/jobs",
+        Some(json!({"type": "train", "dataset": ds, "name": name, "steps": steps, "size": 32,
+                    "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
+    );
+    assert_eq!(st, 202, "{train}");
+    let mut parts = vec![(
+        "spec",
+        None,
+        br#"{"type":"stylize","model":"ukiyoe","format":"png"}"#.to_vec(),
+    )];
+    for i in 0..images as u32 {
+        parts.push((
+            "image",
+            Some("p.png"),
+            png(size.0, size.1, [120, 160, 90], i),
+        ));
+    }
+    let (st, sty) = s.multipart("/v1/jobs", &parts);
+    assert_eq!(st, 202, "{sty}");
+    (
+        train["id"].as_str().unwrap().to_string(),
+        sty["id"].as_str().unwrap().to_string(),
+    )
+}
+
 #[test]
 fn jobs_survive_kill_9_and_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let port = free_port();
     let s = start(&data, port, &[]);
-    let ds = dataset(&s);
-    let (st, train) = s.json(
-        "POST",
-        "/v1/jobs",
-        Some(json!({"type": "train", "dataset": ds, "name": "survivor", "steps": 80, "size": 32,
-                    "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
-    );
-    assert_eq!(st, 202, "{train}");
-    let train = train["id"].as_str().unwrap().to_string();
     // A stylize job with many large images, so it is still under way when the training job
     // has its checkpoint (on the kernels one 1024×768 image takes about a second here).
     const IMAGES: usize = 16;
-    let big: Vec<Vec<u8>> = (0..IMAGES as u32)
-        .map(|i| png(1024, 768, [120, 160, 90], i))
-        .collect();
-    let mut parts = vec![(
-        "spec",
-        None,
-        br#"{"type":"stylize","model":"ukiyoe","format":"png"}"#.to_vec(),
-    )];
-    for b in &big {
-        parts.push(("image", Some("big.png"), b.clone()));
-    }
-    let (st, sty) = s.multipart("/v1/jobs", &parts);
-    assert_eq!(st, 202, "{sty}");
-    let sty = sty["id"].as_str().unwrap().to_string();
+    let (train, sty) = two_jobs(&s, "survivor", 80, IMAGES, (1024, 768));
 
     // Kill -9 once the training job has a checkpoint and the stylize job is under way.
     let before = s.wait(&train, "a first checkpoint", 240, |j| {
@@ -416,27 +431,8 @@ fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
     let data = dir.path().join("data");
     let port = free_port();
     let s = start(&data, port, &[]);
-    let ds = dataset(&s);
-    let (st, train) = s.json(
-        "POST",
-        "/v1/jobs",
-        Some(json!({"type": "train", "dataset": ds, "name": "tough", "steps": 120, "size": 32,
-                    "family": "cyclegan", "net_g": "light", "ngf": 8, "ndf": 8, "sample_every": 5, "checkpoint_every": 5})),
-    );
-    assert_eq!(st, 202, "{train}");
-    let train = train["id"].as_str().unwrap().to_string();
     const IMAGES: usize = 10;
-    let mut parts = vec![(
-        "spec",
-        None,
-        br#"{"type":"stylize","model":"ukiyoe","format":"png"}"#.to_vec(),
-    )];
-    for i in 0..IMAGES as u32 {
-        parts.push(("image", Some("p.png"), png(480, 360, [120, 160, 90], i)));
-    }
-    let (st, sty) = s.multipart("/v1/jobs", &parts);
-    assert_eq!(st, 202, "{sty}");
-    let sty = sty["id"].as_str().unwrap().to_string();
+    let (train, sty) = two_jobs(&s, "tough", 120, IMAGES, (480, 360));
 
     let mut s = Some(s);
     let mut acknowledged = Vec::new();
