@@ -13,6 +13,16 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The build needs room: about 12 GB for target/ and fuzz/target on a clean clone. Say so up
+# front instead of failing in the linker with "No space left on device".
+need_gb=${ATELIER_TEST_DISK_GB:-12}
+mkdir -p target
+free_gb=$(df -Pk target | awk 'NR==2 {print int($4 / 1048576)}')
+if [ "$free_gb" -lt "$need_gb" ]; then
+  echo "test.sh: only ${free_gb} GB free where target/ lives; the tests need about ${need_gb} GB" \
+    "(set ATELIER_TEST_DISK_GB to override, or free space: cargo clean)" >&2
+  exit 1
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
