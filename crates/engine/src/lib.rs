@@ -42,6 +42,9 @@ pub enum Error {
     /// Invalid options.
     #[error("{0}")]
     Options(String),
+    /// [`Stylizer::stylize_until`] was told to stop before the image was done.
+    #[error("stopped before the image was done")]
+    Stopped,
 }
 
 /// Result alias of the engine.
@@ -227,6 +230,23 @@ impl Stylizer {
         opts: &Options,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Image> {
+        self.stylize_until(img, opts, progress, &|| false)
+    }
+
+    /// [`stylize`](Self::stylize) that asks `stop` before each network pass (each tile, the
+    /// statistics thumbnail) and returns [`Error::Stopped`] once it says yes, so that a
+    /// cancelled job ends within one tile instead of after the whole image.
+    ///
+    /// # Errors
+    /// As [`stylize`](Self::stylize), and [`Error::Stopped`].
+    pub fn stylize_until(
+        &self,
+        img: &Image,
+        opts: &Options,
+        progress: &mut dyn FnMut(Progress),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Image> {
+        let go = || if stop() { Err(Error::Stopped) } else { Ok(()) };
         img.validate()?;
         let (w, h) = (img.width as usize, img.height as usize);
         let m = self.arch().size_multiple();
@@ -246,6 +266,7 @@ impl Stylizer {
 
         let out = match self.plan(img.width, img.height, opts)? {
             None => {
+                go()?;
                 let mut ctx = self.ctx();
                 let out = self.run(src.to_vec(), pw, ph, &mut ctx)?;
                 tick(progress);
@@ -253,6 +274,7 @@ impl Stylizer {
             }
             Some(grid) => {
                 let stats = if self.data_dependent_norm() {
+                    go()?;
                     Some(self.global_stats(src, pw, ph, opts, &mut || tick(progress))?)
                 } else {
                     None
@@ -262,6 +284,7 @@ impl Stylizer {
                 // untiled network's downsampling phase.
                 let margin = round_up(opts.context, m as u32);
                 for rect in grid.rects() {
+                    go()?;
                     let (x0, y0) = (rect.x.saturating_sub(margin), rect.y.saturating_sub(margin));
                     let x1 = (rect.x + rect.w + margin).min(pw as u32);
                     let y1 = (rect.y + rect.h + margin).min(ph as u32);

@@ -214,9 +214,11 @@ pub fn stylize_request(data: &[u8]) {
     else {
         return;
     };
-    let (state, _) = server();
+    // The router is built once, as the server does (a clone shares its routes).
+    static APP: OnceLock<axum::Router> = OnceLock::new();
+    let app = APP.get_or_init(|| atelier_server::app(server().0.clone()));
     let resp = runtime()
-        .block_on(atelier_server::app(state.clone()).oneshot(req))
+        .block_on(app.clone().oneshot(req))
         .expect("the router is infallible");
     let status = resp.status().as_u16();
     assert!(

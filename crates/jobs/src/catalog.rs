@@ -511,17 +511,20 @@ pub async fn validate_model_file(bytes: Bytes) -> Result<ModelCard, JobsError> {
 /// Stylizes one image (tiled, shared statistics) and blends it with the original by
 /// `strength` (0 = original, 1 = fully stylized).
 pub fn stylize_image(stylizer: &Stylizer, img: &Image, strength: f32) -> Result<Image, JobsError> {
-    stylize_image_with(stylizer, img, strength, &mut |_| {})
+    stylize_image_with(stylizer, img, strength, &mut |_| {}, &|| false)
 }
 
-/// [`stylize_image`] with a progress callback.
+/// [`stylize_image`] with a progress callback, stopping between two tiles once `stop` says
+/// yes ([`atelier_engine::Error::Stopped`]).
 pub fn stylize_image_with(
     stylizer: &Stylizer,
     img: &Image,
     strength: f32,
     progress: &mut dyn FnMut(atelier_engine::Progress),
+    stop: &dyn Fn() -> bool,
 ) -> Result<Image, JobsError> {
-    let mut out = stylizer.stylize(img, &atelier_engine::Options::default(), progress)?;
+    let opts = atelier_engine::Options::default();
+    let mut out = stylizer.stylize_until(img, &opts, progress, stop)?;
     if strength < 1.0 {
         for (o, i) in out.rgb.iter_mut().zip(&img.rgb) {
             *o = strength * *o + (1.0 - strength) * i;

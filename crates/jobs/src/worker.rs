@@ -4,8 +4,8 @@
 //!
 //! Stopping: a cancel request stops a training run at the end of its step, after a checkpoint
 //! (the job ends `cancelled` and can be resumed); a shutdown does the same but hands the job
-//! back to the queue, so the next start continues it. A stylize job stops between images and
-//! continues with the images not done yet. A process that dies without either (kill -9, power
+//! back to the queue, so the next start continues it. A stylize job stops between two tiles
+//! of an image and continues with the images not done yet. A process that dies without either (kill -9, power
 //! loss) leaves its jobs `running` until their lease runs out (or, for the single-node
 //! SQLite setup, until the next start), then they run again from their last checkpoint.
 
@@ -361,13 +361,19 @@ fn stylize_job(
                     ));
                 }
             };
-            let out = stylize_image_with(&stylizer, &img, spec.strength, &mut on_progress)?;
+            let stop = || control.stopped();
+            let out = stylize_image_with(&stylizer, &img, spec.strength, &mut on_progress, &stop)?;
             let format = spec.output_format(in_format)?;
             Ok((
                 atelier_imaging::encode(&out, format, spec.quality)?,
                 format.extension(),
             ))
         })();
+        if control.stopped() {
+            // Told to stop inside the image (cancel, shutdown, lost lease): it runs again
+            // from its start when the job is resumed.
+            return Err(stopped());
+        }
         match one {
             Ok((encoded, ext)) => {
                 let name = format!("{n}.{ext}");

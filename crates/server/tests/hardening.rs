@@ -1090,3 +1090,89 @@ async fn concurrent_job_submissions_wait_their_turn() {
     }
     assert_eq!(statuses[&202], 64);
 }
+
+/// Regression (issue 20, low): cancelling a stylize job waited for the image in progress (a
+/// job of one large image ran to `succeeded` after its cancel). It now stops between two
+/// tiles, ends `cancelled` with no result, and a resume stylizes the image from its start.
+#[tokio::test]
+async fn cancelling_a_stylize_job_stops_inside_the_image() {
+    let h = harness(|_| {}).await;
+    // A smooth 2048² picture: a JPEG of a few hundred KB.
+    let px: Vec<u8> = (0..2048u32 * 2048)
+        .flat_map(|i| {
+            let (x, y) = (i % 2048, i / 2048);
+            [(x / 8) as u8, (y / 8) as u8, ((x + y) / 16) as u8]
+        })
+        .collect();
+    let big = atelier_imaging::encode(
+        &atelier_imaging::Image::from_rgb8(2048, 2048, &px).unwrap(),
+        atelier_imaging::Format::Jpeg,
+        80,
+    )
+    .unwrap();
+    // A generator slow enough that one 2048² image (16 tiles and the statistics thumbnail)
+    // takes seconds, longer than a cancel takes to reach the worker (heartbeat 1 s).
+    let (s, b) = h
+        .post("/v1/models?name=slow", None, model_bytes("slow", 16, 4))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let tx = h.workers();
+    let (s, job) = h
+        .post_multipart(
+            "/v1/jobs",
+            None,
+            &[
+                (
+                    "spec",
+                    None,
+                    br#"{"type":"stylize","model":"slow","format":"png"}"#.to_vec(),
+                ),
+                ("image", Some("big.jpg"), big),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // Wait until the worker is inside the image (its first tiles are done).
+    let t0 = std::time::Instant::now();
+    let started = loop {
+        let j = h.json(&format!("/v1/jobs/{id}"), None).await;
+        let frac = j["progress"]["fraction"].as_f64().unwrap_or(0.0);
+        if j["status"] == "running" && frac > 0.0 {
+            break frac;
+        }
+        assert!(
+            j["status"] == "queued" || j["status"] == "running",
+            "the job ended before it could be cancelled (a faster machine needs a slower model): {j}"
+        );
+        assert!(t0.elapsed().as_secs() < 120, "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started < 1.0, "{started}");
+    let (s, _) = h.post(&format!("/v1/jobs/{id}/cancel"), None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let t1 = std::time::Instant::now();
+    let done = h.wait_job(&id, None, 60).await;
+    let latency = t1.elapsed().as_secs_f64();
+    assert_eq!(done["status"], "cancelled", "{done}");
+    assert_eq!(done["results"].as_array().map(Vec::len), Some(0), "{done}");
+    // Nothing lost: resumed, it stylizes the whole image; that run times the whole image.
+    let (s, _) = h.post(&format!("/v1/jobs/{id}/resume"), None, vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let t2 = std::time::Instant::now();
+    let done = h.wait_job(&id, None, 300).await;
+    let whole = t2.elapsed().as_secs_f64();
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The cancel took the heartbeat (1 s) and at most a tile or two, not the rest of the
+    // image (waiting for it took ~90 % of the whole image here, cancelled at ~10 %).
+    eprintln!("cancelled {latency:.1} s after the request; the whole image takes {whole:.1} s");
+    assert!(
+        latency < 1.0 + whole / 2.0,
+        "the cancel took {latency:.1} s, the whole image {whole:.1} s"
+    );
+    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/0.png"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
+    assert_eq!((img.width, img.height), (2048, 2048));
+    drop(tx);
+}
