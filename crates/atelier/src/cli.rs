@@ -513,6 +513,10 @@ pub struct TrainArgs {
     /// CUT/FastCUT: adversarial weight.
     #[arg(long = "lambda-GAN", alias = "lambda-gan", default_value_t = 1.0)]
     pub lambda_gan: f64,
+    /// CUT/FastCUT: weight of the translation's total variation, a penalty on high-frequency
+    /// noise (0 = off, as in the reference; 0.5–2 tames grainy results).
+    #[arg(long = "lambda-TV", alias = "lambda-tv", default_value_t = 0.0)]
+    pub lambda_tv: f64,
     /// Unpaired runs: KID and structure metrics (edge correlation, sharpness) of translated
     /// validation images every N steps (and at the end), written to metrics.jsonl and the loss
     /// plot; needs the FID Inception weights (--fid-weights).

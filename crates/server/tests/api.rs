@@ -900,7 +900,15 @@ async fn training_job_runs_streams_and_makes_a_model() {
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{e}");
-    assert_eq!(e["warnings"].as_array().unwrap().len(), 0, "{e}");
+    // Enough steps: no "too few" warning. (A "takes long" one depends on the load the step
+    // was timed under: a busy test machine measured 0.8 s for this step.)
+    let long =
+        e["step_seconds"].as_f64().unwrap() * 3000.0 > atelier_jobs::estimate::LONG_RUN_SECONDS;
+    assert_eq!(
+        e["warnings"].as_array().unwrap().len(),
+        usize::from(long),
+        "{e}"
+    );
     for bad in [
         json!({"type": "train", "dataset": ds, "name": "x", "init_from": "no-such-style"}),
         json!({"type": "train", "dataset": ds, "name": "x", "family": "fastcut", "net_g": "light"}),

@@ -75,6 +75,10 @@ pub struct NceConfig {
     pub nce_idt: bool,
     /// `--flip_equivariance`.
     pub flip_equivariance: bool,
+    /// Weight of the total variation of the translation ([`crate::loss::total_variation`])
+    /// in G's loss; 0 (the reference) is off.
+    #[serde(default)]
+    pub lambda_tv: f64,
 }
 
 impl NceConfig {
@@ -89,6 +93,7 @@ impl NceConfig {
             lambda_gan: 1.0,
             nce_idt: !fast,
             flip_equivariance: fast,
+            lambda_tv: 0.0,
         }
     }
 }
@@ -574,7 +579,11 @@ impl TrainConfig {
         if !(n.tau.is_finite() && n.tau > 0.0) {
             return Err(bad(format!("--nce-t must be positive, got {}", n.tau)));
         }
-        for (name, l) in [("lambda-nce", n.lambda_nce), ("lambda-gan", n.lambda_gan)] {
+        for (name, l) in [
+            ("lambda-nce", n.lambda_nce),
+            ("lambda-gan", n.lambda_gan),
+            ("lambda-tv", n.lambda_tv),
+        ] {
             if !(l.is_finite() && l >= 0.0) {
                 return Err(bad(format!("--{name} must be ≥ 0, got {l}")));
             }

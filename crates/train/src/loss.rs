@@ -79,3 +79,14 @@ pub fn bce_with_logits(x: &Tensor, t: f64) -> Result<Tensor> {
 pub fn l1(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.sub(b)?.abs()?.mean_all()
 }
+
+/// Anisotropic total variation of a batch of images `(n, c, h, w)`: the mean absolute
+/// difference of vertically neighbouring pixels plus that of horizontal neighbours. As a
+/// small penalty on a generator's output (the TV regulariser of fast style transfer) it
+/// discourages the high-frequency noise a generator can use to fool a patch discriminator.
+pub fn total_variation(x: &Tensor) -> Result<Tensor> {
+    let (_, _, h, w) = x.dims4()?;
+    let dy = x.narrow(2, 1, h - 1)?.sub(&x.narrow(2, 0, h - 1)?)?;
+    let dx = x.narrow(3, 1, w - 1)?.sub(&x.narrow(3, 0, w - 1)?)?;
+    dy.abs()?.mean_all()?.add(&dx.abs()?.mean_all()?)
+}

@@ -3,7 +3,7 @@
 
 use atelier_nets::layers::{leaky_relu, reflect_pad, Conv2d, ConvTranspose2d, Linear};
 use atelier_nets::norm::{Ctx, Norm};
-use atelier_train::loss::{bce_with_logits, l1};
+use atelier_train::loss::{bce_with_logits, l1, total_variation};
 use atelier_train::{GanLoss, Rng};
 use candle_core::{Device, Result, Tensor, Var};
 
@@ -187,6 +187,26 @@ fn losses() {
     let a = var(&[2, 3, 4], &mut rng, 1.0);
     let b = var(&[2, 3, 4], &mut rng, 1.0);
     check("l1", &[a, b], &|t| l1(&t[0], &t[1]));
+    let x = var(&[2, 3, 4, 5], &mut rng, 1.0);
+    check("total_variation", &[x], &|t| total_variation(&t[0]));
+}
+
+/// Total variation against a hand computation: one 2×3 channel `[[0, 1, 3], [2, 2, 2]]`
+/// has vertical differences 2, 1, 1 (mean 4/3) and horizontal ones 1, 2, 0, 0 (mean 3/4).
+#[test]
+fn total_variation_by_hand() {
+    let x = Tensor::new(&[0.0f64, 1.0, 3.0, 2.0, 2.0, 2.0], &Device::Cpu)
+        .unwrap()
+        .reshape((1, 1, 2, 3))
+        .unwrap();
+    let tv = total_variation(&x).unwrap().to_scalar::<f64>().unwrap();
+    assert!((tv - (4.0 / 3.0 + 0.75)).abs() < 1e-12, "{tv}");
+    // A constant image has none.
+    let flat = Tensor::ones((2, 3, 4, 4), candle_core::DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(
+        total_variation(&flat).unwrap().to_scalar::<f64>().unwrap(),
+        0.0
+    );
 }
 
 /// The stable BCE agrees with the textbook formula where the latter is finite, and stays

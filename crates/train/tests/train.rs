@@ -917,3 +917,51 @@ fn distill_learns_the_teachers_translation() {
     );
     assert!(tmp.path().join("run/distill.safetensors").is_file());
 }
+
+/// Records each step's total variation loss.
+struct TvLog(Vec<f64>);
+
+impl Observer for TvLog {
+    fn event(&mut self, e: &Event<'_>) {
+        if let Event::Step(p) = e {
+            if let Some((_, v)) = p.losses.iter().find(|(n, _)| *n == "TV") {
+                self.0.push(*v);
+            }
+        }
+    }
+}
+
+/// `lambda_tv` reaches G's update, is reported as the `TV` loss, and is off (0) in configs
+/// written before it existed.
+#[test]
+fn cut_total_variation_weight_reaches_the_generator() {
+    atelier_nets::init_threads(None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_domains(tmp.path(), 5);
+    let nets = small_nets("resnet_1blocks_resize");
+    let run = |tv: f64, name: &str| {
+        let mut cfg = config(Family::Cut, &a, Some(&b), &nets, 2);
+        cfg.nce.num_patches = 16;
+        cfg.nce.lambda_tv = tv;
+        let mut t = Trainer::create(cfg, &tmp.path().join(name)).unwrap();
+        let mut log = TvLog(Vec::new());
+        t.run(&mut log).unwrap();
+        (all_weights(&t), log.0)
+    };
+    let (plain, none) = run(0.0, "plain");
+    let (with_tv, tv) = run(5.0, "tv");
+    assert!(none.is_empty(), "{none:?}");
+    assert_eq!(tv.len(), 2);
+    assert!(tv.iter().all(|v| v.is_finite() && *v > 0.0), "{tv:?}");
+    let g_diff = plain
+        .keys()
+        .filter(|k| k.starts_with("G."))
+        .filter(|k| plain[*k] != with_tv[*k])
+        .count();
+    assert!(g_diff > 0, "the TV weight did not change G");
+    // The config without the field (an older run's) reads as 0.
+    let mut cfg = serde_json::to_value(config(Family::Cut, &a, Some(&b), &nets, 2)).unwrap();
+    cfg["nce"].as_object_mut().unwrap().remove("lambda_tv");
+    let back: TrainConfig = serde_json::from_value(cfg).unwrap();
+    assert_eq!(back.nce.lambda_tv, 0.0);
+}

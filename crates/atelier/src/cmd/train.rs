@@ -280,6 +280,7 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
         cfg.nce.lambda_nce = l;
     }
     cfg.nce.lambda_gan = a.lambda_gan;
+    cfg.nce.lambda_tv = a.lambda_tv;
     let bpe = atelier_train::trainer::batches_per_epoch(&cfg)?;
     cfg.set_length(a.steps, a.epochs, a.epochs_decay, bpe)?;
     if let (Some(steps), Some(decay)) = (a.steps, a.steps_decay) {

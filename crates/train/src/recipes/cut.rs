@@ -160,7 +160,14 @@ impl Recipe for Cut {
         } else {
             (nce_x.clone(), None)
         };
-        let loss_g = (&g_gan + &nce_total)?;
+        let mut loss_g = (&g_gan + &nce_total)?;
+        let tv = if nce.lambda_tv > 0.0 {
+            let tv = crate::loss::total_variation(&fake_b)?;
+            loss_g = (loss_g + (&tv * nce.lambda_tv)?)?;
+            Some(tv)
+        } else {
+            None
+        };
         st.opt_g.backward_step(&loss_g)?;
         cg.apply_running_stats()?;
         cd.apply_running_stats()?;
@@ -173,6 +180,9 @@ impl Recipe for Cut {
         ];
         if let Some(y) = nce_y {
             losses.push(("NCE_Y", scalar(&y)?));
+        }
+        if let Some(tv) = tv {
+            losses.push(("TV", scalar(&tv)?));
         }
         Ok(StepOut {
             losses,
