@@ -10,7 +10,7 @@ is k×max_concurrent clients sending back to back (a 429 is retried after its Re
 Capacity of the job API is `--max-active-jobs` per key; k× sends k×that many training jobs
 per round and cancels the admitted ones. With --check the exit status is 1 unless: only
 200/202/429 answers, p99 of the admitted stylizes ≤ 3× their unloaded median, RSS after the
-run within 10 % of before, file descriptors and temporary files back to their baseline.
+run (and after --trainings training jobs run to completion) within 10 % of before, file descriptors and temporary files back to their baseline.
 Standard library only."""
 import argparse, http.client, json, os, socket, statistics, subprocess, sys, tempfile, threading, time, zlib, struct
 
@@ -124,6 +124,31 @@ def jobs_load(port, dataset, per_round, rounds, tag):
     return statuses
 
 
+def complete_trainings(port, n, side, steps):
+    """Runs n training jobs to the end, one after the other (the default family and networks
+    at `side`, `steps` steps), on a dataset of 4 + 4 images of side²; returns their statuses and
+    the server's RSS after each."""
+    parts = [(d, f"{d}{i}.png", png(side)) for d in "ab" for i in range(4)]
+    body, ct = multipart(parts)
+    st, _, d = request(port, "POST", "/v1/datasets?name=soak", body, {"Content-Type": ct})
+    assert st == 201, (st, d)
+    dataset = json.loads(d)["id"]
+    done = []
+    for i in range(n):
+        spec = {"type": "train", "dataset": dataset, "name": f"soak{i}", "steps": steps, "size": side}
+        st, _, d = request(port, "POST", "/v1/jobs", json.dumps(spec), {"Content-Type": "application/json"})
+        assert st == 202, (st, d)
+        jid = json.loads(d)["id"]
+        while True:
+            st, _, d = request(port, "GET", f"/v1/jobs/{jid}")
+            job = json.loads(d)
+            if job["status"] not in ("queued", "running"):
+                break
+            time.sleep(1)
+        done.append(job["status"])
+    return done
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default="target/release/atelier")
@@ -132,6 +157,10 @@ def main():
     ap.add_argument("--side", type=int, default=512)
     ap.add_argument("--max-concurrent", type=int, default=1)
     ap.add_argument("--max-active-jobs", type=int, default=4)
+    ap.add_argument("--trainings", type=int, default=3,
+                    help="training jobs run to completion after the load (RSS must come back after them too)")
+    ap.add_argument("--training-side", type=int, default=128)
+    ap.add_argument("--training-steps", type=int, default=100)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -168,6 +197,7 @@ def main():
         out["before"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
         out["stylize"] = [stylize_load(port, path, body, k * a.max_concurrent, a.seconds) for k in (1, 2, 4)]
         out["jobs"] = {f"{k}x": jobs_load(port, dataset, k * a.max_active_jobs, 3, f"k{k}") for k in (1, 2, 4)}
+        out["trainings"] = complete_trainings(port, a.trainings, a.training_side, a.training_steps)
         time.sleep(5)
         out["after"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
     finally:
@@ -184,6 +214,8 @@ def main():
         other = {s: n for s, n in st.items() if s not in (202, 429, "cancel 200")}
         if other:
             problems.append(f"jobs {k}: unexpected answers {other}")
+    if any(st != "succeeded" for st in out["trainings"]):
+        problems.append(f"trainings ended {out['trainings']}")
     b, f = out["before"], out["after"]
     if f["rss_mb"] > 1.1 * b["rss_mb"]:
         problems.append(f"RSS grew from {b['rss_mb']} MB to {f['rss_mb']} MB")
@@ -199,6 +231,7 @@ def main():
                   f"{level['ok']} admitted, p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, answers {level['statuses']}")
         for k, st in out["jobs"].items():
             print(f"  training jobs at {k} of max_active_jobs {a.max_active_jobs} (3 rounds): {st}")
+        print(f"  then {a.trainings} trainings to completion ({a.training_steps} steps at {a.training_side}²): {out['trainings']}")
         print(f"  before: {b}  after: {f}")
         print("  " + ("; ".join(problems) if problems else "all checks hold"))
     sys.exit(1 if a.check and problems else 0)

@@ -197,7 +197,7 @@ fn spread<T: Copy + Into<f32>, const C: usize>(
             (*r, *g, *b) = (v, v, v);
         }
     }
-    if C % 2 == 0 {
+    if C.is_multiple_of(2) {
         for (px, a) in data.chunks_exact(C).zip(a.iter_mut()) {
             *a = px[C - 1].into() / max;
         }
