@@ -124,7 +124,7 @@ def jobs_load(port, dataset, per_round, rounds, tag):
     return statuses
 
 
-def complete_trainings(port, n, side, steps):
+def complete_trainings(port, pid, n, side, steps):
     """Runs n training jobs to the end, one after the other (the default family and networks
     at `side`, `steps` steps), on a dataset of 4 + 4 images of side²; returns their statuses and
     the server's RSS after each."""
@@ -145,7 +145,8 @@ def complete_trainings(port, n, side, steps):
             if job["status"] not in ("queued", "running"):
                 break
             time.sleep(1)
-        done.append(job["status"])
+        time.sleep(2)
+        done.append((job["status"], round(rss_mb(pid))))
     return done
 
 
@@ -197,7 +198,7 @@ def main():
         out["before"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
         out["stylize"] = [stylize_load(port, path, body, k * a.max_concurrent, a.seconds) for k in (1, 2, 4)]
         out["jobs"] = {f"{k}x": jobs_load(port, dataset, k * a.max_active_jobs, 3, f"k{k}") for k in (1, 2, 4)}
-        out["trainings"] = complete_trainings(port, a.trainings, a.training_side, a.training_steps)
+        out["trainings"] = complete_trainings(port, srv.pid, a.trainings, a.training_side, a.training_steps)
         time.sleep(5)
         out["after"] = {"rss_mb": round(rss_mb(srv.pid)), "fds": fds(srv.pid), "temp_files": temp_files(data)}
     finally:
@@ -214,7 +215,7 @@ def main():
         other = {s: n for s, n in st.items() if s not in (202, 429, "cancel 200")}
         if other:
             problems.append(f"jobs {k}: unexpected answers {other}")
-    if any(st != "succeeded" for st in out["trainings"]):
+    if any(st != "succeeded" for st, _ in out["trainings"]):
         problems.append(f"trainings ended {out['trainings']}")
     b, f = out["before"], out["after"]
     if f["rss_mb"] > 1.1 * b["rss_mb"]:
@@ -231,7 +232,7 @@ def main():
                   f"{level['ok']} admitted, p50 {level['p50_ms']} ms, p99 {level['p99_ms']} ms, answers {level['statuses']}")
         for k, st in out["jobs"].items():
             print(f"  training jobs at {k} of max_active_jobs {a.max_active_jobs} (3 rounds): {st}")
-        print(f"  then {a.trainings} trainings to completion ({a.training_steps} steps at {a.training_side}²): {out['trainings']}")
+        print(f"  then {a.trainings} trainings to completion ({a.training_steps} steps at {a.training_side}²), status and RSS (MB) after each: {out['trainings']}")
         print(f"  before: {b}  after: {f}")
         print("  " + ("; ".join(problems) if problems else "all checks hold"))
     sys.exit(1 if a.check and problems else 0)

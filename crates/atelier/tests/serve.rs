@@ -440,7 +440,7 @@ fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
     for round in 0..20u64 {
         let server = s.take().unwrap_or_else(|| start(&data, port, &[]));
         let client = *server;
-        // Kills 0.6–2.5 s apart, and after some durable progress of an unfinished job (a
+        // Kills 0.6–2.5 s apart, and after some durable progress of each unfinished job (a
         // checkpoint or an image done): jobs are cut mid-image and mid-step, yet each attempt
         // gets somewhere. (A job that never stores anything is failed after `max_attempts`,
         // by design: that is how a poison job is told from a killed server; on a loaded
@@ -454,12 +454,15 @@ fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
                 })
                 .collect()
         };
+        // Each unfinished job must get somewhere (the stylize job's progress must not hide a
+        // training that has not checkpointed since the start).
         let at_start = durable(&client);
+        let unfinished = |d: &Value| d[0] == "queued" || d[0] == "running";
         let t0 = Instant::now();
-        while durable(&client) == at_start
-            && at_start
-                .iter()
-                .any(|d| d[0] == "queued" || d[0] == "running")
+        while durable(&client)
+            .iter()
+            .zip(&at_start)
+            .any(|(now, then)| unfinished(then) && now == then)
             && t0.elapsed() < Duration::from_secs(60)
         {
             std::thread::sleep(Duration::from_millis(100));
