@@ -4,6 +4,13 @@
 #   scripts/train_builtins.sh full STYLE...     the full model of each STYLE (one run each)
 #   scripts/train_builtins.sh light STYLE...    its light version, distilled from RUNS/STYLE's model
 #   scripts/train_builtins.sh export STYLE...   model files of the newest checkpoints
+#   scripts/train_builtins.sh finetune STYLE... RUNS/STYLE_tvW: the full run's step-STEPS
+#                                               checkpoint trained FINETUNE_STEPS more steps
+#                                               with total variation weight TV (W), the
+#                                               learning rate from its decay's value there
+#                                               linearly to 0, validated against the style's
+#                                               *train* paintings (choosing W must not look at
+#                                               the val paintings the report scores)
 #
 # Every run starts if RUNS/NAME does not exist and is resumed from its newest checkpoint if it
 # does, so the same command continues the runs after they were stopped (a session's end, Ctrl-C,
@@ -18,9 +25,10 @@
 #
 # Environment: ATELIER (binary, default target/release/atelier), SPLIT (default /work/split,
 # from bench/split_datasets.py), RUNS (default /work/runs/builtins), FAMILY (cut), NGF (32),
-# STEPS (12000), DECAY (4000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
+# STEPS (8000), DECAY (3000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
 # directory the new full runs start from, e.g. a study run of the same recipe), FID (the FID
-# Inception weights, default ../shared/weights/fid_inception_v3.safetensors). The runs hold research-use data
+# Inception weights, default ../shared/weights/fid_inception_v3.safetensors), TV (the finetune's
+# total variation weight, default 1), FINETUNE_STEPS (1000). The runs hold research-use data
 # derivatives: keep RUNS outside the repository.
 set -euo pipefail
 what=${1:?usage: $0 full|light|export STYLE...}
@@ -31,10 +39,12 @@ SPLIT=${SPLIT:-/work/split}
 RUNS=${RUNS:-/work/runs/builtins}
 FAMILY=${FAMILY:-cut}
 NGF=${NGF:-32}
-STEPS=${STEPS:-12000}
-DECAY=${DECAY:-4000}
+STEPS=${STEPS:-8000}
+DECAY=${DECAY:-3000}
 INIT_FROM=${INIT_FROM:-}
 LIGHT_STEPS=${LIGHT_STEPS:-20000}
+TV=${TV:-1}
+FINETUNE_STEPS=${FINETUNE_STEPS:-1000}
 THREADS=${THREADS:-1}
 FID=${FID:-$(dirname "$0")/../../shared/weights/fid_inception_v3.safetensors}
 mkdir -p "$RUNS"
@@ -77,12 +87,44 @@ for style in "$@"; do
         --keep-checkpoints 2 --data-description "$(desc "$style"), distilled from $style" \
         --data-licence "$licence"
       ;;
+    finetune)
+      # A copy of the full run at its last step with a longer schedule: resuming continues its
+      # optimiser state and D, as if the run had been planned this long (its decay then spans
+      # FINETUNE_STEPS more steps, so the learning rate restarts at
+      # FINETUNE_STEPS / (decay + FINETUNE_STEPS) of the base: 0.25 for 3000 + 1000).
+      src="$RUNS/$style"
+      dst="$RUNS/${style}_tv$TV"
+      if [ ! -f "$dst/config.json" ]; then
+        last=$(python3 -c 'import json, sys; print("step-%08d.safetensors" % json.load(open(sys.argv[1]))["steps"])' "$src/config.json")
+        [ -f "$src/checkpoints/$last" ] || { echo "$src has no $last: finish the full run first" >&2; exit 1; }
+        mkdir -p "$dst/checkpoints"
+        cp "$src/checkpoints/$last" "$dst/checkpoints/"
+        python3 - "$src/config.json" "$dst/config.json" "$SPLIT" "$style" "$TV" "$FINETUNE_STEPS" "$(realpath "$FID")" <<'PY'
+import json, sys
+src, dst, split, style, tv, more, fid = sys.argv[1:]
+c = json.load(open(src))
+lr = c["lr_policy"]
+assert lr["policy"] == "linear_steps", lr
+c["steps"] += int(more)
+c["lr_policy"] = {"policy": "linear_steps", "constant": lr["constant"], "decay": lr["decay"] + int(more)}
+c["nce"]["lambda_tv"] = float(tv)
+c["name"] = style
+c["validation"]["kid_every"] = 500
+c["validation"]["folders"] = [f"{split}/photo/val", f"{split}/{style}/train"]
+c["validation"]["weights"] = fid
+c["sample_every"] = 250
+json.dump(c, open(dst, "w"), indent=2)
+PY
+      fi
+      RAYON_NUM_THREADS=$THREADS nohup nice -n 10 "$ATELIER" -q train resume "$dst" >> "$dst.log" 2>&1 &
+      echo "${style}_tv$TV: pid $! (log $dst.log)"
+      ;;
     export)
       "$ATELIER" train export "$RUNS/$style"
       [ -d "$RUNS/${style}_light" ] && "$ATELIER" train export "$RUNS/${style}_light"
       ;;
     *)
-      echo "unknown command $what (full, light or export)" >&2
+      echo "unknown command $what (full, light, finetune or export)" >&2
       exit 2
       ;;
   esac
