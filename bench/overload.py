@@ -10,7 +10,8 @@ is k×max_concurrent clients sending back to back (a 429 is retried after its Re
 Capacity of the job API is `--max-active-jobs` per key; k× sends k×that many training jobs
 per round and cancels the admitted ones. With --check the exit status is 1 unless: only
 200/202/429 answers, p99 of the admitted stylizes ≤ 3× their unloaded median, RSS after the
-run (and after --trainings training jobs run to completion) within 10 % of before, file descriptors and temporary files back to their baseline.
+run (which ends with --trainings training jobs run to completion) within 10 % of before, file
+descriptors and temporary files back to their baseline.
 Standard library only."""
 import argparse, http.client, json, os, socket, statistics, subprocess, sys, tempfile, threading, time, zlib, struct
 
