@@ -3,6 +3,7 @@
 #
 #   scripts/train_builtins.sh full STYLE...     the full model of each STYLE (one run each)
 #   scripts/train_builtins.sh light STYLE...    its light version, distilled from RUNS/STYLE's model
+#                                               (or TEACHER_RUN's, e.g. RUNS/STYLE_tv1)
 #   scripts/train_builtins.sh export STYLE...   model files of the newest checkpoints
 #   scripts/train_builtins.sh finetune STYLE... RUNS/STYLE_tvW: the full run's step-STEPS
 #                                               checkpoint trained FINETUNE_STEPS more steps
@@ -28,8 +29,9 @@
 # STEPS (8000), DECAY (3000), LIGHT_STEPS (20000), THREADS (1), INIT_FROM (a model or run
 # directory the new full runs start from, e.g. a study run of the same recipe), FID (the FID
 # Inception weights, default ../shared/weights/fid_inception_v3.safetensors), TV (the finetune's
-# total variation weight, default 1), FINETUNE_STEPS (1000). The runs hold research-use data
-# derivatives: keep RUNS outside the repository.
+# total variation weight, default 1), FINETUNE_STEPS (1000), TEACHER_RUN (the run whose model a
+# light version learns from, default RUNS/STYLE). The runs hold research-use data derivatives:
+# keep RUNS outside the repository.
 set -euo pipefail
 what=${1:?usage: $0 full|light|export STYLE...}
 shift
@@ -78,8 +80,9 @@ for style in "$@"; do
         --fid-weights "$FID" --data-description "$(desc "$style")" --data-licence "$licence"
       ;;
     light)
-      teacher="$RUNS/$style/$style.safetensors"
-      [ -f "$teacher" ] || "$ATELIER" train export "$RUNS/$style" > /dev/null
+      teacher_run=${TEACHER_RUN:-$RUNS/$style}
+      teacher="$teacher_run/$style.safetensors"
+      [ -f "$teacher" ] || "$ATELIER" train export "$teacher_run" > /dev/null
       start_or_resume "${style}_light" distill --teacher "$teacher" --data-a "$SPLIT/photo/train" \
         --netG light --ngf 16 --ndf 32 --size 128 --load-size 256 --steps "$LIGHT_STEPS" \
         --steps-decay $((LIGHT_STEPS / 4)) \

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod datasets;
 pub mod estimate;
 pub mod leftovers;
+pub mod memory;
 pub mod spec;
 pub mod worker;
 

@@ -226,6 +226,10 @@ async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
             .unwrap_or_else(|e| Err(JobsError::Internal(format!("the job panicked: {e}"))))
     };
     beat.abort();
+    if job.kind == JobKind::Train {
+        // The run's buffers are free now; give their pages back (see `crate::memory`).
+        let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+    }
     let reason = control.reason.load(Ordering::SeqCst);
     let secs = started.elapsed().as_secs_f64();
     let db = &ctx.db;
