@@ -598,9 +598,10 @@ fn rss_mb(pid: u32) -> f64 {
 
 /// Issue 20: every finished training job left its peak memory in the server: glibc's arenas kept
 /// the freed buffers (the binary keeps up to 256 MiB of free heap per arena, for the training
-/// steps' speed), so the RSS after eight 128² trainings was 633 MB above the idle server's, and
-/// a server that had trained sat on it. The worker now trims after each training: the RSS
-/// after each stays within 150 MB of the idle server's (+59 MB measured).
+/// steps' speed), so the RSS after eight 128² trainings was 633 MB (release build) to 993 MB
+/// (test build) above the idle server's, and a server that had trained sat on it. The worker
+/// now trims after each training: the RSS after each stays within 300 MB of the idle server's
+/// (+59 MB and +123 MB measured).
 #[cfg(target_os = "linux")]
 #[test]
 fn finished_trainings_give_their_memory_back() {
@@ -643,7 +644,7 @@ fn finished_trainings_give_their_memory_back() {
     }
     let most = rss.iter().cloned().fold(0.0, f64::max);
     assert!(
-        most - idle < 150.0,
+        most - idle < 300.0,
         "RSS idle {idle:.0} MB, after each training (MB): {rss:.0?}"
     );
     eprintln!("RSS idle {idle:.0} MB, after each training (MB): {rss:.0?}");
