@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: formatting, lints, unit/golden/integration/API tests,
 # browser tests of the web page, docs. Needs the Rust toolchain; installs the rest itself
-# (Debian chromium, node/npm, playwright-core from tests/e2e/package-lock.json, schemathesis
-# from PyPI). The PyTorch
+# (Debian chromium, node/npm and postgresql, playwright-core from tests/e2e/package-lock.json,
+# schemathesis from PyPI). The PyTorch
 # golden files are committed (regenerate them with tests/reference/regen.sh), and nothing
 # here downloads models or datasets.
 set -euo pipefail
@@ -29,6 +29,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== PostgreSQL for the storage tests (scripts/services.sh; installs Debian postgresql if missing)"
+source scripts/services.sh
+start_postgres
+export ATELIER_REQUIRE_SERVERS=1
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"

@@ -184,6 +184,10 @@ pub struct ServeArgs {
     /// Data directory: database, uploads, results, models, training runs [default: ./atelier-data].
     #[arg(long, env = "ATELIER_DATA")]
     pub data: Option<PathBuf>,
+    /// Metadata and job queue: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// [default: sqlite://<data>/atelier.db].
+    #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Allow key-less use as the user `local` [default: only when listening on loopback].
     #[arg(long, env = "ATELIER_OPEN", conflicts_with = "require_keys")]
     pub open: bool,
@@ -271,6 +275,9 @@ pub struct DataArg {
     /// The server's data directory.
     #[arg(long, env = "ATELIER_DATA", default_value = "atelier-data")]
     pub data: PathBuf,
+    /// The server's database: `sqlite://PATH` or `postgres://…` [default: sqlite://<data>/atelier.db].
+    #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

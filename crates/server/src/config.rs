@@ -18,6 +18,9 @@ pub struct ServerConfig {
     /// Data directory: the SQLite database, blobs (uploads, results, models), training runs.
     /// Created with its schema on first start.
     pub data_dir: PathBuf,
+    /// Metadata and job queue: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    /// Unset: `sqlite://<data_dir>/atelier.db`.
+    pub database: Option<String>,
     /// Extra folder of model files (`NAME.safetensors`) served as built-in styles beside
     /// the ones compiled into the binary.
     pub models_dir: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             host: "127.0.0.1".into(),
             port: 8080,
             data_dir: PathBuf::from("atelier-data"),
+            database: None,
             models_dir: None,
             open: None,
             max_body_bytes: 32 << 20,

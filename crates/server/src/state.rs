@@ -47,12 +47,15 @@ pub enum StartError {
 }
 
 impl AppState {
-    /// Opens (creating on first start) the data directory: `atelier.db` (SQLite, migrated),
-    /// `blobs/`, `builtin/`, `cache/`, `runs/`.
+    /// Opens (creating on first start) the data directory: `atelier.db` (SQLite, migrated;
+    /// or the `database` URL's PostgreSQL), `blobs/`, `builtin/`, `cache/`, `runs/`.
     pub async fn open(config: ServerConfig) -> Result<AppState, StartError> {
         config.validate()?;
         let data = &config.data_dir;
-        let db = Db::open_sqlite(&data.join("atelier.db")).await?;
+        let db = match &config.database {
+            Some(url) => Db::open(url).await?,
+            None => Db::open_sqlite(&data.join("atelier.db")).await?,
+        };
         let blobs = Blobs::local(data.join("blobs"))?;
         let catalog = Catalog::open(
             db.clone(),

@@ -1,20 +1,19 @@
-//! Metadata in SQL (SQLite through sqlx; the public API of [`Db`] is the seam for Postgres):
+//! Metadata in SQL (SQLite or PostgreSQL through sqlx's `Any` driver, one set of queries):
 //! API keys, models, datasets and the durable job queue.
 //!
 //! The job queue follows the lease pattern: a worker claims the oldest queued job in one
-//! transaction (`UPDATE … WHERE id = (SELECT … LIMIT 1) AND status = 'queued'`, which SQLite
-//! serialises; Postgres would use `FOR UPDATE SKIP LOCKED`), renews its lease with heartbeats
+//! statement (`UPDATE … WHERE id = (SELECT … LIMIT 1) AND status = 'queued'`, which SQLite
+//! serialises; PostgreSQL adds `FOR UPDATE SKIP LOCKED`), renews its lease with heartbeats
 //! that also carry the cancel flag back, and a reaper returns jobs whose lease ran out to the
 //! queue. A job that was running when its worker died therefore runs again; training jobs
 //! resume from their checkpoint.
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, FromRow, Row};
 
 use crate::{Result, StoreError};
 
@@ -24,6 +23,20 @@ pub struct Referenced {
     pub datasets: std::collections::HashSet<String>,
     pub jobs: std::collections::HashSet<String>,
     pub model_blobs: std::collections::HashSet<String>,
+}
+
+/// `url` without its password (for messages).
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -46,7 +59,7 @@ pub fn new_id(prefix: &str, n: usize) -> String {
 }
 
 /// An API key row (the secret itself is never stored, only its argon2 hash).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyRow {
     pub id: String,
     pub owner: String,
@@ -54,6 +67,21 @@ pub struct KeyRow {
     pub label: String,
     pub created: i64,
     pub revoked: bool,
+}
+
+// Flags are 0/1 integers in both databases (sqlx's `Any` reads no SQLite booleans), so the
+// row is mapped by hand rather than derived.
+impl FromRow<'_, AnyRow> for KeyRow {
+    fn from_row(r: &AnyRow) -> std::result::Result<Self, sqlx::Error> {
+        Ok(KeyRow {
+            id: r.try_get("id")?,
+            owner: r.try_get("owner")?,
+            hash: r.try_get("hash")?,
+            label: r.try_get("label")?,
+            created: r.try_get("created")?,
+            revoked: r.try_get::<i64, _>("revoked")? != 0,
+        })
+    }
 }
 
 /// Who may see a model.
@@ -241,17 +269,36 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// The metadata database.
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The metadata database: SQLite (embedded, the default) or PostgreSQL (scale-out), one set
+/// of queries through sqlx's `Any` driver; the few statements that differ ask [`Db::backend`].
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
+
+/// SQLite connections: WAL (readers never wait for the writer), `NORMAL` sync (durable at
+/// checkpoints, never corrupt), writers wait their turn for up to 10 s, foreign keys on.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                              PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+
+/// Write transactions on PostgreSQL take this advisory lock first: they check a count and then
+/// write (quotas, a public name, a dataset in use), which must not interleave, as SQLite's
+/// single writer guarantees there. Claims do not take it (`FOR UPDATE SKIP LOCKED`).
+const PG_WRITE_LOCK: i64 = 0x0041_7465_6c69_6572; // "Atelier"
 
 fn corrupt(e: serde_json::Error) -> StoreError {
     StoreError::Corrupt(e.to_string())
 }
 
-fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
+fn job_from_row(r: &AnyRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.try_get("id")?,
         owner: r.try_get("owner")?,
@@ -266,14 +313,14 @@ fn job_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<JobRow> {
         attempts: r.try_get("attempts")?,
         lease_owner: r.try_get("lease_owner")?,
         lease_until: r.try_get("lease_until")?,
-        cancel_requested: r.try_get("cancel_requested")?,
+        cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
         created: r.try_get("created")?,
         updated: r.try_get("updated")?,
         finished: r.try_get("finished")?,
     })
 }
 
-fn model_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ModelRow> {
+fn model_from_row(r: &AnyRow) -> Result<ModelRow> {
     let vis: String = r.try_get("visibility")?;
     Ok(ModelRow {
         owner: r.try_get("owner")?,
@@ -291,7 +338,7 @@ fn model_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<ModelRow> {
     })
 }
 
-fn dataset_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<DatasetRow> {
+fn dataset_from_row(r: &AnyRow) -> Result<DatasetRow> {
     let kind: String = r.try_get("kind")?;
     Ok(DatasetRow {
         id: r.try_get("id")?,
@@ -312,31 +359,87 @@ impl Db {
     /// so it waits its turn under the busy timeout. A deferred transaction that reads and then
     /// writes cannot wait: SQLite fails it at once (`database is locked`) when another
     /// connection wrote in between.
-    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // (wrapped: sqlx's `Any` reads no `void` column)
+                sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS l")
+                    .bind(PG_WRITE_LOCK)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        })
+    }
+
+    /// Opens the database at `url` and applies the migrations: `sqlite://PATH` (created if
+    /// missing, with its folder) or `postgres://USER:PASSWORD@HOST:PORT/DB` (the database
+    /// must exist).
+    pub async fn open(url: &str) -> Result<Db> {
+        sqlx::any::install_default_drivers();
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            return Db::open_sqlite(Path::new(path)).await;
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(StoreError::Config(format!(
+                "unsupported database URL `{}`: use sqlite://PATH or postgres://…",
+                redact(url)
+            )));
+        }
+        let pool = AnyPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Db {
+            pool,
+            backend: Backend::Postgres,
+        })
     }
 
     /// Opens (creating if missing) the SQLite database at `path` and applies the migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Db> {
+        sqlx::any::install_default_drivers();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
                 path: dir.display().to_string(),
                 source,
             })?;
         }
-        let opts = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
+        let path = path.to_str().ok_or_else(|| {
+            StoreError::Config(format!("{}: the path is not UTF-8", path.display()))
+        })?;
+        // The path travels in a URL: percent-encode what a URL would read differently.
+        let mut encoded = String::with_capacity(path.len());
+        for c in path.chars() {
+            match c {
+                '%' | '?' | '#' | ' ' => encoded.push_str(&format!("%{:02X}", c as u32)),
+                c => encoded.push(c),
+            }
+        }
+        let pool = AnyPoolOptions::new()
             .max_connections(4)
-            .connect_with(opts)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            })
+            .connect(&format!("sqlite://{encoded}?mode=rwc"))
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Db { pool })
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Db {
+            pool,
+            backend: Backend::Sqlite,
+        })
+    }
+
+    /// The database this talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// Is the database answering?
@@ -354,14 +457,14 @@ impl Db {
 
     pub async fn insert_key(&self, key: &KeyRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, owner, hash, label, created, revoked) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, owner, hash, label, created, revoked) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&key.id)
         .bind(&key.owner)
         .bind(&key.hash)
         .bind(&key.label)
         .bind(key.created)
-        .bind(key.revoked)
+        .bind(i64::from(key.revoked))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -369,7 +472,7 @@ impl Db {
 
     pub async fn key(&self, id: &str) -> Result<Option<KeyRow>> {
         Ok(
-            sqlx::query_as::<_, KeyRow>("SELECT * FROM api_keys WHERE id = ?")
+            sqlx::query_as::<_, KeyRow>("SELECT * FROM api_keys WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -386,7 +489,7 @@ impl Db {
 
     /// Revokes a key; false if there is no such key.
     pub async fn revoke_key(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = ?")
+        let r = sqlx::query("UPDATE api_keys SET revoked = 1 WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -399,7 +502,7 @@ impl Db {
     pub async fn insert_model(&self, m: &ModelRow) -> Result<bool> {
         let r = sqlx::query(
             "INSERT INTO models (owner, name, visibility, blob, card, size, job, created)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (owner, name) DO NOTHING",
         )
         .bind(&m.owner)
         .bind(&m.name)
@@ -415,7 +518,7 @@ impl Db {
     }
 
     pub async fn model(&self, owner: &str, name: &str) -> Result<Option<ModelRow>> {
-        sqlx::query("SELECT * FROM models WHERE owner = ? AND name = ?")
+        sqlx::query("SELECT * FROM models WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -426,7 +529,7 @@ impl Db {
 
     /// The public model called `name`, if any.
     pub async fn public_model(&self, name: &str) -> Result<Option<ModelRow>> {
-        sqlx::query("SELECT * FROM models WHERE visibility = 'public' AND name = ? LIMIT 1")
+        sqlx::query("SELECT * FROM models WHERE visibility = 'public' AND name = $1 LIMIT 1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?
@@ -437,7 +540,7 @@ impl Db {
     /// The owner's models and every public one, by name.
     pub async fn visible_models(&self, owner: &str) -> Result<Vec<ModelRow>> {
         sqlx::query(
-            "SELECT * FROM models WHERE owner = ? OR visibility = 'public' ORDER BY name, owner",
+            "SELECT * FROM models WHERE owner = $1 OR visibility = 'public' ORDER BY name, owner",
         )
         .bind(owner)
         .fetch_all(&self.pool)
@@ -452,7 +555,7 @@ impl Db {
     pub async fn publish_model(&self, owner: &str, name: &str) -> Result<bool> {
         let mut tx = self.write_tx().await?;
         let taken: Option<String> = sqlx::query_scalar(
-            "SELECT owner FROM models WHERE visibility = 'public' AND name = ? AND owner != ?",
+            "SELECT owner FROM models WHERE visibility = 'public' AND name = $1 AND owner != $2",
         )
         .bind(name)
         .bind(owner)
@@ -461,7 +564,7 @@ impl Db {
         if taken.is_some() {
             return Ok(false);
         }
-        sqlx::query("UPDATE models SET visibility = 'public' WHERE owner = ? AND name = ?")
+        sqlx::query("UPDATE models SET visibility = 'public' WHERE owner = $1 AND name = $2")
             .bind(owner)
             .bind(name)
             .execute(&mut *tx)
@@ -472,7 +575,7 @@ impl Db {
 
     /// Deletes the owner's model; returns its row.
     pub async fn delete_model(&self, owner: &str, name: &str) -> Result<Option<ModelRow>> {
-        sqlx::query("DELETE FROM models WHERE owner = ? AND name = ? RETURNING *")
+        sqlx::query("DELETE FROM models WHERE owner = $1 AND name = $2 RETURNING *")
             .bind(owner)
             .bind(name)
             .fetch_optional(&self.pool)
@@ -486,7 +589,7 @@ impl Db {
     pub async fn insert_dataset(&self, d: &DatasetRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO datasets (id, owner, name, kind, count_a, count_b, bytes, skipped, created)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&d.id)
         .bind(&d.owner)
@@ -512,7 +615,7 @@ impl Db {
         skipped: &[Skipped],
     ) -> Result<()> {
         let mut tx = self.write_tx().await?;
-        let old: String = sqlx::query_scalar("SELECT skipped FROM datasets WHERE id = ?")
+        let old: String = sqlx::query_scalar("SELECT skipped FROM datasets WHERE id = $1")
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
@@ -522,8 +625,8 @@ impl Db {
         let drop = all.len().saturating_sub(200);
         all.drain(..drop);
         sqlx::query(
-            "UPDATE datasets SET count_a = count_a + ?, count_b = count_b + ?, bytes = bytes + ?,
-             skipped = ? WHERE id = ?",
+            "UPDATE datasets SET count_a = count_a + $1, count_b = count_b + $2, bytes = bytes + $3,
+             skipped = $4 WHERE id = $5",
         )
         .bind(add_a)
         .bind(add_b)
@@ -538,7 +641,7 @@ impl Db {
 
     /// The dataset `id` if `owner` owns it.
     pub async fn dataset(&self, owner: &str, id: &str) -> Result<Option<DatasetRow>> {
-        sqlx::query("SELECT * FROM datasets WHERE id = ? AND owner = ?")
+        sqlx::query("SELECT * FROM datasets WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
@@ -548,7 +651,7 @@ impl Db {
     }
 
     pub async fn datasets(&self, owner: &str) -> Result<Vec<DatasetRow>> {
-        sqlx::query("SELECT * FROM datasets WHERE owner = ? ORDER BY created DESC, id")
+        sqlx::query("SELECT * FROM datasets WHERE owner = $1 ORDER BY created DESC, id")
             .bind(owner)
             .fetch_all(&self.pool)
             .await?
@@ -562,12 +665,12 @@ impl Db {
     pub async fn delete_dataset(&self, owner: &str, id: &str) -> Result<Option<DatasetRow>> {
         let mut tx = self.write_tx().await?;
         let busy: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE dataset = ? AND status IN ('queued', 'running')",
+            "SELECT COUNT(*) FROM jobs WHERE dataset = $1 AND status IN ('queued', 'running')",
         )
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
-        let row = sqlx::query("SELECT * FROM datasets WHERE id = ? AND owner = ?")
+        let row = sqlx::query("SELECT * FROM datasets WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
             .fetch_optional(&mut *tx)
@@ -579,7 +682,7 @@ impl Db {
                 "dataset {id} is used by {busy} unfinished job(s)"
             )));
         }
-        sqlx::query("DELETE FROM datasets WHERE id = ? AND owner = ?")
+        sqlx::query("DELETE FROM datasets WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
             .execute(&mut *tx)
@@ -595,7 +698,7 @@ impl Db {
     pub async fn enqueue(&self, job: &JobRow, max_active: i64) -> Result<()> {
         let mut tx = self.write_tx().await?;
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+            "SELECT COUNT(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
         )
         .bind(&job.owner)
         .fetch_one(&mut *tx)
@@ -607,7 +710,7 @@ impl Db {
         }
         sqlx::query(
             "INSERT INTO jobs (id, owner, kind, status, spec, progress, results, model, dataset,
-             created, updated) VALUES (?, ?, ?, 'queued', ?, ?, '[]', ?, ?, ?, ?)",
+             created, updated) VALUES ($1, $2, $3, 'queued', $4, $5, '[]', $6, $7, $8, $9)",
         )
         .bind(&job.id)
         .bind(&job.owner)
@@ -626,7 +729,7 @@ impl Db {
 
     /// The job `id` if `owner` owns it.
     pub async fn job(&self, owner: &str, id: &str) -> Result<Option<JobRow>> {
-        sqlx::query("SELECT * FROM jobs WHERE id = ? AND owner = ?")
+        sqlx::query("SELECT * FROM jobs WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
             .fetch_optional(&self.pool)
@@ -637,7 +740,7 @@ impl Db {
 
     /// The job `id`, whoever owns it (workers).
     pub async fn job_any(&self, id: &str) -> Result<Option<JobRow>> {
-        sqlx::query("SELECT * FROM jobs WHERE id = ?")
+        sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
@@ -647,7 +750,7 @@ impl Db {
 
     /// The owner's newest jobs.
     pub async fn jobs(&self, owner: &str, limit: i64) -> Result<Vec<JobRow>> {
-        sqlx::query("SELECT * FROM jobs WHERE owner = ? ORDER BY created DESC, id DESC LIMIT ?")
+        sqlx::query("SELECT * FROM jobs WHERE owner = $1 ORDER BY created DESC, id DESC LIMIT $2")
             .bind(owner)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -679,8 +782,8 @@ impl Db {
     /// Bytes an owner stores: their datasets' images and their model files.
     pub async fn storage_used(&self, owner: &str) -> Result<i64> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COALESCE(SUM(bytes), 0) FROM datasets WHERE owner = ?1)
-                  + (SELECT COALESCE(SUM(size), 0) FROM models WHERE owner = ?1)",
+            "SELECT CAST((SELECT COALESCE(SUM(bytes), 0) FROM datasets WHERE owner = $1)
+                  + (SELECT COALESCE(SUM(size), 0) FROM models WHERE owner = $1) AS BIGINT)",
         )
         .bind(owner)
         .fetch_one(&self.pool)
@@ -708,17 +811,26 @@ impl Db {
         if kinds.is_empty() {
             return Ok(None);
         }
-        let placeholders = vec!["?"; kinds.len()].join(", ");
+        // `$4…`: one placeholder per kind; the kinds themselves are bound.
+        let placeholders: Vec<String> = (0..kinds.len()).map(|i| format!("${}", i + 4)).collect();
+        let placeholders = placeholders.join(", ");
+        // SQLite serialises writers, so the subquery's row is still queued when the UPDATE
+        // runs; PostgreSQL locks it, and SKIP LOCKED lets concurrent claimers take the next
+        // queued job instead of waiting on (and then missing) this one.
+        let lock = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        };
         let sql = format!(
-            "UPDATE jobs SET status = 'running', lease_owner = ?, lease_until = ?,
-                 attempts = attempts + 1, updated = ?
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_until = $2,
+                 attempts = attempts + 1, updated = $3
              WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND kind IN ({placeholders})
-                         ORDER BY created, id LIMIT 1)
+                         ORDER BY created, id LIMIT 1 {lock})
                AND status = 'queued'
              RETURNING *"
         );
         let t = now();
-        // `placeholders` is only `?`s; the kinds are bound.
+        // `placeholders` and `lock` are built from constants only.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker)
             .bind(t + lease.as_secs() as i64)
@@ -736,8 +848,8 @@ impl Db {
     pub async fn heartbeat(&self, id: &str, worker: &str, lease: Duration) -> Result<Lease> {
         let t = now();
         let row = sqlx::query(
-            "UPDATE jobs SET lease_until = ?, updated = updated
-             WHERE id = ? AND lease_owner = ? AND status = 'running'
+            "UPDATE jobs SET lease_until = $1, updated = updated
+             WHERE id = $2 AND lease_owner = $3 AND status = 'running'
              RETURNING cancel_requested",
         )
         .bind(t + lease.as_secs() as i64)
@@ -747,7 +859,7 @@ impl Db {
         .await?;
         Ok(match row {
             None => Lease::Lost,
-            Some(r) if r.try_get::<bool, _>("cancel_requested")? => Lease::CancelRequested,
+            Some(r) if r.try_get::<i64, _>("cancel_requested")? != 0 => Lease::CancelRequested,
             Some(_) => Lease::Held,
         })
     }
@@ -766,14 +878,14 @@ impl Db {
             // is for jobs that never get anywhere (a poison input), not for a server that was
             // killed while they worked.
             Some(res) => sqlx::query(
-                "UPDATE jobs SET progress = ?, results = ?, updated = ?, attempts = MIN(attempts, 1)
-                     WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                "UPDATE jobs SET progress = $1, results = $2, updated = $3, attempts = CASE WHEN attempts > 1 THEN 1 ELSE attempts END
+                     WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
             )
             .bind(progress.to_string())
             .bind(serde_json::to_string(res).map_err(corrupt)?),
             None => sqlx::query(
-                "UPDATE jobs SET progress = ?, updated = ?
-                     WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                "UPDATE jobs SET progress = $1, updated = $2
+                     WHERE id = $3 AND lease_owner = $4 AND status = 'running'",
             )
             .bind(progress.to_string()),
         }
@@ -804,9 +916,9 @@ impl Db {
         };
         let t = now();
         let r = sqlx::query(
-            "UPDATE jobs SET status = ?, error = ?, results = ?, lease_owner = NULL,
-                 lease_until = NULL, cancel_requested = 0, updated = ?, finished = ?
-             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+            "UPDATE jobs SET status = $1, error = $2, results = $3, lease_owner = NULL,
+                 lease_until = NULL, cancel_requested = 0, updated = $4, finished = $5
+             WHERE id = $6 AND lease_owner = $7 AND status = 'running'",
         )
         .bind(status)
         .bind(error)
@@ -825,8 +937,8 @@ impl Db {
     pub async fn release(&self, id: &str, worker: &str) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL,
-                 attempts = MAX(attempts - 1, 0), updated = ?
-             WHERE id = ? AND lease_owner = ? AND status = 'running'",
+                 attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, updated = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
         )
         .bind(now())
         .bind(id)
@@ -842,8 +954,8 @@ impl Db {
         let t = now();
         let mut tx = self.write_tx().await?;
         sqlx::query(
-            "UPDATE jobs SET status = 'cancelled', updated = ?, finished = ?
-             WHERE id = ? AND owner = ? AND status = 'queued'",
+            "UPDATE jobs SET status = 'cancelled', updated = $1, finished = $2
+             WHERE id = $3 AND owner = $4 AND status = 'queued'",
         )
         .bind(t)
         .bind(t)
@@ -852,8 +964,8 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "UPDATE jobs SET cancel_requested = 1, updated = ?
-             WHERE id = ? AND owner = ? AND status = 'running'",
+            "UPDATE jobs SET cancel_requested = 1, updated = $1
+             WHERE id = $2 AND owner = $3 AND status = 'running'",
         )
         .bind(t)
         .bind(id)
@@ -878,7 +990,7 @@ impl Db {
         }
         let mut tx = self.write_tx().await?;
         let active: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')",
+            "SELECT COUNT(*) FROM jobs WHERE owner = $1 AND status IN ('queued', 'running')",
         )
         .bind(owner)
         .fetch_one(&mut *tx)
@@ -890,8 +1002,8 @@ impl Db {
         }
         sqlx::query(
             "UPDATE jobs SET status = 'queued', error = NULL, attempts = 0, cancel_requested = 0,
-                 finished = NULL, updated = ?
-             WHERE id = ? AND owner = ? AND status IN ('cancelled', 'failed')",
+                 finished = NULL, updated = $1
+             WHERE id = $2 AND owner = $3 AND status IN ('cancelled', 'failed')",
         )
         .bind(now())
         .bind(id)
@@ -916,30 +1028,26 @@ impl Db {
 
     async fn reap(&self, before: Option<i64>, max_attempts: i64) -> Result<u64> {
         let t = now();
-        let cond = if before.is_some() {
-            "status = 'running' AND lease_until < ?"
-        } else {
-            "status = 'running' AND ? IS NULL"
-        };
-        // `cond` is one of two constant strings.
-        let failed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        // A running job always has a lease; `None` takes every one.
+        let before = before.unwrap_or(i64::MAX);
+        sqlx::query(
             "UPDATE jobs SET status = 'failed', lease_owner = NULL, lease_until = NULL,
-                 error = 'the worker stopped during every attempt', updated = ?, finished = ?
-             WHERE {cond} AND attempts >= ?"
-        )))
+                 error = 'the worker stopped during every attempt', updated = $1, finished = $2
+             WHERE status = 'running' AND lease_until < $3 AND attempts >= $4
+               AND cancel_requested = 0",
+        )
         .bind(t)
         .bind(t)
         .bind(before)
         .bind(max_attempts)
         .execute(&self.pool)
         .await?;
-        let _ = failed;
-        let r = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let r = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END,
-                 finished = CASE WHEN cancel_requested = 1 THEN ? ELSE NULL END,
-                 lease_owner = NULL, lease_until = NULL, updated = ?
-             WHERE {cond}"
-        )))
+                 finished = CASE WHEN cancel_requested = 1 THEN $1 ELSE NULL END,
+                 lease_owner = NULL, lease_until = NULL, updated = $2
+             WHERE status = 'running' AND lease_until < $3",
+        )
         .bind(t)
         .bind(t)
         .bind(before)

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// The database schema could not be brought up to date.
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The storage configuration is not usable (a URL, a path).
+    #[error("{0}")]
+    Config(String),
     /// A stored value does not parse (a bug or a hand-edited database).
     #[error("corrupt database value: {0}")]
     Corrupt(String),

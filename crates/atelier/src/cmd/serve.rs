@@ -20,6 +20,9 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(host = a.host);
     set!(port = a.port);
     set!(data_dir = a.data);
+    if a.database.is_some() {
+        c.database = a.database;
+    }
     set!(max_body_bytes = a.max_body_bytes);
     set!(max_upload_bytes = a.max_upload_bytes);
     set!(max_output_side = a.max_output_side);
@@ -67,7 +70,9 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let print = args.print_config;
     let config = config(global, args)?;
     if print {
-        print!("{}", toml::to_string_pretty(&config)?);
+        let mut shown = config.clone();
+        shown.database = shown.database.as_deref().map(atelier_store::db::redact);
+        print!("{}", toml::to_string_pretty(&shown)?);
         return Ok(ExitCode::SUCCESS);
     }
     init_logs(&config.log_format);
@@ -87,17 +92,22 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
 pub fn admin(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
-        let open = |dir: std::path::PathBuf| async move {
-            atelier_store::db::Db::open_sqlite(&dir.join("atelier.db"))
-                .await
-                .with_context(|| format!("opening the database in {}", dir.display()))
+        let open = |a: crate::cli::DataArg| async move {
+            match &a.database {
+                Some(url) => atelier_store::db::Db::open(url).await.with_context(|| {
+                    format!("opening the database {}", atelier_store::db::redact(url))
+                }),
+                None => atelier_store::db::Db::open_sqlite(&a.data.join("atelier.db"))
+                    .await
+                    .with_context(|| format!("opening the database in {}", a.data.display())),
+            }
         };
         match cmd {
             AdminCommand::CreateKey { owner, label, data } => {
                 if !atelier_server::auth::valid_owner(&owner) {
                     anyhow::bail!("--owner: 1–64 letters, digits, `-` or `_` (not `builtin`)");
                 }
-                let db = open(data.data).await?;
+                let db = open(data).await?;
                 let key = atelier_server::auth::create_key(&db, &owner, &label)
                     .await
                     .map_err(|e| anyhow::anyhow!(e))?;
@@ -107,7 +117,7 @@ pub fn admin(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
                 println!("{key}");
             }
             AdminCommand::ListKeys { data } => {
-                let db = open(data.data).await?;
+                let db = open(data).await?;
                 for k in db.keys().await? {
                     println!(
                         "{:<14} {:<20} {:<8} {}",
@@ -119,7 +129,7 @@ pub fn admin(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             AdminCommand::RevokeKey { id, data } => {
-                let db = open(data.data).await?;
+                let db = open(data).await?;
                 if !db.revoke_key(&id).await? {
                     anyhow::bail!("no key `{id}`");
                 }
