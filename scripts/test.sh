@@ -35,6 +35,8 @@ start_postgres
 export ATELIER_REQUIRE_SERVERS=1
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the API tests again, on PostgreSQL (a fresh database per test)"
+ATELIER_TEST_API_DATABASE=postgres cargo test -p atelier-server --locked
 echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"
 ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
 echo "== schemathesis against /openapi.json (PyPI schemathesis in tests/schemathesis/.venv)"

@@ -139,12 +139,13 @@ impl<'a> Ingest<'a> {
         if is_zip(&bytes) {
             return self.add_zip(name, bytes).await;
         }
-        self.add_image(name, bytes).await;
-        Ok(())
+        self.add_image(name, bytes).await
     }
 
-    /// Adds one image if it decodes; otherwise records why not.
-    pub async fn add_image(&mut self, name: &str, bytes: Bytes) {
+    /// Adds one image if it decodes; otherwise records why not. A blob store that cannot
+    /// take it (a full disk, an unreachable S3) is not the image's fault: that error ends the
+    /// upload (`Err`), so that the caller reports it instead of a dataset of skipped images.
+    pub async fn add_image(&mut self, name: &str, bytes: Bytes) -> Result<(), JobsError> {
         if self.total >= self.limits.max_images {
             self.skip(
                 name,
@@ -153,14 +154,14 @@ impl<'a> Ingest<'a> {
                     self.limits.max_images
                 ),
             );
-            return;
+            return Ok(());
         }
         if bytes.len() as u64 > self.limits.max_image_bytes {
             self.skip(
                 name,
                 format!("file is over {} MiB", self.limits.max_image_bytes >> 20),
             );
-            return;
+            return Ok(());
         }
         let limits = self.limits.image;
         let check = bytes.clone();
@@ -172,8 +173,14 @@ impl<'a> Ingest<'a> {
         .await;
         let format = match verdict {
             Ok(Ok(f)) => f,
-            Ok(Err(e)) => return self.skip(name, e.to_string()),
-            Err(e) => return self.skip(name, format!("could not be checked: {e}")),
+            Ok(Err(e)) => {
+                self.skip(name, e.to_string());
+                return Ok(());
+            }
+            Err(e) => {
+                self.skip(name, format!("could not be checked: {e}"));
+                return Ok(());
+            }
         };
         let mut stem = safe_stem(name);
         if self.taken.contains(&stem) {
@@ -186,14 +193,12 @@ impl<'a> Ingest<'a> {
         }
         let key = format!("{}/{stem}.{}", self.prefix, format.extension());
         let len = bytes.len() as u64;
-        if let Err(e) = self.blobs.put(&key, bytes).await {
-            tracing::error!("storing {key}: {e}");
-            return self.skip(name, "could not be stored");
-        }
+        self.blobs.put(&key, bytes).await?;
         self.taken.insert(stem);
         self.total += 1;
         self.out.added += 1;
         self.out.bytes += len;
+        Ok(())
     }
 
     async fn add_zip(&mut self, name: &str, bytes: Bytes) -> Result<(), JobsError> {
@@ -249,7 +254,7 @@ impl<'a> Ingest<'a> {
                 }
                 (entry_name, data)
             };
-            self.add_image(&entry_name, Bytes::from(data)).await;
+            self.add_image(&entry_name, Bytes::from(data)).await?;
         }
         Ok(())
     }

@@ -43,6 +43,30 @@ pub fn model_bytes(name: &str, ngf: usize, n_blocks: usize) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// Whether this run drives the API on PostgreSQL (`ATELIER_TEST_API_DATABASE=postgres`, with
+/// `ATELIER_TEST_POSTGRES` from `scripts/services.sh`) instead of the embedded SQLite.
+pub fn api_on_postgres() -> bool {
+    std::env::var("ATELIER_TEST_API_DATABASE").as_deref() == Ok("postgres")
+}
+
+/// A new, empty database on the test PostgreSQL server; its URL.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Executor;
+    let admin = std::env::var("ATELIER_TEST_POSTGRES").expect(
+        "ATELIER_TEST_API_DATABASE=postgres needs ATELIER_TEST_POSTGRES (scripts/services.sh)",
+    );
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .expect("connecting to ATELIER_TEST_POSTGRES");
+    let name = atelier_store::db::new_id("api_", 12);
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
 pub struct Harness {
     pub st: AppState,
     pub _dir: tempfile::TempDir,
@@ -68,6 +92,9 @@ pub async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     };
     config.worker.heartbeat_s = 1;
     config.worker.lease_s = 5;
+    if api_on_postgres() {
+        config.database = Some(fresh_postgres_database().await);
+    }
     tweak(&mut config);
     Harness {
         st: AppState::open(config).await.unwrap(),
