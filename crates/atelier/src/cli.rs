@@ -188,6 +188,11 @@ pub struct ServeArgs {
     /// [default: sqlite://<data>/atelier.db].
     #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// Blob store for uploads, results and model files: `file://DIR` or
+    /// `s3://BUCKET[/PREFIX]` (endpoint and credentials from `AWS_ENDPOINT_URL`,
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) [default: file://<data>/blobs].
+    #[arg(long, env = "ATELIER_BLOBS")]
+    pub blobs: Option<String>,
     /// Allow key-less use as the user `local` [default: only when listening on loopback].
     #[arg(long, env = "ATELIER_OPEN", conflicts_with = "require_keys")]
     pub open: bool,

@@ -21,6 +21,10 @@ pub struct ServerConfig {
     /// Metadata and job queue: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`.
     /// Unset: `sqlite://<data_dir>/atelier.db`.
     pub database: Option<String>,
+    /// Blob store (uploads, results, model files): `file://DIR` or `s3://BUCKET[/PREFIX]`
+    /// (endpoint and credentials from the standard `AWS_*` variables). Unset:
+    /// `file://<data_dir>/blobs`.
+    pub blobs: Option<String>,
     /// Extra folder of model files (`NAME.safetensors`) served as built-in styles beside
     /// the ones compiled into the binary.
     pub models_dir: Option<PathBuf>,
@@ -75,6 +79,7 @@ impl Default for ServerConfig {
             port: 8080,
             data_dir: PathBuf::from("atelier-data"),
             database: None,
+            blobs: None,
             models_dir: None,
             open: None,
             max_body_bytes: 32 << 20,

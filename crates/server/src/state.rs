@@ -56,7 +56,10 @@ impl AppState {
             Some(url) => Db::open(url).await?,
             None => Db::open_sqlite(&data.join("atelier.db")).await?,
         };
-        let blobs = Blobs::local(data.join("blobs"))?;
+        let blobs = match &config.blobs {
+            Some(url) => Blobs::open(url).await?,
+            None => Blobs::local(data.join("blobs"))?,
+        };
         let catalog = Catalog::open(
             db.clone(),
             blobs.clone(),

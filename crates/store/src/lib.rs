@@ -98,6 +98,47 @@ impl Blobs {
         })
     }
 
+    /// The blob store at `url`: `file://DIR` (a local directory, created if missing) or
+    /// `s3://BUCKET[/PREFIX]` (any S3-compatible store; endpoint, credentials and region from
+    /// the standard `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// `AWS_REGION` variables; plain `http://` endpoints are allowed for stores on a private
+    /// network). Checks that the store answers before returning.
+    pub async fn open(url: &str) -> Result<Blobs> {
+        if let Some(dir) = url.strip_prefix("file://") {
+            return Blobs::local(dir);
+        }
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(StoreError::Config(format!(
+                "unsupported blob store URL `{url}`: use file://DIR or s3://BUCKET[/PREFIX]"
+            )));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StoreError::Config(format!("{url}: no bucket name")));
+        }
+        let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").unwrap_or_default();
+        if endpoint.starts_with("http://") {
+            builder = builder.with_allow_http(true);
+        }
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region("us-east-1");
+        }
+        let s3: Arc<dyn ObjectStore> = Arc::new(builder.build()?);
+        let store: Arc<dyn ObjectStore> = match prefix.trim_matches('/') {
+            "" => s3,
+            p => Arc::new(object_store::prefix::PrefixStore::new(s3, key(p)?)),
+        };
+        let blobs = Blobs { inner: store };
+        // A wrong endpoint, bucket or key fails here, at start, not on the first upload.
+        match blobs.inner.head(&key("atelier-probe")?).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(blobs),
+            Err(e) => Err(StoreError::Config(format!("blob store {url}: {e}"))),
+        }
+    }
+
     /// Any `object_store` backend (e.g. S3 for scale-out, in-memory for tests).
     pub fn from_store(store: Arc<dyn ObjectStore>) -> Blobs {
         Blobs { inner: store }

@@ -23,6 +23,9 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     if a.database.is_some() {
         c.database = a.database;
     }
+    if a.blobs.is_some() {
+        c.blobs = a.blobs;
+    }
     set!(max_body_bytes = a.max_body_bytes);
     set!(max_upload_bytes = a.max_upload_bytes);
     set!(max_output_side = a.max_output_side);

@@ -49,6 +49,12 @@ pub fn api_on_postgres() -> bool {
     std::env::var("ATELIER_TEST_API_DATABASE").as_deref() == Ok("postgres")
 }
 
+/// Whether this run keeps the API's blobs in S3 (`ATELIER_TEST_API_BLOBS=s3`, with
+/// `ATELIER_TEST_S3` and the `AWS_*` variables from `scripts/services.sh`).
+pub fn api_on_s3() -> bool {
+    std::env::var("ATELIER_TEST_API_BLOBS").as_deref() == Ok("s3")
+}
+
 /// A new, empty database on the test PostgreSQL server; its URL.
 pub async fn fresh_postgres_database() -> String {
     use sqlx::Executor;
@@ -94,6 +100,11 @@ pub async fn harness(tweak: impl FnOnce(&mut ServerConfig)) -> Harness {
     config.worker.lease_s = 5;
     if api_on_postgres() {
         config.database = Some(fresh_postgres_database().await);
+    }
+    if api_on_s3() {
+        let s3 = std::env::var("ATELIER_TEST_S3")
+            .expect("ATELIER_TEST_API_BLOBS=s3 needs ATELIER_TEST_S3 (scripts/services.sh)");
+        config.blobs = Some(format!("{s3}/{}", atelier_store::db::new_id("api", 10)));
     }
     tweak(&mut config);
     Harness {
