@@ -37,7 +37,10 @@ export ATELIER_REQUIRE_SERVERS=1
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== the API tests again, on PostgreSQL + S3 (a fresh database and bucket prefix per test)"
-ATELIER_TEST_API_DATABASE=postgres ATELIER_TEST_API_BLOBS=s3 cargo test -p atelier-server --locked
+# (--workspace with the server's two test targets: `-p atelier-server` alone would resolve other
+# features and rebuild half the dependency tree)
+ATELIER_TEST_API_DATABASE=postgres ATELIER_TEST_API_BLOBS=s3 \
+  cargo test --workspace --locked --test api --test hardening
 echo "== browser tests (Debian chromium + playwright-core; installs them if missing)"
 ATELIER_BIN=target/debug/atelier ./scripts/e2e.sh
 echo "== schemathesis against /openapi.json (PyPI schemathesis in tests/schemathesis/.venv)"

@@ -185,12 +185,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ATELIER_DATA")]
     pub data: Option<PathBuf>,
     /// Metadata and job queue: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`
-    /// [default: sqlite://<data>/atelier.db].
+    /// [default: sqlite://DATA/atelier.db].
     #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
     /// Blob store for uploads, results and model files: `file://DIR` or
     /// `s3://BUCKET[/PREFIX]` (endpoint and credentials from `AWS_ENDPOINT_URL`,
-    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) [default: file://<data>/blobs].
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`) [default: file://DATA/blobs].
     #[arg(long, env = "ATELIER_BLOBS")]
     pub blobs: Option<String>,
     /// Allow key-less use as the user `local` [default: only when listening on loopback].
@@ -280,7 +280,7 @@ pub struct DataArg {
     /// The server's data directory.
     #[arg(long, env = "ATELIER_DATA", default_value = "atelier-data")]
     pub data: PathBuf,
-    /// The server's database: `sqlite://PATH` or `postgres://…` [default: sqlite://<data>/atelier.db].
+    /// The server's database: `sqlite://PATH` or `postgres://…` [default: sqlite://DATA/atelier.db].
     #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
 }
