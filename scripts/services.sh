@@ -77,14 +77,16 @@ JSON
     >"$S3_DIR/weed.log" 2>&1 &
   S3_PID=$!
   trap stop_services EXIT
-  local i
+  # Ready when the bucket is listed and the S3 port answers (the master, the filer and the
+  # gateway come up one after the other).
+  local i ready=""
   for i in $(seq 1 120); do
-    if echo "s3.bucket.create -name atelier" |
-      "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qv "error"; then
-      curl -s -o /dev/null "http://127.0.0.1:${ports[3]}/" && break
-    fi
+    printf 's3.bucket.create -name atelier\ns3.bucket.list\n' |
+      "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qw atelier &&
+      curl -s -o /dev/null "http://127.0.0.1:${ports[3]}/" && { ready=1; break; }
     sleep 0.5
   done
+  [ -n "$ready" ] || { echo "services.sh: SeaweedFS did not start:" >&2; tail -20 "$S3_DIR/weed.log" >&2; return 1; }
   export AWS_ENDPOINT_URL="http://127.0.0.1:${ports[3]}" AWS_ACCESS_KEY_ID=atelier \
     AWS_SECRET_ACCESS_KEY=atelier-test-secret AWS_REGION=us-east-1 ATELIER_TEST_S3=s3://atelier
   echo "services.sh: SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket atelier)"
