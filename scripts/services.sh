@@ -79,17 +79,32 @@ JSON
   trap stop_services EXIT
   # Ready when the bucket is listed and the S3 port answers (the master, the filer and the
   # gateway come up one after the other).
-  local i ready=""
-  for i in $(seq 1 120); do
-    printf 's3.bucket.create -name atelier\ns3.bucket.list\n' |
-      "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qw atelier &&
-      curl -s -o /dev/null "http://127.0.0.1:${ports[3]}/" && { ready=1; break; }
+  # (No curl: CI's image may not have it; python3 is there.)
+  local started=$SECONDS deadline=$((SECONDS + 240)) bucket="" gateway=""
+  while [ $SECONDS -lt $deadline ]; do
+    if [ -z "$bucket" ]; then
+      printf 's3.bucket.create -name atelier\ns3.bucket.list\n' |
+        "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qw atelier && bucket=1
+    fi
+    if [ -n "$bucket" ] && python3 -c "import urllib.request,urllib.error,sys
+try: urllib.request.urlopen(sys.argv[1], timeout=5)
+except urllib.error.HTTPError: pass" "http://127.0.0.1:${ports[3]}/" 2>/dev/null; then
+      gateway=1
+      break
+    fi
     sleep 0.5
   done
-  [ -n "$ready" ] || { echo "services.sh: SeaweedFS did not start:" >&2; tail -20 "$S3_DIR/weed.log" >&2; return 1; }
+  [ -n "$gateway" ] || {
+    echo "services.sh: SeaweedFS did not start in 240 s (bucket listed: ${bucket:-no}; S3 port ${ports[3]} answering: no):" >&2
+    echo "-- warnings and errors:" >&2
+    grep -E '^[EWF][0-9]{4} ' "$S3_DIR/weed.log" | head -20 >&2
+    echo "-- last lines:" >&2
+    tail -10 "$S3_DIR/weed.log" >&2
+    return 1
+  }
   export AWS_ENDPOINT_URL="http://127.0.0.1:${ports[3]}" AWS_ACCESS_KEY_ID=atelier \
     AWS_SECRET_ACCESS_KEY=atelier-test-secret AWS_REGION=us-east-1 ATELIER_TEST_S3=s3://atelier
-  echo "services.sh: SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket atelier)"
+  echo "services.sh: SeaweedFS S3 at $AWS_ENDPOINT_URL (bucket atelier), ready in $((SECONDS - started)) s"
 }
 
 stop_services() {
