@@ -73,7 +73,8 @@ JSON
   "$venv/bin/weed" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$S3_DIR/data" \
     -master.port="${ports[0]}" -volume.port="${ports[1]}" -filer.port="${ports[2]}" \
     -s3 -s3.port="${ports[3]}" -s3.config="$S3_DIR/s3.json" \
-    -master.volumeSizeLimitMB=64 -volume.max=32 \
+    -master.volumeSizeLimitMB=64 -volume.max=32 -master.telemetry=false \
+    -s3.port.iceberg=0 -s3.port.lance=0 \
     >"$S3_DIR/weed.log" 2>&1 &
   S3_PID=$!
   trap stop_services EXIT
@@ -83,8 +84,12 @@ JSON
   local started=$SECONDS deadline=$((SECONDS + 240)) bucket="" gateway=""
   while [ $SECONDS -lt $deadline ]; do
     if [ -z "$bucket" ]; then
-      printf 's3.bucket.create -name atelier\ns3.bucket.list\n' |
-        "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null | grep -qw atelier && bucket=1
+      # `weed shell` exits non-zero once the bucket exists ("already exists"): under
+      # test.sh's pipefail a pipeline into grep would never succeed, so look at its output.
+      local listed
+      listed=$(printf 's3.bucket.create -name atelier\ns3.bucket.list\n' |
+        "$venv/bin/weed" shell -master="127.0.0.1:${ports[0]}" 2>/dev/null || true)
+      grep -qw atelier <<<"$listed" && bucket=1
     fi
     if [ -n "$bucket" ] && python3 -c "import urllib.request,urllib.error,sys
 try: urllib.request.urlopen(sys.argv[1], timeout=5)
