@@ -465,7 +465,7 @@ const scenarios = {
     assert(upload.status === 201, `upload: ${upload.status} ${await upload.text()}`);
     const form = new FormData();
     form.append('a', new Blob([encodePng(8, 8, new Uint8Array(8 * 8 * 3))]), 'a.png');
-    const ds = await fetch(base + '/v1/datasets?name=' + encodeURIComponent(payload), { method: 'POST', body: form });
+    const ds = await fetch(base + '/v1/datasets?kind=single&name=' + encodeURIComponent(payload), { method: 'POST', body: form });
     assert(ds.status === 201, `dataset: ${ds.status} ${await ds.text()}`);
     for (const [hash, where] of [['#/models/hostile', 'model page'], ['#/train', 'training page']]) {
       await page.goto(base + '/' + hash);

@@ -208,9 +208,13 @@ pub struct ServeArgs {
     /// Longest output side of POST /v1/stylize (jobs go up to worker.max_job_side) [default: 2048].
     #[arg(long, env = "ATELIER_MAX_OUTPUT_SIDE")]
     pub max_output_side: Option<u32>,
-    /// Images stylized at once by POST /v1/stylize; more get 429 + Retry-After [default: 1].
+    /// Images stylized at once by POST /v1/stylize; more wait (--max-stylize-wait) [default: 1].
     #[arg(long, env = "ATELIER_MAX_CONCURRENT")]
     pub max_concurrent: Option<usize>,
+    /// Seconds a POST /v1/stylize may wait for a busy slot; a longer expected wait gets 429 +
+    /// Retry-After (0: never wait) [default: 10].
+    #[arg(long, env = "ATELIER_MAX_STYLIZE_WAIT")]
+    pub max_stylize_wait: Option<f64>,
     /// Requests per minute per key [default: 600].
     #[arg(long, env = "ATELIER_RATE_LIMIT")]
     pub rate_limit_per_minute: Option<u32>,
@@ -251,6 +255,12 @@ pub struct ServeArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
+    /// Create the data folder's database, or bring a database (SQLite or PostgreSQL) to the
+    /// current schema. `serve` does this on start; the other admin commands never create one.
+    Migrate {
+        #[command(flatten)]
+        data: DataArg,
+    },
     /// Create an API key and print it (shown once; only its argon2 hash is stored).
     CreateKey {
         /// The account the key acts for; keys of one owner share datasets, jobs and models.

@@ -763,6 +763,84 @@ fn bad_inputs_fail_one_line_each_and_good_ones_still_run() {
     }
 }
 
+/// Issue 21, item 7: `atelier stylize --model monet` and `models inspect monet` find the
+/// built-in styles from any folder (they said "available: none" outside the repository).
+#[test]
+fn builtin_styles_work_from_any_folder() {
+    let dir = TempDir::new().unwrap();
+    let in_path = dir.path().join("in.png");
+    write_image(&in_path, &synthetic_rgb(40, 24), Format::Png);
+    let out_path = dir.path().join("out.jpg");
+    let empty = dir.path().join("models");
+    std::fs::create_dir(&empty).unwrap();
+    let out = atelier(&[
+        "--models-dir",
+        p(&empty),
+        "-q",
+        "stylize",
+        p(&in_path),
+        "-m",
+        "monet_light",
+        "-o",
+        p(&out_path),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = read_image(&out_path);
+    assert_eq!((img.width, img.height), (40, 24));
+    let out = atelier(&["--models-dir", p(&empty), "models", "inspect", "monet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("\"name\": \"monet\"") && text.contains("parameters: "),
+        "{text}"
+    );
+}
+
+/// Issue 21, item 7: an admin command never creates a data folder (a typo in --data gave a
+/// key to a database no server reads).
+#[test]
+fn admin_create_key_needs_an_existing_data_folder() {
+    let dir = TempDir::new().unwrap();
+    let typo = dir.path().join("atelier-dta");
+    let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args([
+            "admin",
+            "create-key",
+            "--owner",
+            "alice",
+            "--data",
+            p(&typo),
+        ])
+        .env_remove("ATELIER_DATA")
+        .env_remove("ATELIER_DATABASE")
+        .output()
+        .unwrap();
+    let line = one_line_error(&out, "create-key in a missing folder");
+    assert!(
+        line.contains("no Atelier data folder") && line.contains("atelier-dta"),
+        "{line}"
+    );
+    assert!(!typo.exists());
+    // ATELIER_DATA is honoured like --data.
+    let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["admin", "create-key", "--owner", "alice"])
+        .env("ATELIER_DATA", &typo)
+        .env_remove("ATELIER_DATABASE")
+        .output()
+        .unwrap();
+    let line = one_line_error(&out, "create-key via ATELIER_DATA");
+    assert!(line.contains("atelier-dta"), "{line}");
+    assert!(!typo.exists());
+}
+
 #[test]
 fn missing_model_is_a_one_line_error() {
     let dir = TempDir::new().unwrap();
@@ -784,6 +862,11 @@ fn missing_model_is_a_one_line_error() {
     ]);
     let line = one_line_error(&out, "missing model");
     assert!(line.contains("no-such-model"), "{line}");
+    // It lists what there is: the built-in styles compiled into the binary.
+    assert!(
+        line.contains("available: ") && line.contains("monet"),
+        "{line}"
+    );
     assert!(!out_path.exists());
 
     // A file that exists but is not a model.

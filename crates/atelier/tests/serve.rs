@@ -369,6 +369,17 @@ fn jobs_survive_kill_9_and_sigterm() {
 fn closed_server_needs_a_key_from_admin_create_key() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
+    // A new data folder is made on purpose (admin commands never make one by accident).
+    let out = atelier()
+        .args(["admin", "migrate", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = atelier()
         .args(["admin", "create-key", "--owner", "alice", "--data"])
         .arg(&data)
@@ -480,7 +491,7 @@ fn twenty_kill_9s_lose_nothing_and_finish_everything_once() {
                     )
                 })
                 .collect();
-            client.try_multipart(&format!("/v1/datasets?name=up{round}"), &imgs)
+            client.try_multipart(&format!("/v1/datasets?name=up{round}&kind=single"), &imgs)
         });
         std::thread::sleep(Duration::from_millis((round * 173) % 1500));
         for id in [&train, &sty] {

@@ -12,7 +12,7 @@ use candle_core::Device;
 use serde::Serialize;
 
 use atelier_engine::Stylizer;
-use atelier_imaging::{Format, Image, Limits};
+use atelier_imaging::{Format, Limits};
 use atelier_nets::ModelCard;
 use atelier_nets::Role;
 use atelier_store::db::{Db, ModelRow, Visibility};
@@ -115,6 +115,14 @@ impl ModelRef {
     }
 
     /// A key that changes whenever the file does (cache key of stylizers and thumbnails).
+    /// The training job that made this model, when `caller` owns it.
+    pub fn training_job(&self, caller: &str) -> Option<&str> {
+        match self {
+            ModelRef::Stored(row) if row.owner == caller => row.job.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn cache_key(&self) -> String {
         match self {
             ModelRef::Builtin(b) => format!("builtin/{}-{}", b.name, b.hash),
@@ -398,7 +406,14 @@ impl Catalog {
         let png = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, JobsError> {
             let photo = atelier_imaging::decode(THUMBNAIL_PHOTO, &Limits::default())?;
             let small = atelier_imaging::thumbnail(&photo, THUMBNAIL_SIDE);
-            let out = stylize_image(&stylizer, &small, 1.0)?;
+            let out = crate::pipeline::stylize_image(
+                &stylizer,
+                &small,
+                1.0,
+                &Default::default(),
+                &mut |_| {},
+                &|| false,
+            )?;
             Ok(atelier_imaging::encode(&out, Format::Png, 0)?)
         })
         .await
@@ -421,6 +436,27 @@ impl Catalog {
         }
     }
 
+    /// Checks that `owner` may make a model called `name`: a valid name, not a built-in
+    /// style's (the caller's own model would hide the built-in from them), not one of
+    /// their models already.
+    pub async fn check_new_name(&self, owner: &str, name: &str) -> Result<(), JobsError> {
+        if !crate::spec::valid_model_name(name) {
+            return Err(JobsError::BadRequest(
+                "name: 1–64 letters, digits, `-` or `_`, starting with a letter or digit".into(),
+            ));
+        }
+        if self.builtin(name).is_some() {
+            return Err(JobsError::Conflict {
+                code: "name_reserved",
+                message: format!("`{name}` is a built-in style; choose another name"),
+            });
+        }
+        if self.db.model(owner, name).await?.is_some() {
+            return Err(JobsError::NameTaken(name.to_string()));
+        }
+        Ok(())
+    }
+
     /// Stores a new model file for `owner` (validated: it must load). Returns the row, or
     /// `Err(NameTaken)` if the owner has a model of that name.
     pub async fn add(
@@ -430,14 +466,7 @@ impl Catalog {
         bytes: Bytes,
         job: Option<String>,
     ) -> Result<ModelRow, JobsError> {
-        if !crate::spec::valid_model_name(name) {
-            return Err(JobsError::BadRequest(
-                "name: 1–64 letters, digits, `-` or `_`, starting with a letter or digit".into(),
-            ));
-        }
-        if self.db.model(owner, name).await?.is_some() {
-            return Err(JobsError::NameTaken(name.to_string()));
-        }
+        self.check_new_name(owner, name).await?;
         let card = validate_model_file(bytes.clone()).await?;
         let mut card_json =
             serde_json::to_value(&card).map_err(|e| JobsError::Internal(e.to_string()))?;
@@ -506,31 +535,6 @@ pub async fn validate_model_file(bytes: Bytes) -> Result<ModelCard, JobsError> {
     })
     .await
     .map_err(|e| JobsError::Internal(e.to_string()))?
-}
-
-/// Stylizes one image (tiled, shared statistics) and blends it with the original by
-/// `strength` (0 = original, 1 = fully stylized).
-pub fn stylize_image(stylizer: &Stylizer, img: &Image, strength: f32) -> Result<Image, JobsError> {
-    stylize_image_with(stylizer, img, strength, &mut |_| {}, &|| false)
-}
-
-/// [`stylize_image`] with a progress callback, stopping between two tiles once `stop` says
-/// yes ([`atelier_engine::Error::Stopped`]).
-pub fn stylize_image_with(
-    stylizer: &Stylizer,
-    img: &Image,
-    strength: f32,
-    progress: &mut dyn FnMut(atelier_engine::Progress),
-    stop: &dyn Fn() -> bool,
-) -> Result<Image, JobsError> {
-    let opts = atelier_engine::Options::default();
-    let mut out = stylizer.stylize_until(img, &opts, progress, stop)?;
-    if strength < 1.0 {
-        for (o, i) in out.rgb.iter_mut().zip(&img.rgb) {
-            *o = strength * *o + (1.0 - strength) * i;
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

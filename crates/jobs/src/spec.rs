@@ -31,18 +31,21 @@ pub struct StylizeSpec {
     /// Downscale so the longer side is at most this (capped by the server's limit).
     #[serde(default)]
     pub max_side: Option<u32>,
-    /// JPEG quality.
+    /// JPEG quality 1–100.
     #[serde(default = "quality")]
-    pub quality: u8,
+    pub quality: u32,
     /// Number of input images (set by the server from the upload).
     #[serde(default)]
     pub inputs: usize,
+    /// The inputs' file names as uploaded (set by the server); the results keep their stems.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
 }
 
 fn one() -> f32 {
     1.0
 }
-fn quality() -> u8 {
+fn quality() -> u32 {
     92
 }
 
@@ -162,6 +165,47 @@ impl StylizeSpec {
     }
 }
 
+/// The file stems of a stylize job's results, one per input: each upload's own stem made
+/// safe for a URL segment (letters, digits, `-`, `_`, `.`; at most 80 characters), numbered
+/// when two are the same (`a`, `a-2`); `0`, `1`, … for jobs stored without names.
+pub fn result_stems(names: &[String], inputs: usize) -> Vec<String> {
+    let mut used = std::collections::HashSet::new();
+    (0..inputs)
+        .map(|n| {
+            let base = names
+                .get(n)
+                .map(|name| {
+                    let file = name.rsplit(['/', '\\']).next().unwrap_or("");
+                    let stem = match file.rsplit_once('.') {
+                        Some((s, _)) if !s.is_empty() => s,
+                        _ => file,
+                    };
+                    let safe: String = stem
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .take(80)
+                        .collect();
+                    safe.trim_start_matches('.').to_string()
+                })
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| n.to_string());
+            let mut stem = base.clone();
+            let mut k = 2;
+            while !used.insert(stem.clone()) {
+                stem = format!("{base}-{k}");
+                k += 1;
+            }
+            stem
+        })
+        .collect()
+}
+
 impl TrainSpec {
     /// The family: as asked, else `fastcut`, or `cyclegan` when the request names a generator
     /// FastCUT cannot use (e.g. `light`, as requests before FastCUT did).
@@ -203,6 +247,16 @@ impl TrainSpec {
                 self.family(),
                 FAMILIES.join(", ")
             )));
+        }
+        if let Some(g) = self.net_g.as_deref() {
+            let resnet = atelier_nets::resnet::ResnetConfig::parse_name(g);
+            let known = matches!(g, "light" | "unet" | "unet_128" | "unet_256")
+                || resnet.is_some_and(|(n, _)| (1..=32).contains(&n));
+            if !known {
+                return Err(bad(format!(
+                    "net_g `{g}`: expected light, resnet_<N>blocks or resnet_<N>blocks_resize (N 1–32, e.g. resnet_6blocks), unet, unet_128 or unet_256"
+                )));
+            }
         }
         if matches!(self.family(), "cut" | "fastcut") {
             if let Some(g) = self.net_g.as_deref().filter(|g| !g.starts_with("resnet_")) {
@@ -268,9 +322,206 @@ impl TrainSpec {
     }
 }
 
+impl JobSpec {
+    /// Parses a job request (JSON) with messages for people: which field is wrong and what
+    /// it takes.
+    pub fn from_json(body: &[u8]) -> Result<JobSpec, JobsError> {
+        let v: serde_json::Value = from_json(body)?;
+        let serde_json::Value::Object(mut map) = v else {
+            return Err(bad("the spec must be a JSON object with a `type`"));
+        };
+        let kind = match map.remove("type") {
+            Some(serde_json::Value::String(t)) => t,
+            Some(_) => return Err(bad("`type` must be \"stylize\" or \"train\"")),
+            None => return Err(bad("`type` is required: \"stylize\" or \"train\"")),
+        };
+        // Each variant on its own (an internally tagged enum hides the field paths).
+        let rest = serde_json::Value::Object(map);
+        let path_err = |e: serde_path_to_error::Error<serde_json::Error>| {
+            let path = e.path().to_string();
+            bad(humanize(
+                &path,
+                &strip_position(&e.into_inner().to_string()),
+            ))
+        };
+        match kind.as_str() {
+            "stylize" => serde_path_to_error::deserialize(rest)
+                .map(JobSpec::Stylize)
+                .map_err(path_err),
+            "train" => serde_path_to_error::deserialize(rest)
+                .map(JobSpec::Train)
+                .map_err(path_err),
+            other => Err(bad(format!(
+                "`type` `{other}` is not one of `stylize` or `train`"
+            ))),
+        }
+    }
+}
+
+/// Parses a JSON request body with messages for people: which field, and what it takes
+/// (`` `model` is required ``, `` `strength`: expected a number ``) instead of serde's wording.
+pub fn from_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, JobsError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            bad(format!("the body is not valid JSON: {inner}"))
+        } else {
+            bad(humanize(&path, &strip_position(&inner.to_string())))
+        }
+    })
+}
+
+/// Rewrites the message of a query-string rejection (`PATH: MESSAGE`, serde_path_to_error's
+/// form) like [`from_json`]'s.
+pub fn humanize_query_error(text: &str) -> String {
+    let text = text
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(text);
+    match text.split_once(": ") {
+        Some((path, m)) if !path.contains(' ') => humanize(path, m),
+        _ => humanize(".", text),
+    }
+}
+
+/// serde_json's " at line 1 column 17" helps nobody with a one-line body.
+fn strip_position(m: &str) -> String {
+    match m.rfind(" at line ") {
+        Some(i) => m[..i].to_string(),
+        None => m.to_string(),
+    }
+}
+
+/// What a serde type name means to a person.
+fn kind_of(expected: &str) -> &str {
+    match expected.trim() {
+        "u8" => "a whole number from 0 to 255",
+        "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)",
+        "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number",
+        "f32" | "f64" => "a number",
+        "a boolean" | "bool" => "true or false",
+        other => other,
+    }
+}
+
+/// Rewrites one serde message about the field at `path` (`.` for the top level).
+fn humanize(path: &str, m: &str) -> String {
+    let field = |f: &str| format!("`{f}`");
+    let at = if path.is_empty() || path == "." {
+        String::new()
+    } else {
+        format!("{}: ", field(path))
+    };
+    if let Some(rest) = m.strip_prefix("missing field ") {
+        let name = rest.trim_matches('`');
+        let full = if at.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        return format!("{} is required", field(&full));
+    }
+    if let Some(rest) = m.strip_prefix("unknown field ") {
+        return match rest.split_once(", expected ") {
+            // (The path ends at the unknown field itself.)
+            Some((f, exp)) => {
+                format!(
+                    "unknown field {f}; the fields are {}",
+                    exp.replace("one of ", "")
+                )
+            }
+            None => format!("unknown field {rest}"),
+        };
+    }
+    if let Some(rest) = m.strip_prefix("unknown variant ") {
+        let (v, exp) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        let what = if at.is_empty() {
+            "`type` ".to_string()
+        } else {
+            at.clone()
+        };
+        return format!("{what}{v} is not one of {}", exp.replace("one of ", ""));
+    }
+    for prefix in ["invalid value: ", "invalid type: "] {
+        if let Some(rest) = m.strip_prefix(prefix) {
+            if let Some((got, exp)) = rest.split_once(", expected ") {
+                return format!("{at}expected {}, got {got}", kind_of(exp));
+            }
+        }
+    }
+    match m {
+        "number too large to fit in target type" => format!("{at}the number is too large"),
+        "number too small to fit in target type" => format!("{at}the number is too small"),
+        "invalid digit found in string" => format!("{at}not a whole number"),
+        "cannot parse integer from empty string" | "cannot parse float from empty string" => {
+            format!("{at}a value is required")
+        }
+        "invalid float literal" => format!("{at}not a number"),
+        _ => format!("{at}{m}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_errors_read_as_sentences() {
+        let e = |b: &[u8]| JobSpec::from_json(b).unwrap_err().to_string();
+        assert_eq!(e(br#"{"type":"stylize"}"#), "`model` is required");
+        assert_eq!(
+            e(br#"{"model":"monet"}"#),
+            "`type` is required: \"stylize\" or \"train\""
+        );
+        assert_eq!(e(b"[1]"), "the spec must be a JSON object with a `type`");
+        assert_eq!(
+            e(br#"{"type":"stylize","model":"monet","strength":"strong"}"#),
+            "`strength`: expected a number, got string \"strong\""
+        );
+        assert_eq!(
+            e(br#"{"type":"paint"}"#),
+            "`type` `paint` is not one of `stylize` or `train`"
+        );
+        let unknown = e(br#"{"type":"train","dataset":"d","name":"x","stpes":3}"#);
+        assert!(
+            unknown.starts_with("unknown field `stpes`; the fields are `dataset`, `name`"),
+            "{unknown}"
+        );
+        assert!(e(b"{").starts_with("the body is not valid JSON"));
+        assert!(JobSpec::from_json(br#"{"type":"train","dataset":"d","name":"x"}"#).is_ok());
+        let q = humanize_query_error;
+        assert_eq!(
+            q("Failed to deserialize query string: quality: number too large to fit in target type"),
+            "`quality`: the number is too large"
+        );
+        assert_eq!(
+            q("Failed to deserialize query string: max_side: invalid digit found in string"),
+            "`max_side`: not a whole number"
+        );
+        assert_eq!(
+            q("Failed to deserialize query string: missing field `name`"),
+            "`name` is required"
+        );
+    }
+
+    #[test]
+    fn result_stems_keep_upload_names() {
+        let names: Vec<String> = [
+            "holiday.jpg",
+            "C:\\pics\\holiday.png",
+            "ünï cödé.webp",
+            "..png",
+            "noext",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            result_stems(&names, 6),
+            ["holiday", "holiday-2", "_n__c_d_", "3", "noext", "5"]
+        );
+        assert_eq!(result_stems(&[], 2), ["0", "1"]);
+    }
 
     #[test]
     fn parses_and_validates() {

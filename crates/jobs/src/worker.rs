@@ -19,13 +19,13 @@ use serde_json::{json, Value};
 use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
 
-use atelier_imaging::Limits;
+use atelier_imaging::{Format, Limits};
 use atelier_store::db::{Db, JobKind, JobRow, Lease, Outcome};
 use atelier_store::Blobs;
 use atelier_train::config::{Family, NetChoice, TrainConfig};
 use atelier_train::{Event, Observer, TrainError, Trainer};
 
-use crate::catalog::{stylize_image_with, Catalog};
+use crate::catalog::Catalog;
 use crate::spec::{JobSpec, StylizeSpec, TrainSpec};
 use crate::JobsError;
 
@@ -329,29 +329,34 @@ fn stylize_job(
         .max_side
         .unwrap_or(ctx.config.max_job_side)
         .min(ctx.config.max_job_side);
+    let stems = crate::spec::result_stems(&spec.names, total);
+    let format = spec
+        .format
+        .as_deref()
+        .map(|_| spec.output_format(Format::Png))
+        .transpose()?;
+    let request = crate::pipeline::Request {
+        strength: spec.strength,
+        max_side: Some(max_side),
+        format,
+        quality: spec.quality,
+        engine: Default::default(),
+    };
     for (n, key) in inputs.iter().enumerate() {
         if control.stopped() {
             return Err(stopped());
         }
-        let stem = n.to_string();
+        let stem = &stems[n];
         if results
             .iter()
-            .any(|r| r.split('.').next() == Some(stem.as_str()))
+            .any(|r| r.rsplit_once('.').map(|(s, _)| s) == Some(stem.as_str()))
         {
             continue;
         }
         let bytes = rt
             .block_on(ctx.blobs.get(key, MAX_BLOB))?
             .ok_or_else(|| JobsError::Internal(format!("input {key} is missing")))?;
-        let one = (|| -> Result<(Vec<u8>, &'static str), JobsError> {
-            let (in_format, _, _) = atelier_imaging::probe(&bytes, &ctx.image_limits)?;
-            let img = atelier_imaging::decode(&bytes, &ctx.image_limits)?;
-            let (w, h) = atelier_imaging::fit_max_side(img.width, img.height, max_side);
-            let img = if (w, h) != (img.width, img.height) {
-                atelier_imaging::resize(&img, w, h)
-            } else {
-                img
-            };
+        let one = {
             let mut last = Instant::now();
             let mut on_progress = |p: atelier_engine::Progress| {
                 if last.elapsed() >= Duration::from_millis(500) {
@@ -366,29 +371,31 @@ fn stylize_job(
                 }
             };
             let stop = || control.stopped();
-            let out = stylize_image_with(&stylizer, &img, spec.strength, &mut on_progress, &stop)?;
-            let format = spec.output_format(in_format)?;
-            Ok((
-                atelier_imaging::encode(&out, format, spec.quality)?,
-                format.extension(),
-            ))
-        })();
+            crate::pipeline::stylize_bytes(
+                &stylizer,
+                &bytes,
+                &ctx.image_limits,
+                &request,
+                &mut on_progress,
+                &stop,
+            )
+        };
         if control.stopped() {
             // Told to stop inside the image (cancel, shutdown, lost lease): it runs again
             // from its start when the job is resumed.
             return Err(stopped());
         }
         match one {
-            Ok((encoded, ext)) => {
-                let name = format!("{n}.{ext}");
+            Ok(out) => {
+                let name = format!("{stem}.{}", out.format.extension());
                 rt.block_on(
                     ctx.blobs
-                        .put(&job_blob(&job.id, &name), Bytes::from(encoded)),
+                        .put(&job_blob(&job.id, &name), Bytes::from(out.bytes)),
                 )?;
                 results.push(name);
             }
             Err(e @ (JobsError::Imaging(_) | JobsError::BadRequest(_))) => {
-                errors.push(json!({"input": n, "error": e.to_string()}));
+                errors.push(json!({"input": n, "name": spec.names.get(n), "error": e.to_string()}));
             }
             Err(e) => return Err(e),
         }

@@ -110,6 +110,17 @@ pub fn load(path: &Path, device: &Device) -> Result<Model> {
     Ok(Model { card, net })
 }
 
+/// Loads a model from the bytes of a model file; `label` names it in errors.
+pub fn load_bytes(label: &str, bytes: &[u8], device: &Device) -> Result<Model> {
+    let (tensors, meta) = parse_safetensors(bytes).map_err(|reason| Error::BadFile {
+        path: label.to_string(),
+        reason,
+    })?;
+    let card = card_from_metadata(Path::new(label), meta.as_ref())?;
+    let net = Network::from_tensors(card.arch, &tensors, device)?;
+    Ok(Model { card, net })
+}
+
 /// Reads only the card of a model file.
 pub fn read_card(path: &Path) -> Result<ModelCard> {
     let (_, meta) = read_safetensors(path)?;

@@ -181,6 +181,7 @@ async function api(path, opts = {}) {
     const ra = res.headers.get('Retry-After');
     if (res.status === 429 && ra) message += ' (try again in ' + ra + ' s)';
     const err = new ApiError(res.status, code, message);
+    if (ra) err.retryAfter = Number(ra);
     if (res.status === 401 && !opts.noSignin) openSignin(S.key ? 'The server did not accept your API key.' : '');
     if (!opts.quiet) showError(err);
     throw err;
@@ -621,7 +622,21 @@ async function stylize(studio, model) {
   renderStudio(studio);
   const q = new URLSearchParams({ model: model.name, strength: String(S.opts.strength), max_side: String(S.opts.max_side), format: S.opts.format });
   try {
-    const res = await api('/v1/stylize?' + q, { method: 'POST', body: S.file, headers: { 'Content-Type': S.file.type || 'application/octet-stream' }, raw: true });
+    // The server queues a few requests itself; when it is busier than that it answers 429
+    // with Retry-After: wait that long (up to three times) before showing an error.
+    let res;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        res = await api('/v1/stylize?' + q, { method: 'POST', body: S.file, headers: { 'Content-Type': S.file.type || 'application/octet-stream' }, raw: true, quiet: attempt < 3 });
+        break;
+      } catch (e) {
+        if (!(e instanceof ApiError) || e.status !== 429 || e.code !== 'overloaded' || attempt >= 3) throw e;
+        const wait = Math.min(30, Math.max(1, e.retryAfter || 2));
+        showError(new ApiError(429, e.code, `The server is busy with other images; trying again in ${wait} s…`));
+        await new Promise((r) => setTimeout(r, wait * 1000));
+      }
+    }
+    clearError();
     const blob = await res.blob();
     const type = (res.headers.get('Content-Type') || blob.type || '').split(';')[0];
     const ext = EXT[type] || S.opts.format;

@@ -10,62 +10,18 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, Method};
 use sha2::{Digest, Sha256};
 
-use atelier_store::db::{new_id, now, Db, KeyRow};
+use atelier_jobs::gate::Gate;
+use atelier_jobs::Platform;
 
 use crate::{ApiError, AppState};
 
 /// The owner name of key-less requests in open mode.
 pub const LOCAL_OWNER: &str = "local";
-
-/// A freshly made key: the row to store and the key to show once.
-pub fn generate(owner: &str, label: &str) -> Result<(KeyRow, String), String> {
-    let id = new_id("k", 10);
-    let secret = new_id("", 32);
-    let mut salt = [0u8; 16];
-    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    let hash = Argon2::default()
-        .hash_password(secret.as_bytes(), &salt)
-        .map_err(|e| e.to_string())?
-        .to_string();
-    Ok((
-        KeyRow {
-            id: id.clone(),
-            owner: owner.to_string(),
-            hash,
-            label: label.to_string(),
-            created: now(),
-            revoked: false,
-        },
-        format!("atl_{id}_{secret}"),
-    ))
-}
-
-/// Creates and stores a key for `owner`; returns the key (shown once, not recoverable).
-pub async fn create_key(db: &Db, owner: &str, label: &str) -> Result<String, String> {
-    let (owner, label) = (owner.to_string(), label.to_string());
-    let (row, key) = tokio::task::spawn_blocking(move || generate(&owner, &label))
-        .await
-        .map_err(|e| e.to_string())??;
-    db.insert_key(&row).await.map_err(|e| e.to_string())?;
-    Ok(key)
-}
-
-/// Valid owner names for keys.
-pub fn valid_owner(owner: &str) -> bool {
-    (1..=64).contains(&owner.len())
-        && owner
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && owner != crate::BUILTIN_OWNER
-}
 
 /// How long a verified key is trusted without looking at the database again.
 const KEY_TTL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -78,21 +34,21 @@ const MAX_VERIFYING: usize = 2;
 /// Verified keys of this process, by SHA-256 of the key.
 pub struct KeyCache {
     verified: Mutex<HashMap<[u8; 32], (String, std::time::Instant)>>,
-    verifying: crate::gate::Gate,
+    verifying: Gate,
 }
 
 impl Default for KeyCache {
     fn default() -> Self {
         Self {
             verified: Mutex::default(),
-            verifying: crate::gate::Gate::new(MAX_VERIFYING),
+            verifying: Gate::new(MAX_VERIFYING),
         }
     }
 }
 
 impl KeyCache {
     /// The owner of `key`, or `None` if it is not a valid, unrevoked key.
-    pub async fn owner(&self, db: &Db, key: &str) -> Result<Option<String>, ApiError> {
+    pub async fn owner(&self, platform: &Platform, key: &str) -> Result<Option<String>, ApiError> {
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         if let Some((o, at)) = self.verified.lock().expect("key cache").get(&digest) {
             // Re-checked every minute, so a revoked key stops working within one.
@@ -100,43 +56,24 @@ impl KeyCache {
                 return Ok(Some(o.clone()));
             }
         }
-        let Some(rest) = key.strip_prefix("atl_") else {
+        let Some((id, secret)) = atelier_jobs::keys::parse(key) else {
             return Ok(None);
         };
-        let Some((id, secret)) = rest.split_once('_') else {
-            return Ok(None);
-        };
-        if id.len() > 40 || secret.len() > 128 {
-            return Ok(None);
-        }
-        let Some(row) = db.key(id).await? else {
-            return Ok(None);
-        };
-        if row.revoked {
-            return Ok(None);
-        }
         let secret = secret.to_string();
-        let hash = row.hash.clone();
         let pass = self.verifying.enter().await;
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| {
-                Argon2::default()
-                    .verify_password(secret.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await;
+        let owner = platform
+            .key_owner(id, move |hash| atelier_jobs::keys::verify(hash, &secret))
+            .await;
         drop(pass);
-        let ok = ok.map_err(ApiError::internal)?;
-        if !ok {
+        let Some(owner) = owner? else {
             return Ok(None);
-        }
+        };
         let mut v = self.verified.lock().expect("key cache");
         if v.len() > 10_000 {
             v.clear();
         }
-        v.insert(digest, (row.owner.clone(), std::time::Instant::now()));
-        Ok(Some(row.owner))
+        v.insert(digest, (owner.clone(), std::time::Instant::now()));
+        Ok(Some(owner))
     }
 
     /// The most argon2 verifications that ran at once so far (at most two).
@@ -188,7 +125,7 @@ impl FromRequestParts<AppState> for Caller {
         let owner = match key {
             Some(k) => state
                 .keys
-                .owner(&state.db, &k)
+                .owner(&state.platform, &k)
                 .await?
                 .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?,
             None if state.config.is_open() => LOCAL_OWNER.to_string(),
@@ -211,25 +148,5 @@ impl FromRequestParts<AppState> for Caller {
             ));
         }
         Ok(Caller { owner })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_verify_and_differ() {
-        let (row, key) = generate("alice", "").unwrap();
-        assert!(key.starts_with(&format!("atl_{}_", row.id)));
-        assert!(!row.hash.contains(key.rsplit('_').next().unwrap()));
-        let secret = key.rsplit('_').next().unwrap();
-        let h = PasswordHash::new(&row.hash).unwrap();
-        assert!(Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok());
-        assert!(Argon2::default().verify_password(b"wrong", &h).is_err());
-        let (_, other) = generate("alice", "").unwrap();
-        assert_ne!(key, other);
     }
 }

@@ -42,8 +42,14 @@ pub struct ServerConfig {
     pub max_image_side: u32,
     /// `POST /v1/stylize` downscales larger images to this longer side (jobs go further).
     pub max_output_side: u32,
-    /// Images stylized at the same time by `POST /v1/stylize`; more get 429 + Retry-After.
+    /// Images stylized at the same time by `POST /v1/stylize`; more wait (see
+    /// `max_stylize_wait_s`).
     pub max_concurrent: usize,
+    /// Seconds a `POST /v1/stylize` may wait for a free slot when all `max_concurrent` are
+    /// busy. A request whose expected wait (from recent stylize times and the requests ahead
+    /// of it) is longer, or that waits this long, gets `429 overloaded` with Retry-After.
+    /// 0: never wait.
+    pub max_stylize_wait_s: f64,
     /// Requests per minute per key (token bucket; also the burst size).
     pub rate_limit_per_minute: u32,
     /// Unfinished (queued or running) jobs per key.
@@ -88,6 +94,7 @@ impl Default for ServerConfig {
             max_image_side: 16384,
             max_output_side: 2048,
             max_concurrent: 1,
+            max_stylize_wait_s: 10.0,
             rate_limit_per_minute: 600,
             max_active_jobs: 4,
             max_dataset_images: 5000,
@@ -140,6 +147,9 @@ impl ServerConfig {
         if self.max_concurrent == 0 {
             return bad("max_concurrent must be at least 1");
         }
+        if !(0.0..=600.0).contains(&self.max_stylize_wait_s) {
+            return bad("max_stylize_wait_s must be in 0..=600");
+        }
         if self.max_body_bytes < 1024 || self.max_upload_bytes < 1024 {
             return bad("max_body_bytes and max_upload_bytes must be at least 1024");
         }
@@ -183,6 +193,24 @@ impl ServerConfig {
             max_pixels: self.max_pixels,
             max_side: self.max_image_side,
             max_bytes: self.max_body_bytes.max(self.max_upload_bytes) as u64,
+        }
+    }
+
+    /// The platform's part of the configuration.
+    pub fn platform_settings(&self) -> atelier_jobs::Settings {
+        atelier_jobs::Settings {
+            data_dir: self.data_dir.clone(),
+            database: self.database.clone(),
+            blobs: self.blobs.clone(),
+            models_dir: self.models_dir.clone(),
+            precision: self.kernel_precision(),
+            max_active_jobs: self.max_active_jobs,
+            max_storage_bytes_per_owner: self.max_storage_bytes_per_owner,
+            max_output_side: self.max_output_side,
+            image_limits: self.limits(),
+            ingest_limits: self.ingest_limits(),
+            max_concurrent_ingest: self.max_concurrent_ingest,
+            worker: self.worker.clone(),
         }
     }
 

@@ -213,6 +213,21 @@ impl From<atelier_jobs::JobsError> for ApiError {
                 format!("invalid archive: {m}"),
             ),
             E::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", m),
+            E::NotFound { code, message } => ApiError::not_found(code, message),
+            E::Conflict { code, message } => ApiError::conflict(code, message),
+            E::Unprocessable { code, message } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
+            E::StorageQuota {
+                used,
+                adding,
+                quota,
+            } => ApiError::storage_quota(used, adding, quota),
+            E::Upload { file, source } => {
+                let mut err = ApiError::from(source);
+                err.message = format!("{file}: {}", err.message);
+                err
+            }
             // A training configuration that cannot be built is the request's fault.
             E::Train(atelier_train::TrainError::Config(m)) => ApiError::bad_request(m),
             E::Imaging(e) => e.into(),

@@ -7,10 +7,10 @@
 //! of the models answers overload with 429 + `Retry-After`; each key is rate-limited and sees
 //! only its own datasets, jobs and private models (404 for anything else).
 
+pub mod admission;
 pub mod auth;
 pub mod config;
 pub mod error;
-pub mod gate;
 pub mod metrics;
 pub mod openapi;
 mod ratelimit;
@@ -83,7 +83,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             params: const { &[q_req("name", NAME_SCHEMA, "Name of the new model (1–64 letters, digits, `-`, `_`).")] },
             body: ReqBody::Bytes("application/octet-stream", "An Atelier .safetensors model file (with its model card)."),
             answer: Answer::Json(201, "Model"),
-            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
+            errors: &["bad_request", "invalid_model_file", "name_taken", "name_reserved", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/models", "models", "Upload a model file (private until published).")
         }, post(models::upload), true),
         (Op {
@@ -97,7 +97,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             ] },
             body: ReqBody::Bytes("application/octet-stream", "A pytorch-CycleGAN-and-pix2pix checkpoint (torch.save zip or .safetensors state dict)."),
             answer: Answer::Json(201, "Model"),
-            errors: &["bad_request", "invalid_model_file", "name_taken", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
+            errors: &["bad_request", "invalid_model_file", "name_taken", "name_reserved", "payload_too_large", "storage_quota_exceeded", "request_timeout"],
             ..op("post", "/v1/models/import", "models", "Import a pytorch-CycleGAN-and-pix2pix checkpoint.")
         }, post(models::import), true),
         (Op { params: &[NAME], answer: Answer::Json(200, "Model"), errors: &["model_not_found"], ..op("get", "/v1/models/{name}", "models", "A model with its card and sample images.") }, get(models::get), false),
@@ -128,7 +128,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
             description: "Training: a JSON `TrainSpec`. Stylizing large images or batches: multipart/form-data with a `spec` part (JSON `StylizeSpec`) and one or more `image` parts. Jobs are durable: a restart loses none, and training resumes from its last checkpoint.",
             body: ReqBody::JsonOrMultipart("JobSpec", &[("spec", "JSON StylizeSpec."), ("image", "An image (repeatable, up to 100).")]),
             answer: Answer::Json(202, "Job"),
-            errors: &["bad_request", "model_not_found", "dataset_not_found", "name_taken", "model_cannot_stylize", "quota_exceeded", "unsupported_image_format", "invalid_image", "image_too_large", "empty_image", "payload_too_large", "request_timeout"],
+            errors: &["bad_request", "model_not_found", "dataset_not_found", "name_taken", "name_reserved", "model_cannot_stylize", "quota_exceeded", "unsupported_image_format", "invalid_image", "image_too_large", "empty_image", "payload_too_large", "request_timeout"],
             ..op("post", "/v1/jobs", "jobs", "Start a job: training a style, or stylizing images at full resolution.")
         }, post(jobs::create), true),
         (Op {
@@ -295,34 +295,7 @@ pub async fn serve(state: AppState) -> std::io::Result<()> {
 
 /// [`serve`] on an already bound listener (tests bind port 0).
 pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
-    // Single node (SQLite): no other worker can hold a lease, so jobs left running by a
-    // previous process continue now instead of after their lease runs out.
-    match state
-        .db
-        .requeue_orphans(state.config.worker.max_attempts)
-        .await
-    {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("{n} job(s) interrupted by the last stop continue now"),
-        Err(e) => tracing::error!("requeueing interrupted jobs: {e}"),
-    }
-    let data = &state.config.data_dir;
-    match atelier_jobs::leftovers::sweep(
-        &state.db,
-        &state.blobs,
-        Some(&data.join("blobs")),
-        &data.join("cache"),
-    )
-    .await
-    {
-        Ok(s) if s == Default::default() => {}
-        Ok(s) => tracing::info!(
-            "collected leftovers of interrupted work: {} blob(s) without a row, {} temporary file(s)",
-            s.orphan_blobs,
-            s.temp_files
-        ),
-        Err(e) => tracing::error!("collecting leftovers: {e}"),
-    }
+    state.platform.recover().await;
     let workers = atelier_jobs::worker::spawn(std::sync::Arc::new(state.worker_context()));
     let addr = listener.local_addr()?;
     tracing::info!(
@@ -334,7 +307,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
         }
     );
     eprintln!("atelier: listening on http://{addr}");
-    let db = state.db.clone();
+    let platform = state.platform.clone();
     let result = accept_loop(listener, state).await;
     // Workers checkpoint and hand back their jobs; give training a while to finish its step.
     let wait = async {
@@ -348,7 +321,7 @@ pub async fn serve_on(listener: tokio::net::TcpListener, state: AppState) -> std
     {
         tracing::warn!("workers did not stop within 120 s; their jobs continue on the next start");
     }
-    db.close().await;
+    platform.close().await;
     eprintln!("atelier: stopped");
     result
 }

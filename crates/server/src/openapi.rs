@@ -106,7 +106,7 @@ fn status_of(code: &str) -> u16 {
         "method_not_allowed" => 405,
         "unsupported_image_format" => 415,
         "invalid_model_file" | "invalid_archive" | "model_cannot_stylize" => 422,
-        "name_taken" | "conflict" => 409,
+        "name_taken" | "name_reserved" | "conflict" => 409,
         "internal" => 500,
         "storage_full" => 507,
         "not_ready" | "no_models" | "busy" => 503,

@@ -264,8 +264,14 @@ async fn bad_requests_get_stable_codes() {
 
 #[tokio::test]
 async fn overload_answers_429_with_retry_after() {
-    let h = harness(|_| {}).await;
-    let busy = h.st.permits.clone().try_acquire_owned().unwrap();
+    // Never waiting for a slot: a full server answers at once.
+    let h = harness(|c| c.max_stylize_wait_s = 0.0).await;
+    let busy =
+        h.st.admission
+            .permits()
+            .clone()
+            .try_acquire_owned()
+            .unwrap();
     let (s, hd, b) = h
         .call(
             Request::post("/v1/stylize?model=tiny")
@@ -277,7 +283,7 @@ async fn overload_answers_429_with_retry_after() {
         (s, code(&b).as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "overloaded")
     );
-    assert_eq!(hd["retry-after"], "2");
+    assert_eq!(hd["retry-after"], "1");
     drop(busy);
     let (s, _) = h.post("/v1/stylize?model=tiny", None, png(8, 8)).await;
     assert_eq!(s, StatusCode::OK);
@@ -369,7 +375,7 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
     let job = job["id"].as_str().unwrap().to_string();
     let done = h.wait_job(&job, Some(&a), 60).await;
     assert_eq!(done["status"], "succeeded", "{done}");
-    let result = format!("/v1/jobs/{job}/results/0.png");
+    let result = format!("/v1/jobs/{job}/results/p.png");
     assert_eq!(h.get(&result, Some(&a)).await.0, StatusCode::OK);
     // The key may also come as ?key= on GET (for <img> and EventSource).
     assert_eq!(
@@ -470,7 +476,7 @@ async fn keys_are_required_when_closed_and_isolate_owners() {
         StatusCode::NOT_FOUND
     );
     // A revoked key stops working (after the verification cache's minute; here: a new state).
-    h.st.db
+    h.st.platform
         .revoke_key(a.split('_').nth(1).unwrap())
         .await
         .unwrap();
@@ -615,7 +621,8 @@ async fn datasets_upload_zip_skip_bad_files_and_delete() {
     );
     assert!(h
         .st
-        .blobs
+        .platform
+        .blob_store()
         .list(&format!("datasets/{id}"))
         .await
         .unwrap()
@@ -742,17 +749,18 @@ async fn models_upload_import_download_thumbnail_publish_delete() {
         "{}",
         String::from_utf8_lossy(&b)
     );
-    // Publishing under a built-in's name is refused; built-ins cannot be deleted.
-    let (s, _) = h
+    // Built-in names are reserved (a model of the caller's called `ukiyoe` would hide the
+    // built-in from them: issue 21); built-ins cannot be published or deleted.
+    let (s, b) = h
         .post("/v1/models?name=ukiyoe", None, tiny_model_bytes("x"))
         .await;
-    assert_eq!(s, StatusCode::CREATED);
-    let (s, b) = h.post("/v1/models/ukiyoe/publish", None, vec![]).await;
-    assert_eq!((s, code(&b).as_str()), (StatusCode::CONFLICT, "name_taken"));
     assert_eq!(
-        h.delete("/v1/models/ukiyoe", None).await.0,
-        StatusCode::NO_CONTENT
+        (s, code(&b).as_str()),
+        (StatusCode::CONFLICT, "name_reserved")
     );
+    assert!(String::from_utf8_lossy(&b).contains("`ukiyoe` is a built-in style"));
+    let (s, _) = h.post("/v1/models/ukiyoe/publish", None, vec![]).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(
         h.delete("/v1/models/ukiyoe", None).await.0,
         StatusCode::NOT_FOUND
@@ -1149,7 +1157,15 @@ async fn stylize_job_at_full_resolution() {
     let done = h.wait_job(&id, None, 60).await;
     assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["progress"]["done"], 2);
-    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/0.png"), None).await;
+    // Results keep the uploads' names (issue 21).
+    let names: Vec<&str> = done["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.png", "b.png"], "{done}");
+    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/a.png"), None).await;
     assert_eq!(s, StatusCode::OK);
     let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
     // Jobs are not bound by the synchronous endpoint's max_output_side.
@@ -1204,11 +1220,175 @@ async fn stylize_job_at_full_resolution() {
     );
     assert!(h
         .st
-        .blobs
+        .platform
+        .blob_store()
         .list("jobs")
         .await
         .unwrap()
         .iter()
         .all(|k| k.starts_with(&format!("jobs/{id}/"))));
     drop(tx);
+}
+
+/// Issue 21, item 7: what a newcomer met, each answered before any work with a message that
+/// says what to change.
+#[tokio::test]
+async fn newcomer_requests_get_human_answers() {
+    let h = harness(|_| {}).await;
+    let msg = |b: &[u8]| -> String {
+        serde_json::from_slice::<Value>(b).unwrap()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // Query values out of range or of the wrong type: the field and its range.
+    for (uri, expected) in [
+        (
+            "/v1/stylize?model=tiny&quality=500",
+            "quality must be between 1 and 100",
+        ),
+        (
+            "/v1/stylize?model=tiny&quality=0",
+            "quality must be between 1 and 100",
+        ),
+        (
+            "/v1/stylize?model=tiny&max_side=0",
+            "max_side must be at least 1",
+        ),
+        (
+            "/v1/stylize?model=tiny&max_side=big",
+            "`max_side`: not a whole number",
+        ),
+        (
+            "/v1/stylize?model=tiny&strength=lots",
+            "`strength`: not a number",
+        ),
+    ] {
+        let (s, b) = h.post(uri, None, png(8, 8)).await;
+        assert_eq!(
+            (s, msg(&b).as_str()),
+            (StatusCode::BAD_REQUEST, expected),
+            "{uri}"
+        );
+    }
+    // An image sent in a form field named `file`: an unknown field, not "not UTF-8".
+    let (s, b) = h
+        .post_multipart(
+            "/v1/stylize",
+            None,
+            &[
+                ("model", None, b"tiny".to_vec()),
+                ("file", Some("a.png"), png(8, 8)),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let m = b["error"]["message"].as_str().unwrap();
+    assert!(
+        m.starts_with("unknown form field `file`: the image goes in a part named `image`"),
+        "{m}"
+    );
+    // Job specs: serde's wording replaced by the field and what it takes.
+    for (spec, expected) in [
+        (json!({"type": "stylize"}), "`model` is required"),
+        (
+            json!({"type": "paint"}),
+            "`type` `paint` is not one of `stylize` or `train`",
+        ),
+        (
+            json!({"type": "train", "dataset": "d_x", "name": "s", "steps": "many"}),
+            "`steps`: expected a whole number (0 or more), got string \"many\"",
+        ),
+    ] {
+        let (s, v) = h.post_json("/v1/jobs", None, spec.clone()).await;
+        assert_eq!(
+            (s, v["error"]["message"].as_str().unwrap()),
+            (StatusCode::BAD_REQUEST, expected),
+            "{spec}"
+        );
+    }
+    // A dataset whose B domain got no images is refused when created (it could not train
+    // anything unpaired), with a pointer to kind=single.
+    let (s, v) = h
+        .post_multipart(
+            "/v1/datasets?name=half",
+            None,
+            &[("a", Some("x.png"), colour_png(16, 16, [9, 9, 9], 1))],
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("no usable images in domain B") && m.contains("kind=single"),
+        "{m}"
+    );
+    assert!(h.json("/v1/datasets", None).await["datasets"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // A training spec with a generator that does not exist is refused before queueing.
+    let (s, d) = h
+        .post_multipart(
+            "/v1/datasets?name=ok",
+            None,
+            &[
+                ("a", Some("x.png"), colour_png(16, 16, [9, 9, 9], 1)),
+                ("b", Some("y.png"), colour_png(16, 16, [200, 9, 9], 2)),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{d}");
+    let ds = d["id"].as_str().unwrap();
+    let (s, v) = h
+        .post_json("/v1/jobs", None, json!({"type": "train", "dataset": ds, "name": "s", "family": "cyclegan", "net_g": "resnet_99", "init_from": null}))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("net_g `resnet_99`: expected light, resnet_<N>blocks"),
+        "{v}"
+    );
+    // A training may not take a built-in's name (it would hide the built-in from its owner).
+    let (s, v) = h
+        .post_json(
+            "/v1/jobs",
+            None,
+            json!({"type": "train", "dataset": ds, "name": "ukiyoe", "steps": 1}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("name_reserved")),
+        "{v}"
+    );
+    assert!(h.json("/v1/jobs", None).await["jobs"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+/// Issue 21, item 7: two people pressing "Stylize" at once on a one-slot server both get
+/// their image (the second waits briefly) instead of `429 overloaded`.
+#[tokio::test]
+async fn simultaneous_stylizes_wait_for_a_slot() {
+    let h = harness(|c| c.max_concurrent = 1).await;
+    let st = h.st.clone();
+    let one = || {
+        let st = st.clone();
+        async move {
+            send(
+                st,
+                Request::post("/v1/stylize?model=tiny")
+                    .body(Body::from(png(64, 64)))
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let (a, b) = tokio::join!(one(), one());
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK));
+    let (_, m) = h.get("/metrics", None).await;
+    assert!(!String::from_utf8_lossy(&m).contains("atelier_overloaded_total 1"));
 }

@@ -383,7 +383,7 @@ async fn storage_quota_per_owner() {
     let h = harness(|c| c.max_storage_bytes_per_owner = one * 5 / 2).await;
     let (s, d) = h
         .post_multipart(
-            "/v1/datasets?name=x",
+            "/v1/datasets?name=x&kind=single",
             None,
             &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())],
         )
@@ -392,7 +392,7 @@ async fn storage_quota_per_owner() {
     // A third and fourth image would pass the quota: refused, nothing stored.
     let (s, e) = h
         .post_multipart(
-            "/v1/datasets?name=y",
+            "/v1/datasets?name=y&kind=single",
             None,
             &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())],
         )
@@ -409,7 +409,7 @@ async fn storage_quota_per_owner() {
     let id = d["id"].as_str().unwrap();
     let (s, e) = h
         .post_multipart(
-            &format!("/v1/datasets/{id}/images?domain=b"),
+            &format!("/v1/datasets/{id}/images?domain=a"),
             None,
             &[
                 ("files", Some("5.png"), img()),
@@ -446,7 +446,7 @@ async fn storage_quota_per_owner() {
     for k in [&ka, &kb] {
         let (s, _) = h2
             .post_multipart(
-                "/v1/datasets?name=x",
+                "/v1/datasets?name=x&kind=single",
                 Some(k),
                 &[("a", Some("1.png"), img()), ("a", Some("2.png"), img())],
             )
@@ -460,7 +460,7 @@ async fn storage_quota_per_owner() {
     );
     let (s, _) = h
         .post_multipart(
-            "/v1/datasets?name=y",
+            "/v1/datasets?name=y&kind=single",
             None,
             &[("a", Some("3.png"), img()), ("a", Some("4.png"), img())],
         )
@@ -497,7 +497,7 @@ async fn ingest_decodes_a_bounded_number_of_images_at_once() {
                 let st = h.st.clone();
                 let (ct, body) = multipart(&[("a", Some("x.zip"), zip.clone())]);
                 tokio::spawn(async move {
-                    let req = Request::post(format!("/v1/datasets?name=d{i}"))
+                    let req = Request::post(format!("/v1/datasets?name=d{i}&kind=single"))
                         .header("content-type", ct)
                         .body(Body::from(body))
                         .unwrap();
@@ -508,7 +508,7 @@ async fn ingest_decodes_a_bounded_number_of_images_at_once() {
         for u in uploads {
             assert_eq!(u.await.unwrap(), StatusCode::CREATED);
         }
-        let peak = h.st.ingest_slots.peak();
+        let peak = h.st.platform.ingest_peak();
         if cap == 1 {
             assert_eq!(peak, 1, "{peak} uploads decoded at once");
         } else {
@@ -531,7 +531,7 @@ async fn leftovers_are_collected_at_start() {
     let h = harness(|_| {}).await;
     let (s, d) = h
         .post_multipart(
-            "/v1/datasets?name=kept",
+            "/v1/datasets?name=kept&kind=single",
             None,
             &[("a", Some("1.png"), png(32, 32))],
         )
@@ -696,7 +696,7 @@ async fn unbuildable_training_specs_are_refused_up_front() {
     let (s, v) = h.post_json("/v1/jobs/estimate", None, spec("")).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("netG"),
+        v["error"]["message"].as_str().unwrap().contains("net_g ``"),
         "{v}"
     );
     let (s, d) = h
@@ -752,7 +752,8 @@ async fn keys_are_hashed_at_rest_and_never_logged() {
     let secret = k.rsplit('_').next().unwrap().to_string();
     assert!(secret.len() >= 32, "{k}");
     let row =
-        h.st.db
+        h.st.platform
+            .store()
             .key(k.split('_').nth(1).unwrap())
             .await
             .unwrap()
@@ -919,7 +920,7 @@ async fn a_full_disk_gives_clear_errors_and_recovers_without_restart() {
     let h = harness(|c| c.data_dir = data.clone()).await;
     let (s, _) = h
         .post_multipart(
-            "/v1/datasets?name=before",
+            "/v1/datasets?name=before&kind=single",
             None,
             &[("a", Some("1.png"), png(64, 64))],
         )
@@ -942,7 +943,7 @@ async fn a_full_disk_gives_clear_errors_and_recovers_without_restart() {
         .map(|b| ("a", Some("x.png"), b.clone()))
         .collect();
     let (s, e) = h
-        .post_multipart("/v1/datasets?name=full", None, &parts)
+        .post_multipart("/v1/datasets?name=full&kind=single", None, &parts)
         .await;
     assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE, "{e}");
     assert_eq!(e["error"]["code"], "storage_full", "{e}");
@@ -969,7 +970,7 @@ async fn a_full_disk_gives_clear_errors_and_recovers_without_restart() {
     // Space is back: the same upload succeeds, no restart.
     std::fs::remove_file(&filler).unwrap();
     let (s, d) = h
-        .post_multipart("/v1/datasets?name=full", None, &parts)
+        .post_multipart("/v1/datasets?name=full&kind=single", None, &parts)
         .await;
     assert_eq!(s, StatusCode::CREATED, "{d}");
     assert_eq!(d["count_a"], 4);
@@ -1010,7 +1011,7 @@ async fn a_locked_database_is_waited_for_then_reported_busy() {
         let st = h.st.clone();
         async move {
             let (ct, body) = multipart(&[("a", Some("1.png"), png(16, 16))]);
-            let req = Request::post(format!("/v1/datasets?name={name}"))
+            let req = Request::post(format!("/v1/datasets?name={name}&kind=single"))
                 .header("content-type", ct)
                 .body(Body::from(body))
                 .unwrap();
@@ -1182,7 +1183,7 @@ async fn cancelling_a_stylize_job_stops_inside_the_image() {
         latency < 1.0 + whole / 2.0,
         "the cancel took {latency:.1} s, the whole image {whole:.1} s"
     );
-    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/0.png"), None).await;
+    let (s, b) = h.get(&format!("/v1/jobs/{id}/results/big.png"), None).await;
     assert_eq!(s, StatusCode::OK);
     let img = atelier_imaging::decode(&b, &Default::default()).unwrap();
     assert_eq!((img.width, img.height), (2048, 2048));

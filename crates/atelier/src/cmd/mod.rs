@@ -48,25 +48,70 @@ impl Global {
         }
     }
 
-    /// Resolves `--model`: an existing file, or `<models_dir>/<name>.safetensors`.
-    pub fn model_path(&self, model: &str) -> anyhow::Result<std::path::PathBuf> {
+    /// Resolves `--model`: an existing file, `<models_dir>/<name>.safetensors`, or a
+    /// built-in style compiled into the binary (the ones `atelier serve` shows).
+    pub fn model_source(&self, model: &str) -> anyhow::Result<ModelSource> {
         let p = std::path::Path::new(model);
         if p.is_file() {
-            return Ok(p.to_path_buf());
+            return Ok(ModelSource::File(p.to_path_buf()));
         }
         let named = self.models_dir.join(format!("{model}.safetensors"));
         if named.is_file() {
-            return Ok(named);
+            return Ok(ModelSource::File(named));
         }
-        let available = atelier_nets::file::model_names(&self.models_dir);
-        anyhow::bail!(
-            "no model file `{model}` and no model named `{model}` in {} (available: {})",
-            self.models_dir.display(),
-            if available.is_empty() {
-                "none".to_string()
-            } else {
-                available.join(", ")
+        if let Some((name, _, bytes)) = atelier_jobs::builtin::EMBEDDED
+            .iter()
+            .find(|(n, _, _)| *n == model)
+        {
+            return Ok(ModelSource::Builtin(name, bytes));
+        }
+        let mut available = atelier_nets::file::model_names(&self.models_dir);
+        for (name, _, _) in atelier_jobs::builtin::EMBEDDED {
+            if !available.iter().any(|n| n == name) {
+                available.push(name.to_string());
             }
+        }
+        anyhow::bail!(
+            "no model file `{model}`, no model named `{model}` in {} and no built-in style `{model}` (available: {})",
+            self.models_dir.display(),
+            available.join(", ")
         )
     }
+
+    /// Loads `--model` (see [`Global::model_source`]).
+    pub fn load_model(
+        &self,
+        model: &str,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<atelier_nets::Model> {
+        use anyhow::Context;
+        match self.model_source(model)? {
+            ModelSource::File(path) => atelier_nets::load(&path, device)
+                .with_context(|| format!("loading model {}", path.display())),
+            ModelSource::Builtin(name, bytes) => {
+                Ok(atelier_nets::file::load_bytes(name, bytes, device)?)
+            }
+        }
+    }
+
+    /// The card of `--model`.
+    pub fn model_card(&self, model: &str) -> anyhow::Result<atelier_nets::ModelCard> {
+        match self.model_source(model)? {
+            ModelSource::File(path) => Ok(atelier_nets::file::read_card(&path)?),
+            ModelSource::Builtin(name, bytes) => {
+                let (_, meta) = atelier_nets::file::parse_safetensors(bytes)
+                    .map_err(|reason| anyhow::anyhow!("built-in model {name}: {reason}"))?;
+                Ok(atelier_nets::file::card_from_metadata(
+                    std::path::Path::new(name),
+                    meta.as_ref(),
+                )?)
+            }
+        }
+    }
+}
+
+/// Where a `--model` comes from.
+pub enum ModelSource {
+    File(std::path::PathBuf),
+    Builtin(&'static str, &'static [u8]),
 }

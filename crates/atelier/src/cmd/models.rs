@@ -13,8 +13,7 @@ pub fn run(global: &Global, cmd: ModelsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ModelsCommand::Import(args) => import_cmd(global, *args),
         ModelsCommand::Inspect { model } => {
-            let path = global.model_path(&model)?;
-            let card = atelier_nets::file::read_card(&path)?;
+            let card = global.model_card(&model)?;
             let params = card.arch.parameter_count()?;
             println!("{}", serde_json::to_string_pretty(&card)?);
             println!("parameters: {params}");

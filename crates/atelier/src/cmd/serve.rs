@@ -30,6 +30,7 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(max_upload_bytes = a.max_upload_bytes);
     set!(max_output_side = a.max_output_side);
     set!(max_concurrent = a.max_concurrent);
+    set!(max_stylize_wait_s = a.max_stylize_wait);
     set!(rate_limit_per_minute = a.rate_limit_per_minute);
     set!(max_active_jobs = a.max_active_jobs);
     set!(worker.train_workers = a.train_workers);
@@ -85,7 +86,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let state = AppState::open(config)
             .await
             .with_context(|| format!("opening the data directory {}", data.display()))?;
-        let catalog = state.catalog.clone();
+        let catalog = state.platform.catalog().clone();
         tokio::spawn(async move { catalog.warm_builtin_thumbnails().await });
         atelier_server::serve(state).await.context("serving")
     })?;
@@ -100,20 +101,54 @@ pub fn admin(cmd: AdminCommand) -> anyhow::Result<ExitCode> {
                 Some(url) => atelier_store::db::Db::open(url).await.with_context(|| {
                     format!("opening the database {}", atelier_store::db::redact(url))
                 }),
-                None => atelier_store::db::Db::open_sqlite(&a.data.join("atelier.db"))
-                    .await
-                    .with_context(|| format!("opening the database in {}", a.data.display())),
+                None => {
+                    let file = a.data.join("atelier.db");
+                    // An admin command never makes a data folder: a typo in --data would
+                    // otherwise give a key to a database no server reads.
+                    if !file.is_file() {
+                        anyhow::bail!(
+                            "no Atelier data folder at {} (it has no atelier.db): pass the server's --data (or set ATELIER_DATA), or --database for PostgreSQL; `atelier admin migrate --data {}` creates one",
+                            a.data.display(),
+                            a.data.display()
+                        );
+                    }
+                    atelier_store::db::Db::open_sqlite(&file)
+                        .await
+                        .with_context(|| format!("opening the database in {}", a.data.display()))
+                }
             }
         };
         match cmd {
+            AdminCommand::Migrate { data } => {
+                let (db, what) = match &data.database {
+                    Some(url) => (
+                        atelier_store::db::Db::open(url).await.with_context(|| {
+                            format!("opening the database {}", atelier_store::db::redact(url))
+                        })?,
+                        atelier_store::db::redact(url),
+                    ),
+                    None => {
+                        std::fs::create_dir_all(&data.data).with_context(|| {
+                            format!("creating the data folder {}", data.data.display())
+                        })?;
+                        let file = data.data.join("atelier.db");
+                        (
+                            atelier_store::db::Db::open_sqlite(&file)
+                                .await
+                                .with_context(|| format!("opening {}", file.display()))?,
+                            format!("sqlite://{}", file.display()),
+                        )
+                    }
+                };
+                db.close().await;
+                eprintln!("{what}: the schema is current");
+            }
             AdminCommand::CreateKey { owner, label, data } => {
-                if !atelier_server::auth::valid_owner(&owner) {
+                if !atelier_jobs::keys::valid_owner(&owner) {
                     anyhow::bail!("--owner: 1–64 letters, digits, `-` or `_` (not `builtin`)");
                 }
                 let db = open(data).await?;
-                let key = atelier_server::auth::create_key(&db, &owner, &label)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e))?;
+                let key = atelier_jobs::keys::create(&db, &owner, &label).await?;
                 eprintln!(
                     "API key for `{owner}` (shown once; send it as `Authorization: Bearer <key>`):"
                 );

@@ -59,9 +59,7 @@ fn format_of(arg: Option<OutFormat>) -> Option<Format> {
 }
 
 pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
-    let model_path = global.model_path(&args.model)?;
-    let model = atelier_nets::load(&model_path, &Device::Cpu)
-        .with_context(|| format!("loading model {}", model_path.display()))?;
+    let model = global.load_model(&args.model, &Device::Cpu)?;
     let precision = atelier_nets::Precision::parse(&args.precision).unwrap_or_default();
     let stylizer = Stylizer::with_precision(model, Device::Cpu, precision)?;
     let opts = Options {
@@ -193,23 +191,28 @@ fn stylize_one(
     used: &mut std::collections::HashSet<PathBuf>,
 ) -> anyhow::Result<PathBuf> {
     let bytes = atelier_imaging::read_file(path, limits)?;
-    let in_format = Format::sniff(&bytes);
-    let mut img = atelier_imaging::decode(&bytes, limits)?;
-    drop(bytes);
-    if let Some(max) = args.max_side {
-        let (w, h) = atelier_imaging::fit_max_side(img.width, img.height, max);
-        if (w, h) != (img.width, img.height) {
-            img = atelier_imaging::resize(&img, w, h);
-        }
-    }
-    let passes = stylizer.passes(img.width, img.height, opts);
-    tiles.set_length(passes as u64);
+    let request = atelier_jobs::pipeline::Request {
+        strength: 1.0,
+        max_side: args.max_side,
+        format: out_format,
+        quality: args.quality.into(),
+        engine: *opts,
+    };
     tiles.set_position(0);
-    tiles.set_message(format!("{}×{}", img.width, img.height));
-    let out = stylizer.stylize(&img, opts, &mut |p| tiles.set_position(p.done as u64))?;
-    drop(img);
-    let format = out_format.or(in_format).unwrap_or(Format::Png);
-    let data = atelier_imaging::encode(&out, format, args.quality)?;
+    let out = atelier_jobs::pipeline::stylize_bytes(
+        stylizer,
+        &bytes,
+        limits,
+        &request,
+        &mut |p| {
+            tiles.set_length(p.total as u64);
+            tiles.set_position(p.done as u64);
+        },
+        &|| false,
+    )?;
+    drop(bytes);
+    tiles.set_message(format!("{}×{}", out.width, out.height));
+    let (format, data) = (out.format, out.bytes);
     let target = if single_file {
         args.output.clone()
     } else {

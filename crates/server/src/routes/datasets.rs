@@ -8,16 +8,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use atelier_jobs::datasets::Ingest;
-use atelier_store::db::{new_id, now, DatasetKind, DatasetRow, Skipped};
+use atelier_jobs::platform::DatasetUpload;
+use atelier_jobs::Dataset;
 
 use super::{is_multipart, multipart, next_field, query, read_field};
 use crate::auth::Caller;
 use crate::{ApiError, AppState};
-
-fn not_found(id: &str) -> ApiError {
-    ApiError::not_found("dataset_not_found", format!("no dataset `{id}`"))
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,32 +21,6 @@ pub struct CreateQuery {
     pub name: String,
     /// `unpaired` (default), `paired` or `single`.
     pub kind: Option<String>,
-}
-
-/// What one upload added to a dataset.
-#[derive(Debug, Default)]
-struct Tally {
-    a: i64,
-    b: i64,
-    bytes: i64,
-    skipped: Vec<Skipped>,
-}
-
-/// Checks that `adding` more bytes keep the caller within their storage quota.
-pub(crate) async fn check_quota(
-    state: &AppState,
-    owner: &str,
-    adding: u64,
-) -> Result<(), ApiError> {
-    let quota = state.config.max_storage_bytes_per_owner;
-    if quota == 0 {
-        return Ok(());
-    }
-    let used = state.db.storage_used(owner).await?.max(0) as u64;
-    if used.saturating_add(adding) > quota {
-        return Err(ApiError::storage_quota(used, adding, quota));
-    }
-    Ok(())
 }
 
 /// The body's declared length, if any.
@@ -63,14 +33,12 @@ fn declared(req: &Request) -> Option<u64> {
         .ok()
 }
 
-/// Reads the multipart parts into the dataset, adding what it stored to `tally` (also when
-/// it fails part-way, so that the caller records what was stored).
+/// Reads the multipart parts into the upload (what was stored before a failure stays
+/// counted in it).
 async fn ingest(
     state: &AppState,
     req: Request,
-    row: &DatasetRow,
-    fixed: Option<char>,
-    tally: &mut Tally,
+    upload: &mut DatasetUpload,
 ) -> Result<(), ApiError> {
     if !is_multipart(&req) {
         return Err(ApiError::bad_request(
@@ -79,54 +47,15 @@ async fn ingest(
     }
     // A body that says it is too big is refused before any of it is read.
     if let Some(n) = declared(&req) {
-        check_quota(state, &row.owner, n).await?;
+        state.platform.check_quota(upload.owner(), n).await?;
     }
     let limit = state.config.max_upload_bytes;
-    let limits = state.config.ingest_limits();
     let mut m = multipart(req, state).await?;
-    let mut total = (row.count_a + row.count_b) as usize;
     while let Some(f) = next_field(&mut m, limit).await? {
-        let part = f.name().unwrap_or("").to_ascii_lowercase();
-        let domain = match (fixed, part.as_str()) {
-            (Some(d), _) => d,
-            (None, "a") => 'a',
-            (None, "b") => 'b',
-            (None, other) => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown part `{other}`: files go in parts `a` and `b`"
-                )))
-            }
-        };
-        if domain == 'b' && row.kind == DatasetKind::Single {
-            return Err(ApiError::bad_request(
-                "a `single` dataset has only domain A",
-            ));
-        }
+        let part = f.name().unwrap_or("").to_string();
         let file = f.file_name().unwrap_or("upload").to_string();
         let data = read_field(f, limit, limit).await?;
-        // Without a declared length (chunked bodies), each file is checked as it comes.
-        check_quota(state, &row.owner, tally.bytes as u64 + data.len() as u64).await?;
-        // Decoding is CPU and memory: a few uploads at a time, the others wait.
-        let _slot = state.ingest_slots.enter().await;
-        let mut ing = Ingest::new(&state.blobs, &row.id, domain, total, limits).await?;
-        let added = ing.add_file(&file, data).await;
-        total = ing.total;
-        let out = ing.out;
-        if domain == 'a' {
-            tally.a += out.added as i64;
-        } else {
-            tally.b += out.added as i64;
-        }
-        tally.bytes += out.bytes as i64;
-        tally.skipped.extend(out.skipped);
-        match added {
-            Ok(()) => {}
-            // One unusable archive is reported like an unusable image.
-            Err(atelier_jobs::JobsError::InvalidArchive(reason)) => {
-                tally.skipped.push(Skipped { file, reason })
-            }
-            Err(e) => return Err(e.into()),
-        }
+        state.platform.ingest(upload, &part, &file, data).await?;
     }
     Ok(())
 }
@@ -138,42 +67,16 @@ pub async fn create(
     req: Request,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let name = q.name.trim().to_string();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("name: 1–100 printable characters"));
-    }
-    let kind = match q.kind.as_deref() {
-        None => DatasetKind::Unpaired,
-        Some(k) => DatasetKind::parse(k)
-            .ok_or_else(|| ApiError::bad_request("kind: expected unpaired, paired or single"))?,
-    };
-    let mut row = DatasetRow {
-        id: new_id("d_", 10),
-        owner: caller.owner.clone(),
-        name,
-        kind,
-        count_a: 0,
-        count_b: 0,
-        bytes: 0,
-        skipped: vec![],
-        created: now(),
-    };
-    let mut tally = Tally::default();
-    if let Err(e) = ingest(&state, req, &row, None, &mut tally).await {
+    let mut upload = state
+        .platform
+        .begin_dataset(&caller.owner, &q.name, q.kind.as_deref())?;
+    if let Err(e) = ingest(&state, req, &mut upload).await {
         // Nothing half-made stays behind.
-        let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
+        state.platform.abort_dataset(upload).await;
         return Err(e);
     }
-    row.count_a = tally.a;
-    row.count_b = tally.b;
-    row.bytes = tally.bytes;
-    row.skipped = tally.skipped;
-    if let Err(e) = state.db.insert_dataset(&row).await {
-        // No row, no images: a failed insert (a full disk) leaves nothing behind.
-        let _ = atelier_jobs::datasets::remove(&state.blobs, &row.id).await;
-        return Err(e.into());
-    }
-    Ok((StatusCode::CREATED, Json(row)).into_response())
+    let dataset = state.platform.commit_dataset(upload).await?;
+    Ok((StatusCode::CREATED, Json(dataset)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,37 +92,17 @@ pub async fn add_images(
     Path(id): Path<String>,
     q: Result<Query<AddQuery>, QueryRejection>,
     req: Request,
-) -> Result<Json<DatasetRow>, ApiError> {
+) -> Result<Json<Dataset>, ApiError> {
     let q = query(q)?;
-    let domain = match q.domain.to_ascii_lowercase().as_str() {
-        "a" => 'a',
-        "b" => 'b',
-        _ => return Err(ApiError::bad_request("domain: expected a or b")),
-    };
-    let row = state
-        .db
-        .dataset(&caller.owner, &id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    let mut tally = Tally::default();
-    let result = ingest(&state, req, &row, Some(domain), &mut tally).await;
+    let mut upload = state
+        .platform
+        .begin_adding(&caller.owner, &id, &q.domain)
+        .await?;
+    let result = ingest(&state, req, &mut upload).await;
     // What was stored before a failure is kept and counted (nothing stored goes uncounted).
-    if tally.a + tally.b > 0 || !tally.skipped.is_empty() {
-        state
-            .db
-            .add_to_dataset(&id, tally.a, tally.b, tally.bytes, &tally.skipped)
-            .await?;
-    }
+    let dataset = state.platform.commit_dataset(upload).await?;
     result?;
-    let skipped = tally.skipped;
-    let mut row = state
-        .db
-        .dataset(&caller.owner, &id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    // This request's skips first, so the caller sees them.
-    row.skipped = skipped;
-    Ok(Json(row))
+    Ok(Json(dataset))
 }
 
 pub async fn list(
@@ -227,7 +110,7 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(
-        json!({ "datasets": state.db.datasets(&caller.owner).await? }),
+        json!({ "datasets": state.platform.datasets(&caller.owner).await? }),
     ))
 }
 
@@ -235,14 +118,8 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<DatasetRow>, ApiError> {
-    Ok(Json(
-        state
-            .db
-            .dataset(&caller.owner, &id)
-            .await?
-            .ok_or_else(|| not_found(&id))?,
-    ))
+) -> Result<Json<Dataset>, ApiError> {
+    Ok(Json(state.platform.dataset(&caller.owner, &id).await?))
 }
 
 pub async fn delete(
@@ -250,11 +127,6 @@ pub async fn delete(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let row = state
-        .db
-        .delete_dataset(&caller.owner, &id)
-        .await?
-        .ok_or_else(|| not_found(&id))?;
-    atelier_jobs::datasets::remove(&state.blobs, &row.id).await?;
+    state.platform.delete_dataset(&caller.owner, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

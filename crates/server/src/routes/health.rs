@@ -16,7 +16,7 @@ pub async fn healthz() -> &'static str {
 
 /// Ready when the database answers and at least one model is available.
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.db.ping().await.map_err(|e| {
+    state.platform.ping().await.map_err(|e| {
         tracing::error!("readyz: {e}");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -24,7 +24,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
             "the database does not answer",
         )
     })?;
-    if state.catalog.builtins().is_empty() {
+    if state.platform.catalog().builtins().is_empty() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_models",
@@ -38,7 +38,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
 /// totals, not anyone's data); Prometheus sends it with `authorization: {credentials: …}`.
 pub async fn metrics(State(state): State<AppState>, _caller: Caller) -> impl IntoResponse {
     let mut gauges = Vec::new();
-    if let Ok(counts) = state.db.job_counts().await {
+    if let Ok(counts) = state.platform.job_counts().await {
         for (kind, status, n) in counts {
             gauges.push((JOBS, vec![("kind", kind), ("status", status)], n as f64));
         }

@@ -12,7 +12,6 @@ use axum::extract::multipart::Field;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request};
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
 
@@ -31,8 +30,9 @@ pub async fn method_not_allowed() -> ApiError {
 
 /// A query string, or `400 bad_request` naming what is wrong.
 pub fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
-    q.map(|Query(t)| t)
-        .map_err(|e| ApiError::bad_request(format!("query: {}", e.body_text())))
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::bad_request(atelier_jobs::spec::humanize_query_error(&e.body_text()))
+    })
 }
 
 /// Whether the request body is `multipart/form-data`.
@@ -129,9 +129,4 @@ pub async fn read_field(mut f: Field<'_>, max: usize, limit: usize) -> Result<By
 pub async fn read_text(f: Field<'_>, limit: usize) -> Result<String, ApiError> {
     let b = read_field(f, 64 << 10, limit).await?;
     String::from_utf8(b.to_vec()).map_err(|_| ApiError::bad_request("a form field is not UTF-8"))
-}
-
-/// Parses JSON, or `400 bad_request` with serde's message.
-pub fn parse_json<T: DeserializeOwned>(text: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(text).map_err(|e| ApiError::bad_request(format!("JSON: {e}")))
 }

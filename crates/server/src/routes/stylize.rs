@@ -9,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::Deserialize;
 
-use atelier_imaging::Format;
-
 use super::{body_bytes, is_multipart, multipart, next_field, query, read_field, read_text};
 use crate::auth::Caller;
 use crate::metrics::{OVERLOADED, STYLIZE_SECONDS};
@@ -29,7 +27,17 @@ pub struct StylizeQuery {
     /// 0 = the original, 1 = fully stylized (default 1).
     pub strength: Option<f32>,
     /// JPEG quality 1–100 (default 92).
-    pub quality: Option<u8>,
+    pub quality: Option<u32>,
+}
+
+/// The option a form field sets, or why it cannot be one.
+fn option_field(name: &str) -> Result<(), ApiError> {
+    match name {
+        "model" | "format" | "max_side" | "strength" | "quality" => Ok(()),
+        other => Err(ApiError::bad_request(format!(
+            "unknown form field `{other}`: the image goes in a part named `image`; the options are model, format, max_side, strength and quality"
+        ))),
+    }
 }
 
 fn set_field(q: &mut StylizeQuery, name: &str, v: String) -> Result<(), ApiError> {
@@ -40,11 +48,7 @@ fn set_field(q: &mut StylizeQuery, name: &str, v: String) -> Result<(), ApiError
         "max_side" => q.max_side = Some(v.trim().parse().map_err(|_| num("max_side"))?),
         "strength" => q.strength = Some(v.trim().parse().map_err(|_| num("strength"))?),
         "quality" => q.quality = Some(v.trim().parse().map_err(|_| num("quality"))?),
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown form field `{other}`"
-            )))
-        }
+        other => option_field(other)?,
     }
     Ok(())
 }
@@ -65,6 +69,8 @@ pub async fn stylize(
             if name == "image" {
                 image = Some(read_field(f, limit, limit).await?);
             } else {
+                // Named first: a misnamed image part is an unknown field, not bad text.
+                option_field(&name)?;
                 let v = read_text(f, limit).await?;
                 set_field(&mut q, &name, v)?;
             }
@@ -73,71 +79,49 @@ pub async fn stylize(
     } else {
         body_bytes(req, &state, limit).await?
     };
-    let model_name = q
+    let model = q
         .model
         .clone()
         .ok_or_else(|| ApiError::bad_request("`model` is required"))?;
-    let strength = q.strength.unwrap_or(1.0);
-    if !(0.0..=1.0).contains(&strength) {
-        return Err(ApiError::bad_request("strength must be between 0 and 1"));
-    }
-    let out_format = match q.format.as_deref() {
-        None => None,
-        Some(f) => Some(Format::from_extension(f).ok_or_else(|| {
-            ApiError::bad_request(format!("format `{f}`: expected jpg, png or webp"))
-        })?),
+    let request = atelier_jobs::pipeline::Request {
+        strength: q.strength.unwrap_or(1.0),
+        max_side: q.max_side,
+        format: q
+            .format
+            .as_deref()
+            .map(atelier_jobs::platform::parse_format)
+            .transpose()?,
+        quality: q.quality.unwrap_or(92),
+        engine: Default::default(),
     };
-    let quality = q.quality.unwrap_or(92);
-    if !(1..=100).contains(&quality) {
-        return Err(ApiError::bad_request("quality must be between 1 and 100"));
-    }
-    let model = state
-        .catalog
-        .resolve(&caller.owner, &model_name)
-        .await?
-        .ok_or_else(|| ApiError::model_not_found(&model_name))?;
-    // Validate before decoding: format by content, dimensions from the header.
-    let limits = state.config.limits();
-    let (in_format, _, _) = atelier_imaging::probe(&body, &limits)?;
-    let permit = state.permits.clone().try_acquire_owned().map_err(|_| {
+    // Checked before waiting for a slot: options, model, the image's header.
+    let prepared = state
+        .platform
+        .prepare_stylize(&caller.owner, &model, body, request)
+        .await?;
+    let permit = state.admission.enter().await.map_err(|busy| {
         state.metrics.inc(OVERLOADED, &[]);
-        ApiError::overloaded(2)
+        ApiError::overloaded(busy.retry_after)
     })?;
-    let stylizer = state.catalog.stylizer(&model).await?;
-    let max_side = q
-        .max_side
-        .unwrap_or(state.config.max_output_side)
-        .clamp(1, state.config.max_output_side);
-    let format = out_format.unwrap_or(in_format);
+    let model = prepared.model().to_string();
     let started = Instant::now();
-    let (bytes, w, h) = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let _permit = permit;
-        let img = atelier_imaging::decode(&body, &limits)?;
-        let (w, h) = atelier_imaging::fit_max_side(img.width, img.height, max_side);
-        let img = if (w, h) != (img.width, img.height) {
-            atelier_imaging::resize(&img, w, h)
-        } else {
-            img
-        };
-        let out = atelier_jobs::catalog::stylize_image(&stylizer, &img, strength)?;
-        Ok((atelier_imaging::encode(&out, format, quality)?, w, h))
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    state.metrics.observe(
-        STYLIZE_SECONDS,
-        &[("model", model.name())],
-        started.elapsed().as_secs_f64(),
-    );
+    let out = prepared.run().await;
+    drop(permit);
+    let secs = started.elapsed().as_secs_f64();
+    let out = out?;
+    state.admission.observe(secs);
+    state
+        .metrics
+        .observe(STYLIZE_SECONDS, &[("model", &model)], secs);
     let mut resp = (
         [(
             header::CONTENT_TYPE,
-            HeaderValue::from_static(format.mime_type()),
+            HeaderValue::from_static(out.format.mime_type()),
         )],
-        bytes,
+        out.bytes,
     )
         .into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("{w}x{h}")) {
+    if let Ok(v) = HeaderValue::from_str(&format!("{}x{}", out.width, out.height)) {
         resp.headers_mut().insert("x-atelier-size", v);
     }
     Ok(resp)

@@ -328,7 +328,5 @@ pub fn bomb() -> Vec<u8> {
 }
 
 pub async fn key(h: &Harness, owner: &str) -> String {
-    atelier_server::auth::create_key(&h.st.db, owner, "test")
-        .await
-        .unwrap()
+    h.st.platform.create_key(owner, "test").await.unwrap()
 }
