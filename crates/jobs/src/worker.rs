@@ -48,6 +48,9 @@ pub struct WorkerConfig {
     pub max_job_side: u32,
     /// Training checkpoints at least this often, in minutes (and every `checkpoint_every`).
     pub checkpoint_minutes: f64,
+    /// Where training runs: `cpu`, or `cuda` / `cuda:N` (a binary built with `--features
+    /// cuda`).
+    pub device: String,
 }
 
 impl Default for WorkerConfig {
@@ -60,6 +63,7 @@ impl Default for WorkerConfig {
             max_attempts: 5,
             max_job_side: 8192,
             checkpoint_minutes: 5.0,
+            device: "cpu".into(),
         }
     }
 }
@@ -233,34 +237,29 @@ async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
     let reason = control.reason.load(Ordering::SeqCst);
     let secs = started.elapsed().as_secs_f64();
     let db = &ctx.db;
+    // The database may be restarting: the end of a job is recorded once it answers again
+    // (else the job would run a second time after its lease runs out).
     let ended = match result {
-        Ok(results) => db.finish(&id, worker, &Outcome::Succeeded, &results).await,
+        Ok(results) => persist(|| db.finish(&id, worker, &Outcome::Succeeded, &results)).await,
         Err(_) if reason == LOST => Ok(false),
         Err(_) if reason == SHUTDOWN => {
             tracing::info!(job = %id, "handed back to the queue for the next start");
-            db.release(&id, worker).await
-        }
-        Err(_) if reason == CANCEL => {
-            let results = db.job_any(&id).await.ok().flatten().map(|j| j.results);
-            db.finish(
-                &id,
-                worker,
-                &Outcome::Cancelled,
-                &results.unwrap_or_default(),
-            )
-            .await
+            persist(|| db.release(&id, worker)).await
         }
         Err(e) => {
-            let msg = public_message(&e);
-            tracing::warn!(job = %id, "job failed: {e}");
-            let results = db.job_any(&id).await.ok().flatten().map(|j| j.results);
-            db.finish(
-                &id,
-                worker,
-                &Outcome::Failed(msg),
-                &results.unwrap_or_default(),
-            )
-            .await
+            let outcome = if reason == CANCEL {
+                Outcome::Cancelled
+            } else {
+                tracing::warn!(job = %id, "job failed: {e}");
+                Outcome::Failed(public_message(&e))
+            };
+            let results = persist(|| db.job_any(&id))
+                .await
+                .ok()
+                .flatten()
+                .map(|j| j.results)
+                .unwrap_or_default();
+            persist(|| db.finish(&id, worker, &outcome, &results)).await
         }
     };
     match ended {
@@ -269,6 +268,29 @@ async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
         Err(e) => tracing::error!(job = %id, "recording the job's end: {e}"),
     }
     ctx.wake.notify_waiters();
+}
+
+/// How long a worker keeps retrying a database write that records a job's outcome.
+const PERSIST_FOR: Duration = Duration::from_secs(120);
+
+/// Runs `op` until it succeeds or [`PERSIST_FOR`] has passed (the database restarting,
+/// a connection dropped), one second apart.
+async fn persist<T, F, Fut>(op: F) -> Result<T, atelier_store::StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, atelier_store::StoreError>>,
+{
+    let t0 = Instant::now();
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() < PERSIST_FOR => {
+                tracing::warn!("database write failed, retrying: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A message for the job's owner: user-facing errors as they are, internal ones generic.
@@ -403,10 +425,10 @@ fn stylize_job(
             "done": n + 1, "total": total, "fraction": (n + 1) as f64 / total.max(1) as f64,
             "errors": errors,
         });
-        if rt.block_on(
+        if rt.block_on(persist(|| {
             ctx.db
-                .set_progress(&job.id, worker, &progress, Some(&results)),
-        )? == Lease::Lost
+                .set_progress(&job.id, worker, &progress, Some(&results))
+        }))? == Lease::Lost
         {
             control.stop(LOST);
             return Err(stopped());
@@ -520,45 +542,32 @@ fn train_job(
 ) -> Result<Vec<String>, JobsError> {
     let root = ctx.data_dir.join("runs").join(&job.id);
     let run_dir = root.join("run");
+    // Another worker's run continues here from its last checkpoint in the blob store (also
+    // when this worker has an older copy of the run from before).
+    let stored = newest_step(
+        &rt.block_on(
+            ctx.blobs
+                .list(&format!("{}/checkpoints", run_prefix(&job.id))),
+        )?,
+    );
+    let local = std::fs::read_dir(run_dir.join("checkpoints"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    if !run_dir.join("config.json").is_file() || stored > newest_step(&local) {
+        let _ = std::fs::remove_dir_all(&run_dir);
+        restore_run(ctx, rt, job, spec, &root)?;
+    }
+    let device = Some(ctx.config.device.as_str());
     let mut trainer = if run_dir.join("config.json").is_file() {
-        Trainer::resume_on(&run_dir, None)?
+        Trainer::resume_on(&run_dir, device)?
     } else {
-        let dataset = rt
-            .block_on(ctx.db.dataset(&job.owner, &spec.dataset))?
-            .ok_or_else(|| {
-                JobsError::BadRequest(format!("dataset {} no longer exists", spec.dataset))
-            })?;
-        let max = 64 << 20;
-        let a = root.join("data").join("a");
-        let n_a = rt.block_on(crate::datasets::materialize(
-            &ctx.blobs,
-            &dataset.id,
-            'a',
-            &a,
-            max,
-        ))?;
-        let b = if spec.family() == "dcgan" {
-            None
-        } else {
-            let b = root.join("data").join("b");
-            let n_b = rt.block_on(crate::datasets::materialize(
-                &ctx.blobs,
-                &dataset.id,
-                'b',
-                &b,
-                max,
-            ))?;
-            // pix2pix with side-by-side AB images keeps everything in domain A.
-            (n_b > 0 || spec.unpaired()).then_some(b)
-        };
-        if n_a == 0 {
-            return Err(JobsError::BadRequest(format!(
-                "dataset {} has no images in domain A",
-                dataset.id
-            )));
-        }
+        let (a, b, dataset) = materialize_dataset(ctx, rt, job, spec, &root)?;
         let init = rt.block_on(init_model(&ctx.catalog, &job.owner, spec))?;
         let mut cfg = train_config(spec, a, b, ctx.config.checkpoint_minutes, init)?;
+        cfg.device = ctx.config.device.clone();
         cfg.data_description = format!(
             "dataset `{}` ({}) uploaded by {}: {} images in A, {} in B",
             dataset.name, dataset.id, job.owner, dataset.count_a, dataset.count_b
@@ -614,17 +623,144 @@ fn train_job(
             let mut progress = obs.progress.clone();
             progress["model"] = json!(name);
             progress["fraction"] = json!(1.0);
-            rt.block_on(
+            rt.block_on(persist(|| {
                 ctx.db
-                    .set_progress(&job.id, worker, &progress, Some(&results)),
-            )?;
-            // The run folder (checkpoints, local data) is no longer needed.
+                    .set_progress(&job.id, worker, &progress, Some(&results))
+            }))?;
+            // The run folder (checkpoints, local data) and its copy in the blob store are no
+            // longer needed.
             let _ = std::fs::remove_dir_all(&root);
+            for k in rt
+                .block_on(ctx.blobs.list(&run_prefix(&job.id)))
+                .unwrap_or_default()
+            {
+                let _ = rt.block_on(ctx.blobs.delete(&k));
+            }
             Ok(results)
         }
         Err(TrainError::Interrupted { .. }) => Err(stopped()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Copies the job's dataset to `root/data/{a,b}` on this worker.
+fn materialize_dataset(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    spec: &TrainSpec,
+    root: &Path,
+) -> Result<(PathBuf, Option<PathBuf>, atelier_store::db::DatasetRow), JobsError> {
+    let dataset = rt
+        .block_on(ctx.db.dataset(&job.owner, &spec.dataset))?
+        .ok_or_else(|| {
+            JobsError::BadRequest(format!("dataset {} no longer exists", spec.dataset))
+        })?;
+    let max = 64 << 20;
+    let a = root.join("data").join("a");
+    let _ = std::fs::remove_dir_all(root.join("data"));
+    let n_a = rt.block_on(crate::datasets::materialize(
+        &ctx.blobs,
+        &dataset.id,
+        'a',
+        &a,
+        max,
+    ))?;
+    let b = if spec.family() == "dcgan" {
+        None
+    } else {
+        let b = root.join("data").join("b");
+        let n_b = rt.block_on(crate::datasets::materialize(
+            &ctx.blobs,
+            &dataset.id,
+            'b',
+            &b,
+            max,
+        ))?;
+        // pix2pix with side-by-side AB images keeps everything in domain A.
+        (n_b > 0 || spec.unpaired()).then_some(b)
+    };
+    if n_a == 0 {
+        return Err(JobsError::BadRequest(format!(
+            "dataset {} has no images in domain A",
+            dataset.id
+        )));
+    }
+    Ok((a, b, dataset))
+}
+
+/// Blob key prefix of a training job's run state (its configuration and newest checkpoint):
+/// any worker can continue the run from there.
+pub fn run_prefix(job: &str) -> String {
+    format!("jobs/{job}/run")
+}
+
+/// The newest step among checkpoint file names or keys (`…/step-00000400.safetensors`).
+fn newest_step(names: &[String]) -> Option<u64> {
+    names
+        .iter()
+        .filter_map(|n| {
+            n.rsplit('/')
+                .next()?
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+/// Largest checkpoint a worker downloads.
+const MAX_CHECKPOINT: u64 = 2 << 30;
+
+/// Rebuilds `root/run` from the run state another worker left in the blob store (its
+/// configuration, newest checkpoint and metrics), with this worker's copy of the dataset.
+/// Nothing stored (the run never reached a checkpoint): the run starts over.
+fn restore_run(
+    ctx: &Context,
+    rt: &Handle,
+    job: &JobRow,
+    spec: &TrainSpec,
+    root: &Path,
+) -> Result<bool, JobsError> {
+    let prefix = run_prefix(&job.id);
+    let mut checkpoints = rt.block_on(ctx.blobs.list(&format!("{prefix}/checkpoints")))?;
+    checkpoints.sort();
+    let Some(newest) = checkpoints.pop() else {
+        return Ok(false);
+    };
+    let get = |key: &str, max: u64| -> Result<Bytes, JobsError> {
+        rt.block_on(ctx.blobs.get(key, max))?
+            .ok_or_else(|| JobsError::Internal(format!("run state {key} is missing")))
+    };
+    let config = get(&format!("{prefix}/config.json"), 1 << 20)?;
+    let mut config: Value = serde_json::from_slice(&config)
+        .map_err(|e| JobsError::Internal(format!("run state config.json: {e}")))?;
+    let (a, b, _) = materialize_dataset(ctx, rt, job, spec, root)?;
+    config["data_a"] = json!(a);
+    config["data_b"] = json!(b);
+    let checkpoint = get(&newest, MAX_CHECKPOINT)?;
+    let run_dir = root.join("run");
+    let file = newest
+        .rsplit('/')
+        .next()
+        .unwrap_or("step-00000000.safetensors");
+    let io = |p: &Path, e: std::io::Error| JobsError::Internal(format!("{}: {e}", p.display()));
+    for d in [run_dir.join("checkpoints"), run_dir.join("samples")] {
+        std::fs::create_dir_all(&d).map_err(|e| io(&d, e))?;
+    }
+    atelier_nets::file::write_atomic(&run_dir.join("checkpoints").join(file), &checkpoint)
+        .map_err(|e| JobsError::Internal(e.to_string()))?;
+    if let Some(m) = rt.block_on(ctx.blobs.get(&job_blob(&job.id, "metrics.jsonl"), 64 << 20))? {
+        std::fs::write(run_dir.join("metrics.jsonl"), &m).map_err(|e| io(&run_dir, e))?;
+    }
+    // The configuration last: a run folder with a config.json is complete.
+    let text =
+        serde_json::to_vec_pretty(&config).map_err(|e| JobsError::Internal(e.to_string()))?;
+    atelier_nets::file::write_atomic(&run_dir.join("config.json"), &text)
+        .map_err(|e| JobsError::Internal(e.to_string()))?;
+    tracing::info!(job = %job.id, checkpoint = %file, "continuing the run from the blob store");
+    Ok(true)
 }
 
 fn push_unique(v: &mut Vec<String>, name: &str) {
@@ -644,20 +780,27 @@ fn register_model(
 ) -> Result<String, JobsError> {
     let bytes = with_description(bytes, &spec.description);
     let mut name = spec.name.clone();
-    for attempt in 0..2 {
+    let mut renamed = false;
+    let t0 = Instant::now();
+    loop {
         match rt.block_on(
             ctx.catalog
                 .add(&job.owner, &name, bytes.clone(), Some(job.id.clone())),
         ) {
             Ok(_) => return Ok(name),
-            Err(JobsError::NameTaken(_)) if attempt == 0 => {
+            Err(JobsError::NameTaken(_) | JobsError::Conflict { .. }) if !renamed => {
                 name = format!("{}-{}", spec.name, job.id.trim_start_matches("j_"));
                 name.truncate(64);
+                renamed = true;
+            }
+            // The database restarting: hours of training are not failed for a second of it.
+            Err(JobsError::Store(e)) if t0.elapsed() < PERSIST_FOR => {
+                tracing::warn!(job = %job.id, "registering the model, retrying: {e}");
+                std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => return Err(e),
         }
     }
-    Err(JobsError::NameTaken(name))
 }
 
 /// Puts the job's description into the model card (the file is rewritten in memory).
@@ -733,6 +876,39 @@ impl JobObserver<'_> {
         }
     }
 
+    /// Stores the run's configuration and the checkpoint at `path` under
+    /// [`run_prefix`], then drops older checkpoints there.
+    fn store_run_state(&mut self, path: &Path) -> bool {
+        let prefix = run_prefix(self.job);
+        let put = |key: String, file: &Path| -> Result<(), String> {
+            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            self.rt
+                .block_on(self.ctx.blobs.put(&key, Bytes::from(bytes)))
+                .map_err(|e| e.to_string())
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return false;
+        };
+        let key = format!("{prefix}/checkpoints/{name}");
+        let stored = put(
+            format!("{prefix}/config.json"),
+            &self.run_dir.join("config.json"),
+        )
+        .and_then(|()| put(key.clone(), path));
+        if let Err(e) = stored {
+            tracing::warn!(job = %self.job, "storing the run state: {e}");
+            return false;
+        }
+        let older = self
+            .rt
+            .block_on(self.ctx.blobs.list(&format!("{prefix}/checkpoints")))
+            .unwrap_or_default();
+        for k in older.into_iter().filter(|k| *k != key) {
+            let _ = self.rt.block_on(self.ctx.blobs.delete(&k));
+        }
+        true
+    }
+
     fn upload_samples(&mut self) {
         let run = self.run_dir.clone();
         self.upload(&run.join("samples").join("latest.png"), "sample.png");
@@ -784,9 +960,13 @@ impl Observer for JobObserver<'_> {
                 self.write(false);
             }
             Event::Skipped { .. } | Event::Finished { .. } => {}
-            Event::Checkpoint { step, .. } => {
-                self.progress["checkpoint_step"] = json!(step);
+            Event::Checkpoint { step, path } => {
                 let _ = self.upload(&self.run_dir.join("metrics.jsonl"), "metrics.jsonl");
+                // Progress says "checkpoint" only once the run state is stored (any worker can
+                // continue from it).
+                if self.store_run_state(path) {
+                    self.progress["checkpoint_step"] = json!(step);
+                }
                 self.write(true);
             }
             Event::Sample { step, path } => {

@@ -387,7 +387,8 @@ async fn accept_loop(listener: tokio::net::TcpListener, state: AppState) -> std:
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -405,4 +406,28 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     eprintln!("atelier: shutting down: finishing requests, checkpointing running jobs");
+}
+
+/// Runs this process's job workers without HTTP until Ctrl-C / SIGTERM (`atelier worker`):
+/// running jobs are checkpointed and handed back to the queue on the way out.
+pub async fn work(platform: atelier_jobs::Platform) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let handles = atelier_jobs::worker::spawn(std::sync::Arc::new(platform.worker_context(rx)));
+    shutdown_signal().await;
+    let _ = tx.send(true);
+    let wait = async {
+        for h in handles {
+            let _ = h.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "workers did not stop within 120 s; their leases run out and another worker continues"
+        );
+    }
+    platform.close().await;
+    eprintln!("atelier: worker stopped");
 }

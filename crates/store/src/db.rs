@@ -400,6 +400,25 @@ impl Db {
         })
     }
 
+    /// Creates an empty PostgreSQL database named `prefix` + a random suffix on the server of
+    /// `admin_url` (whose user may create databases) and returns its URL (tests, first
+    /// setups).
+    pub async fn create_postgres_database(admin_url: &str, prefix: &str) -> Result<String> {
+        use sqlx::Executor;
+        sqlx::any::install_default_drivers();
+        let name = new_id(prefix, 12).to_ascii_lowercase();
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Config(format!("database name `{name}`")));
+        }
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(admin_url).await?;
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let (base, _) = admin_url.rsplit_once('/').ok_or_else(|| {
+            StoreError::Config(format!("database URL `{}` has no /DB", redact(admin_url)))
+        })?;
+        Ok(format!("{base}/{name}"))
+    }
+
     /// Opens (creating if missing) the SQLite database at `path` and applies the migrations.
     pub async fn open_sqlite(path: &Path) -> Result<Db> {
         sqlx::any::install_default_drivers();

@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use atelier_store::db::{
-    new_id, now, Backend, DatasetKind, DatasetRow, Db, JobKind, JobRow, JobStatus, KeyRow, Lease,
-    ModelRow, Outcome, Skipped, Visibility,
+    now, Backend, DatasetKind, DatasetRow, Db, JobKind, JobRow, JobStatus, KeyRow, Lease, ModelRow,
+    Outcome, Skipped, Visibility,
 };
 use atelier_store::StoreError;
 use serde_json::json;
-use sqlx::Executor;
 
 async fn sqlite() -> (Db, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -39,16 +38,10 @@ async fn postgres() -> Option<Db> {
         eprintln!("no ATELIER_TEST_POSTGRES: the PostgreSQL conformance run is skipped");
         return None;
     };
-    sqlx::any::install_default_drivers();
-    let name = new_id("conformance_", 12);
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+    let url = Db::create_postgres_database(&admin, "conformance_")
         .await
-        .expect("connecting to ATELIER_TEST_POSTGRES");
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some(Db::open(&format!("{base}/{name}")).await.unwrap())
+        .expect("creating a database on ATELIER_TEST_POSTGRES");
+    Some(Db::open(&url).await.unwrap())
 }
 
 fn key(id: &str, owner: &str) -> KeyRow {

@@ -27,6 +27,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Bench(args) => bench::run(&cli.global, args),
         Command::Train(cmd) => train::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
+        Command::Worker(args) => serve::worker(&cli.global, *args),
         Command::Admin(cmd) => serve::admin(cmd),
         Command::Eval(cmd) => eval::run(&cli.global, cmd),
         Command::Openapi => {

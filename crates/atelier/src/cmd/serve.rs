@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use atelier_server::{AppState, ServerConfig};
 
-use crate::cli::{AdminCommand, Global, ServeArgs};
+use crate::cli::{AdminCommand, Global, Lane, ServeArgs, WorkerArgs};
 
 /// Defaults → `--config` file → environment → flags (clap resolves the last two).
 fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
@@ -33,6 +33,8 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(max_stylize_wait_s = a.max_stylize_wait);
     set!(rate_limit_per_minute = a.rate_limit_per_minute);
     set!(max_active_jobs = a.max_active_jobs);
+    set!(worker.train_workers = a.workers);
+    set!(worker.stylize_workers = a.workers);
     set!(worker.train_workers = a.train_workers);
     set!(worker.stylize_workers = a.stylize_workers);
     set!(max_connections = a.max_connections);
@@ -89,6 +91,70 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let catalog = state.platform.catalog().clone();
         tokio::spawn(async move { catalog.warm_builtin_thumbnails().await });
         atelier_server::serve(state).await.context("serving")
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `atelier worker`: the server's configuration file and storage, no HTTP.
+pub fn worker(global: &Global, a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let mut c = ServerConfig::load(a.config.as_deref())?;
+    if let Some(d) = a.data {
+        c.data_dir = d;
+    }
+    if a.database.is_some() {
+        c.database = a.database;
+    }
+    if a.blobs.is_some() {
+        c.blobs = a.blobs;
+    }
+    if let Some(p) = a.precision {
+        c.precision = p;
+    }
+    if let Some(f) = a.log_format {
+        c.log_format = f;
+    }
+    c.worker.train_workers = usize::from(a.lanes.contains(&Lane::Train));
+    c.worker.stylize_workers = usize::from(a.lanes.contains(&Lane::Stylize));
+    if a.lanes.is_empty() {
+        anyhow::bail!("--lanes: name at least one of train, stylize");
+    }
+    // Checked now (a CUDA device on a CPU-only build), not at the first training job.
+    atelier_train::trainer::parse_device(&a.device)?;
+    c.worker.device = a.device;
+    if c.models_dir.is_none() && global.models_dir.is_dir() {
+        c.models_dir = Some(global.models_dir.clone());
+    }
+    c.max_pixels = global.max_pixels;
+    c.max_image_side = global.max_image_side;
+    c.validate()?;
+    init_logs(&c.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let data = c.data_dir.clone();
+        let platform = atelier_jobs::Platform::open(c.platform_settings())
+            .await
+            .with_context(|| format!("opening the storage (working space {})", data.display()))?;
+        eprintln!(
+            "atelier worker: {} on {} (database {}, blobs {})",
+            [
+                (c.worker.train_workers > 0).then_some("train"),
+                (c.worker.stylize_workers > 0).then_some("stylize"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" + "),
+            c.worker.device,
+            c.database
+                .as_deref()
+                .map(atelier_store::db::redact)
+                .unwrap_or_else(|| format!("sqlite://{}", data.join("atelier.db").display())),
+            c.blobs
+                .clone()
+                .unwrap_or_else(|| format!("file://{}", data.join("blobs").display())),
+        );
+        atelier_server::work(platform).await;
+        Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

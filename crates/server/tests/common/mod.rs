@@ -57,20 +57,12 @@ pub fn api_on_s3() -> bool {
 
 /// A new, empty database on the test PostgreSQL server; its URL.
 pub async fn fresh_postgres_database() -> String {
-    use sqlx::Executor;
     let admin = std::env::var("ATELIER_TEST_POSTGRES").expect(
         "ATELIER_TEST_API_DATABASE=postgres needs ATELIER_TEST_POSTGRES (scripts/services.sh)",
     );
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+    atelier_store::db::Db::create_postgres_database(&admin, "api_")
         .await
-        .expect("connecting to ATELIER_TEST_POSTGRES");
-    let name = atelier_store::db::new_id("api_", 12);
-    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    format!("{base}/{name}")
+        .expect("creating a database on ATELIER_TEST_POSTGRES")
 }
 
 pub struct Harness {
