@@ -384,7 +384,7 @@ impl Platform {
                 s.inputs = inputs;
                 s.names = names;
                 (
-                    JobKind::Stylize,
+                    JobKind::new(crate::spec::STYLIZE)?,
                     None,
                     None,
                     serde_json::to_value(JobSpec::Stylize(s)),
@@ -401,7 +401,7 @@ impl Platform {
                 self.check_train(&sub.owner, &t).await?;
                 let (m, d) = (t.name.clone(), t.dataset.clone());
                 (
-                    JobKind::Train,
+                    JobKind::new(crate::spec::TRAIN)?,
                     Some(m),
                     Some(d),
                     serde_json::to_value(JobSpec::Train(t)),

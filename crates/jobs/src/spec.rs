@@ -7,6 +7,11 @@ use atelier_imaging::Format;
 
 use crate::JobsError;
 
+/// The queue's name of stylize jobs.
+pub const STYLIZE: &str = "stylize";
+/// The queue's name of training jobs.
+pub const TRAIN: &str = "train";
+
 /// A job request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -95,21 +95,100 @@ const CANCEL: u8 = 1;
 const SHUTDOWN: u8 = 2;
 const LOST: u8 = 3;
 
-/// Starts the worker lanes and the reaper; they end after `shutdown` turns true (running
-/// jobs are checkpointed and handed back first).
+/// A kind of job the workers run. The queue knows kinds only by name: a new kind is a module
+/// with a `Handler` (and its spec, checked by the platform before queueing), added to
+/// [`handlers`].
+pub trait Handler: Send + Sync {
+    /// The kind's name in the queue.
+    fn kind(&self) -> &'static str;
+    /// Runs one job on a blocking thread; returns the names of its result files.
+    fn run(&self, job: &Running<'_>) -> Result<Vec<String>, JobsError>;
+    /// After a job of this kind ended, off the async threads.
+    fn after(&self) {}
+}
+
+/// A claimed job as its handler sees it.
+pub struct Running<'a> {
+    pub ctx: &'a Context,
+    pub rt: &'a Handle,
+    pub job: &'a JobRow,
+    pub worker: &'a str,
+    control: &'a Control,
+}
+
+impl Running<'_> {
+    /// Whether the job was told to stop (cancel, shutdown, lost lease).
+    pub fn stopped(&self) -> bool {
+        self.control.stopped()
+    }
+}
+
+/// The job kinds this build runs.
+pub fn handlers() -> Vec<Arc<dyn Handler>> {
+    vec![Arc::new(StylizeHandler), Arc::new(TrainHandler)]
+}
+
+struct StylizeHandler;
+
+impl Handler for StylizeHandler {
+    fn kind(&self) -> &'static str {
+        crate::spec::STYLIZE
+    }
+    fn run(&self, r: &Running<'_>) -> Result<Vec<String>, JobsError> {
+        let JobSpec::Stylize(s) = parse_spec(r.job)? else {
+            return Err(JobsError::Internal(
+                "a stylize job without a stylize spec".into(),
+            ));
+        };
+        stylize_job(r.ctx, r.rt, r.job, r.worker, r.control, &s)
+    }
+}
+
+struct TrainHandler;
+
+impl Handler for TrainHandler {
+    fn kind(&self) -> &'static str {
+        crate::spec::TRAIN
+    }
+    fn run(&self, r: &Running<'_>) -> Result<Vec<String>, JobsError> {
+        let JobSpec::Train(t) = parse_spec(r.job)? else {
+            return Err(JobsError::Internal(
+                "a train job without a train spec".into(),
+            ));
+        };
+        train_job(r.ctx, r.rt, r.job, r.worker, r.control, &t)
+    }
+    fn after(&self) {
+        // The run's buffers are free now; give their pages back (see `crate::memory`).
+        crate::memory::release_free_memory();
+    }
+}
+
+fn parse_spec(job: &JobRow) -> Result<JobSpec, JobsError> {
+    serde_json::from_value(job.spec.clone())
+        .map_err(|e| JobsError::BadRequest(format!("job spec: {e}")))
+}
+
+impl WorkerConfig {
+    /// Lanes (jobs at once) of this process for `kind`.
+    pub fn lanes(&self, kind: &str) -> usize {
+        match kind {
+            crate::spec::TRAIN => self.train_workers,
+            crate::spec::STYLIZE => self.stylize_workers,
+            _ => usize::from(self.train_workers + self.stylize_workers > 0),
+        }
+    }
+}
+
+/// Starts the worker lanes (per job kind, [`WorkerConfig::lanes`]) and the reaper; they end
+/// after `shutdown` turns true (running jobs are checkpointed and handed back first).
 pub fn spawn(ctx: Arc<Context>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut handles = Vec::new();
-    for i in 0..ctx.config.train_workers {
-        let c = ctx.clone();
-        handles.push(tokio::spawn(lane(c, JobKind::Train, format!("train-{i}"))));
-    }
-    for i in 0..ctx.config.stylize_workers {
-        let c = ctx.clone();
-        handles.push(tokio::spawn(lane(
-            c,
-            JobKind::Stylize,
-            format!("stylize-{i}"),
-        )));
+    for h in handlers() {
+        for i in 0..ctx.config.lanes(h.kind()) {
+            let name = format!("{}-{i}", h.kind());
+            handles.push(tokio::spawn(lane(ctx.clone(), h.clone(), name)));
+        }
     }
     handles.push(tokio::spawn(reaper(ctx)));
     handles
@@ -134,16 +213,27 @@ async fn reaper(ctx: Arc<Context>) {
     }
 }
 
-async fn lane(ctx: Arc<Context>, kind: JobKind, name: String) {
+async fn lane(ctx: Arc<Context>, handler: Arc<dyn Handler>, name: String) {
     let worker = format!("{}/{name}", ctx.id);
     let mut shutdown = ctx.shutdown.clone();
     let lease = Duration::from_secs(ctx.config.lease_s);
+    let kind = match JobKind::new(handler.kind()) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!("{worker}: {e}");
+            return;
+        }
+    };
     loop {
         if *shutdown.borrow() {
             return;
         }
-        match ctx.db.claim(&[kind], &worker, lease).await {
-            Ok(Some(job)) => run_job(&ctx, job, &worker).await,
+        match ctx
+            .db
+            .claim(std::slice::from_ref(&kind), &worker, lease)
+            .await
+        {
+            Ok(Some(job)) => run_job(&ctx, &handler, job, &worker).await,
             Ok(None) => {
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
@@ -182,7 +272,7 @@ fn stopped() -> JobsError {
     JobsError::Internal("stopped".into())
 }
 
-async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
+async fn run_job(ctx: &Arc<Context>, handler: &Arc<dyn Handler>, job: JobRow, worker: &str) {
     let id = job.id.clone();
     tracing::info!(job = %id, kind = job.kind.as_str(), attempt = job.attempts, "job started");
     let control = Arc::new(Control {
@@ -225,14 +315,23 @@ async fn run_job(ctx: &Arc<Context>, job: JobRow, worker: &str) {
             worker.to_string(),
         );
         let handle = Handle::current();
-        tokio::task::spawn_blocking(move || execute(&ctx, &handle, &job, &worker, &control))
-            .await
-            .unwrap_or_else(|e| Err(JobsError::Internal(format!("the job panicked: {e}"))))
+        let handler = handler.clone();
+        tokio::task::spawn_blocking(move || {
+            handler.run(&Running {
+                ctx: &ctx,
+                rt: &handle,
+                job: &job,
+                worker: &worker,
+                control: &control,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(JobsError::Internal(format!("the job panicked: {e}"))))
     };
     beat.abort();
-    if job.kind == JobKind::Train {
-        // The run's buffers are free now; give their pages back (see `crate::memory`).
-        let _ = tokio::task::spawn_blocking(crate::memory::release_free_memory).await;
+    {
+        let handler = handler.clone();
+        let _ = tokio::task::spawn_blocking(move || handler.after()).await;
     }
     let reason = control.reason.load(Ordering::SeqCst);
     let secs = started.elapsed().as_secs_f64();
@@ -303,21 +402,6 @@ fn public_message(e: &JobsError) -> String {
         ) => t.to_string(),
         JobsError::Engine(atelier_engine::Error::NotATranslator { .. }) => e.to_string(),
         _ => "internal error while running the job; it has been logged".into(),
-    }
-}
-
-fn execute(
-    ctx: &Context,
-    rt: &Handle,
-    job: &JobRow,
-    worker: &str,
-    control: &Control,
-) -> Result<Vec<String>, JobsError> {
-    let spec: JobSpec = serde_json::from_value(job.spec.clone())
-        .map_err(|e| JobsError::BadRequest(format!("job spec: {e}")))?;
-    match spec {
-        JobSpec::Stylize(s) => stylize_job(ctx, rt, job, worker, control, &s),
-        JobSpec::Train(t) => train_job(ctx, rt, job, worker, control, &t),
     }
 }
 

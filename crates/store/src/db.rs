@@ -166,27 +166,49 @@ pub struct DatasetRow {
     pub created: i64,
 }
 
-/// What a job does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobKind {
-    Stylize,
-    Train,
-}
+/// What a job does: the name of the kind of job (`stylize`, `train`, …). The store keeps
+/// any well-formed name; which kinds exist is the job handlers' business (`atelier-jobs`), so
+/// a new kind needs no change here.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct JobKind(String);
 
 impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Stylize => "stylize",
-            JobKind::Train => "train",
+    /// A kind name: 1–32 of `a-z`, `0-9`, `_`, starting with a letter.
+    pub fn new(name: &str) -> Result<JobKind> {
+        let ok = (1..=32).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if ok {
+            Ok(JobKind(name.to_string()))
+        } else {
+            Err(StoreError::Corrupt(format!("job kind `{name}`")))
         }
     }
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "stylize" => Ok(Self::Stylize),
-            "train" => Ok(Self::Train),
-            _ => Err(StoreError::Corrupt(format!("job kind `{s}`"))),
-        }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JobKind {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<JobKind> {
+        JobKind::new(&s)
+    }
+}
+
+impl From<JobKind> for String {
+    fn from(k: JobKind) -> String {
+        k.0
+    }
+}
+
+impl PartialEq<&str> for JobKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
     }
 }
 
@@ -302,7 +324,7 @@ fn job_from_row(r: &AnyRow) -> Result<JobRow> {
     Ok(JobRow {
         id: r.try_get("id")?,
         owner: r.try_get("owner")?,
-        kind: JobKind::parse(r.try_get("kind")?)?,
+        kind: JobKind::new(r.try_get("kind")?)?,
         status: JobStatus::parse(r.try_get("status")?)?,
         spec: serde_json::from_str(r.try_get("spec")?).map_err(corrupt)?,
         progress: serde_json::from_str(r.try_get("progress")?).map_err(corrupt)?,

@@ -82,13 +82,18 @@ fn dataset(id: &str, owner: &str) -> DatasetRow {
     }
 }
 
+fn kind(name: &str) -> JobKind {
+    JobKind::new(name).unwrap()
+}
+
 fn job(id: &str, owner: &str, kind: JobKind, created: i64, dataset: Option<&str>) -> JobRow {
+    let spec = json!({"type": kind.as_str(), "n": 1});
     JobRow {
         id: id.into(),
         owner: owner.into(),
         kind,
         status: JobStatus::Queued,
-        spec: json!({"type": kind.as_str(), "n": 1}),
+        spec,
         progress: json!({}),
         results: vec![],
         error: None,
@@ -166,7 +171,7 @@ async fn keys_models_datasets(db: &Db) {
     assert_eq!(db.storage_used("carol").await.unwrap(), 0);
 
     // A dataset in use by an unfinished job cannot be deleted; afterwards it can.
-    db.enqueue(&job("jd", "alice", JobKind::Train, 1, Some("d1")), 10)
+    db.enqueue(&job("jd", "alice", kind("train"), 1, Some("d1")), 10)
         .await
         .unwrap();
     assert!(matches!(
@@ -194,14 +199,14 @@ async fn keys_models_datasets(db: &Db) {
 
 async fn queue(db: &Db) {
     // Quota: at most 2 unfinished jobs per owner.
-    db.enqueue(&job("j1", "q", JobKind::Stylize, 100, None), 2)
+    db.enqueue(&job("j1", "q", kind("stylize"), 100, None), 2)
         .await
         .unwrap();
-    db.enqueue(&job("j2", "q", JobKind::Train, 101, None), 2)
+    db.enqueue(&job("j2", "q", kind("train"), 101, None), 2)
         .await
         .unwrap();
     assert!(matches!(
-        db.enqueue(&job("j3", "q", JobKind::Stylize, 102, None), 2)
+        db.enqueue(&job("j3", "q", kind("stylize"), 102, None), 2)
             .await,
         Err(StoreError::QuotaExceeded(_))
     ));
@@ -210,18 +215,18 @@ async fn queue(db: &Db) {
 
     // Claims: oldest first, only the lane's kinds.
     assert!(db
-        .claim(&[JobKind::Train], "w-train", LEASE)
+        .claim(&[kind("train")], "w-train", LEASE)
         .await
         .unwrap()
         .is_some_and(|j| j.id == "j2" && j.status == JobStatus::Running && j.attempts == 1));
     assert!(db
-        .claim(&[JobKind::Train], "w-train", LEASE)
+        .claim(&[kind("train")], "w-train", LEASE)
         .await
         .unwrap()
         .is_none());
     assert!(db.claim(&[], "w", LEASE).await.unwrap().is_none());
     let j1 = db
-        .claim(&[JobKind::Stylize, JobKind::Train], "w1", LEASE)
+        .claim(&[kind("stylize"), kind("train")], "w1", LEASE)
         .await
         .unwrap()
         .unwrap();
@@ -275,7 +280,7 @@ async fn queue(db: &Db) {
 
     // Failed, requeued (resume), succeeded.
     let j2 = db
-        .claim(&[JobKind::Train], "w3", LEASE)
+        .claim(&[kind("train")], "w3", LEASE)
         .await
         .unwrap()
         .unwrap();
@@ -296,7 +301,7 @@ async fn queue(db: &Db) {
         db.requeue("q", "j2", 2).await,
         Err(StoreError::Conflict(_))
     ));
-    db.claim(&[JobKind::Train], "w4", LEASE)
+    db.claim(&[kind("train")], "w4", LEASE)
         .await
         .unwrap()
         .unwrap();
@@ -310,7 +315,7 @@ async fn queue(db: &Db) {
     );
 
     // A queued job cancelled ends at once.
-    db.enqueue(&job("j4", "q", JobKind::Stylize, 103, None), 2)
+    db.enqueue(&job("j4", "q", kind("stylize"), 103, None), 2)
         .await
         .unwrap();
     assert_eq!(
@@ -321,13 +326,13 @@ async fn queue(db: &Db) {
     // Reaping: an expired lease goes back to the queue, or fails after max_attempts; a
     // cancel requested before the worker died ends the job as cancelled.
     for (id, created) in [("r1", 200), ("r2", 201), ("r3", 202)] {
-        db.enqueue(&job(id, "reap", JobKind::Stylize, created, None), 10)
+        db.enqueue(&job(id, "reap", kind("stylize"), created, None), 10)
             .await
             .unwrap();
     }
     let expired = Duration::from_secs(0);
     for w in ["d1", "d2", "d3"] {
-        db.claim(&[JobKind::Stylize], w, expired)
+        db.claim(&[kind("stylize")], w, expired)
             .await
             .unwrap()
             .unwrap();
@@ -346,17 +351,17 @@ async fn queue(db: &Db) {
         JobStatus::Cancelled,
         "its owner cancelled it: {r3:?}"
     );
-    db.enqueue(&job("r4", "reap", JobKind::Stylize, 203, None), 10)
+    db.enqueue(&job("r4", "reap", kind("stylize"), 203, None), 10)
         .await
         .unwrap();
-    db.enqueue(&job("r5", "reap", JobKind::Stylize, 204, None), 10)
+    db.enqueue(&job("r5", "reap", kind("stylize"), 204, None), 10)
         .await
         .unwrap();
-    db.claim(&[JobKind::Stylize], "d4", expired)
+    db.claim(&[kind("stylize")], "d4", expired)
         .await
         .unwrap()
         .unwrap();
-    db.claim(&[JobKind::Stylize], "d5", LEASE)
+    db.claim(&[kind("stylize")], "d5", LEASE)
         .await
         .unwrap()
         .unwrap();
@@ -412,13 +417,7 @@ async fn queue(db: &Db) {
 async fn concurrent_claims(db: &Db) {
     for i in 0..40 {
         db.enqueue(
-            &job(
-                &format!("c{i:02}"),
-                "race",
-                JobKind::Stylize,
-                1000 + i,
-                None,
-            ),
+            &job(&format!("c{i:02}"), "race", kind("stylize"), 1000 + i, None),
             100,
         )
         .await
@@ -431,7 +430,7 @@ async fn concurrent_claims(db: &Db) {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             while let Some(j) = db
-                .claim(&[JobKind::Stylize], &format!("racer{w}"), LEASE)
+                .claim(&[kind("stylize")], &format!("racer{w}"), LEASE)
                 .await
                 .unwrap()
             {
@@ -458,7 +457,7 @@ async fn concurrent_quota(db: &Db) {
         let db = db.clone();
         tasks.push(tokio::spawn(async move {
             db.enqueue(
-                &job(&format!("quota{i}"), "greedy", JobKind::Train, 2000, None),
+                &job(&format!("quota{i}"), "greedy", kind("train"), 2000, None),
                 3,
             )
             .await
@@ -475,9 +474,32 @@ async fn concurrent_quota(db: &Db) {
     assert_eq!(ok, 3);
 }
 
+/// Job kinds are open: a kind the store has never heard of queues and claims like the others
+/// (issue 21), and only well-formed names are kept.
+async fn open_kinds(db: &Db) {
+    db.enqueue(&job("k1", "kinds", kind("compress_v2"), 5000, None), 10)
+        .await
+        .unwrap();
+    let got = db
+        .claim(&[kind("compress_v2")], "wk", LEASE)
+        .await
+        .unwrap()
+        .expect("the new kind is claimed");
+    assert_eq!((got.id.as_str(), got.kind.as_str()), ("k1", "compress_v2"));
+    assert!(db
+        .claim(&[kind("other")], "wk", LEASE)
+        .await
+        .unwrap()
+        .is_none());
+    for bad in ["", "Train", "a b", "x;DROP", &"k".repeat(33)] {
+        assert!(JobKind::new(bad).is_err(), "{bad:?}");
+    }
+}
+
 async fn suite(db: Db) {
     keys_models_datasets(&db).await;
     queue(&db).await;
+    open_kinds(&db).await;
     concurrent_claims(&db).await;
     concurrent_quota(&db).await;
     db.close().await;
