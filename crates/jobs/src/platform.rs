@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 
 use atelier_imaging::{Format, Limits};
-use atelier_store::db::{new_id, now, DatasetKind, DatasetRow, Db, JobKind, JobRow, JobStatus};
+use atelier_store::db::{
+    new_id, now, DatasetKind, DatasetRow, Db, JobKind, JobRow, JobStatus, Notice,
+};
 use atelier_store::Blobs;
 
 use crate::catalog::{Catalog, ModelInfo, ModelRef};
@@ -598,8 +600,10 @@ impl Platform {
             pending: VecDeque<JobEvent>,
             done: bool,
             shutdown: watch::Receiver<bool>,
+            notices: tokio::sync::broadcast::Receiver<Notice>,
         }
         let start = S {
+            notices: self.db.subscribe(),
             db: self.db.clone(),
             owner: owner.to_string(),
             id: id.to_string(),
@@ -617,7 +621,29 @@ impl Platform {
                     return None;
                 }
                 if s.last.is_some() {
-                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    // Until the job changes (a notice from whichever process runs it), with a
+                    // slow look now and then in case a notice went missing.
+                    let id = s.id.clone();
+                    let notices = &mut s.notices;
+                    let changed = async move {
+                        loop {
+                            match notices.recv().await {
+                                Ok(Notice::Changed(j)) if j == id => return,
+                                Ok(Notice::Resync) => return,
+                                Ok(_) => {}
+                                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                    std::future::pending::<()>().await
+                                }
+                            }
+                        }
+                    };
+                    let mut shutdown = s.shutdown.clone();
+                    tokio::select! {
+                        _ = changed => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = shutdown.changed() => {}
+                    }
                 }
                 let job = match s.db.job(&s.owner, &s.id).await {
                     Ok(Some(j)) => j,

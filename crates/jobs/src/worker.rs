@@ -20,7 +20,7 @@ use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
 
 use atelier_imaging::{Format, Limits};
-use atelier_store::db::{Db, JobKind, JobRow, Lease, Outcome};
+use atelier_store::db::{Db, JobKind, JobRow, Lease, Notice, Outcome};
 use atelier_store::Blobs;
 use atelier_train::config::{Family, NetChoice, TrainConfig};
 use atelier_train::{Event, Observer, TrainError, Trainer};
@@ -224,6 +224,9 @@ async fn lane(ctx: Arc<Context>, handler: Arc<dyn Handler>, name: String) {
             return;
         }
     };
+    // Woken by the queue's notices (LISTEN/NOTIFY on PostgreSQL) when a job of this kind is
+    // queued; the slow timer only covers a missed notice.
+    let mut notices = ctx.db.subscribe();
     loop {
         if *shutdown.borrow() {
             return;
@@ -235,8 +238,22 @@ async fn lane(ctx: Arc<Context>, handler: Arc<dyn Handler>, name: String) {
         {
             Ok(Some(job)) => run_job(&ctx, &handler, job, &worker).await,
             Ok(None) => {
+                let queued = async {
+                    loop {
+                        match notices.recv().await {
+                            Ok(Notice::Queued(None) | Notice::Resync) => return,
+                            Ok(Notice::Queued(Some(k))) if k == kind.as_str() => return,
+                            Ok(_) => {}
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    }
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    _ = queued => {}
                     _ = ctx.wake.notified() => {}
                     _ = shutdown.changed() => {}
                 }

@@ -630,7 +630,11 @@ async function stylize(studio, model) {
         res = await api('/v1/stylize?' + q, { method: 'POST', body: S.file, headers: { 'Content-Type': S.file.type || 'application/octet-stream' }, raw: true, quiet: attempt < 3 });
         break;
       } catch (e) {
-        if (!(e instanceof ApiError) || e.status !== 429 || e.code !== 'overloaded' || attempt >= 3) throw e;
+        if (!(e instanceof ApiError) || e.status !== 429 || e.code !== 'overloaded' || attempt >= 3) {
+          // (asked quietly: a busy answer is retried, anything else is shown here)
+          if (e instanceof ApiError && attempt < 3) showError(e);
+          throw e;
+        }
         const wait = Math.min(30, Math.max(1, e.retryAfter || 2));
         showError(new ApiError(429, e.code, `The server is busy with other images; trying again in ${wait} s…`));
         await new Promise((r) => setTimeout(r, wait * 1000));

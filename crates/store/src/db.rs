@@ -304,7 +304,46 @@ pub enum Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// Job notices of every process on this database ([`Db::subscribe`]).
+    notices: tokio::sync::broadcast::Sender<Notice>,
+    /// Alive while a clone of this `Db` is: the PostgreSQL listener stops after it.
+    _alive: std::sync::Arc<()>,
 }
+
+/// What happened in the queue, for whoever waits on it (idle workers, event streams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A job of this kind (`None`: of some kind) can be claimed.
+    Queued(Option<String>),
+    /// Job `id` changed (status, progress, results, cancel flag).
+    Changed(String),
+    /// Notices may have been missed (the listener reconnected): look again at everything.
+    Resync,
+}
+
+impl Notice {
+    fn payload(&self) -> String {
+        match self {
+            Notice::Queued(Some(k)) => format!("q:{k}"),
+            Notice::Queued(None) => "q:".into(),
+            Notice::Changed(id) => format!("j:{id}"),
+            Notice::Resync => "r:".into(),
+        }
+    }
+
+    fn parse(p: &str) -> Option<Notice> {
+        match p.split_once(':')? {
+            ("q", "") => Some(Notice::Queued(None)),
+            ("q", k) => Some(Notice::Queued(Some(k.to_string()))),
+            ("j", id) => Some(Notice::Changed(id.to_string())),
+            ("r", _) => Some(Notice::Resync),
+            _ => None,
+        }
+    }
+}
+
+/// The PostgreSQL channel of [`Notice`]s.
+const CHANNEL: &str = "atelier_jobs";
 
 /// SQLite connections: WAL (readers never wait for the writer), `NORMAL` sync (durable at
 /// checkpoints, never corrupt), writers wait their turn for up to 10 s, foreign keys on.
@@ -416,10 +455,85 @@ impl Db {
             .connect(url)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Db {
+        let db = Db::new(pool, Backend::Postgres);
+        db.listen(url.to_string());
+        Ok(db)
+    }
+
+    fn new(pool: AnyPool, backend: Backend) -> Db {
+        Db {
             pool,
-            backend: Backend::Postgres,
-        })
+            backend,
+            notices: tokio::sync::broadcast::channel(4096).0,
+            _alive: std::sync::Arc::new(()),
+        }
+    }
+
+    /// Job notices from every process on this database: LISTEN/NOTIFY on PostgreSQL, this
+    /// process's own writes on SQLite. Waiters still look again now and then (a notice can be
+    /// missed, e.g. from another process on SQLite), but need not poll.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+
+    /// Publishes a notice to every process (best effort: a failed NOTIFY is logged).
+    async fn notify(&self, notice: Notice) {
+        match self.backend {
+            Backend::Sqlite => {
+                let _ = self.notices.send(notice);
+            }
+            Backend::Postgres => {
+                // (wrapped: sqlx's `Any` reads no `void` column) The listener hears it back,
+                // like every other process does.
+                let r = sqlx::query("SELECT 1 FROM (SELECT pg_notify($1, $2)) AS n")
+                    .bind(CHANNEL)
+                    .bind(notice.payload())
+                    .execute(&self.pool)
+                    .await;
+                if let Err(e) = r {
+                    tracing::warn!("NOTIFY {CHANNEL}: {e}");
+                }
+            }
+        }
+    }
+
+    /// Forwards PostgreSQL's notices to [`Db::subscribe`]rs until the last clone of this `Db`
+    /// is dropped; after a lost connection it reconnects and sends [`Notice::Resync`].
+    fn listen(&self, url: String) {
+        let tx = self.notices.clone();
+        let alive = std::sync::Arc::downgrade(&self._alive);
+        tokio::spawn(async move {
+            let mut first = true;
+            while alive.strong_count() > 0 {
+                match sqlx::postgres::PgListener::connect(&url).await {
+                    Ok(mut l) => match l.listen(CHANNEL).await {
+                        Ok(()) => {
+                            if !first {
+                                let _ = tx.send(Notice::Resync);
+                            }
+                            first = false;
+                            while alive.strong_count() > 0 {
+                                match tokio::time::timeout(Duration::from_secs(5), l.try_recv())
+                                    .await
+                                {
+                                    Err(_) => continue,
+                                    Ok(Ok(Some(n))) => {
+                                        if let Some(notice) = Notice::parse(n.payload()) {
+                                            let _ = tx.send(notice);
+                                        }
+                                    }
+                                    // The connection was lost: reconnect (and resync).
+                                    Ok(Ok(None)) | Ok(Err(_)) => break,
+                                }
+                            }
+                        }
+                        Err(e) => tracing::warn!("LISTEN {CHANNEL}: {e}"),
+                    },
+                    Err(e) => tracing::warn!("LISTEN {CHANNEL}: connecting: {e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
     }
 
     /// Creates an empty PostgreSQL database named `prefix` + a random suffix on the server of
@@ -472,10 +586,7 @@ impl Db {
             .connect(&format!("sqlite://{encoded}?mode=rwc"))
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Db {
-            pool,
-            backend: Backend::Sqlite,
-        })
+        Ok(Db::new(pool, Backend::Sqlite))
     }
 
     /// The database this talks to.
@@ -765,6 +876,8 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.notify(Notice::Queued(Some(job.kind.as_str().to_string())))
+            .await;
         Ok(())
     }
 
@@ -879,10 +992,15 @@ impl Db {
         for k in kinds {
             q = q.bind(k.as_str());
         }
-        q.fetch_optional(&self.pool)
+        let job = q
+            .fetch_optional(&self.pool)
             .await?
             .map(|r| job_from_row(&r))
-            .transpose()
+            .transpose()?;
+        if let Some(j) = &job {
+            self.notify(Notice::Changed(j.id.clone())).await;
+        }
+        Ok(job)
     }
 
     /// Renews `worker`'s lease on job `id` and reports whether to go on.
@@ -938,6 +1056,7 @@ impl Db {
         Ok(if r.rows_affected() == 0 {
             Lease::Lost
         } else {
+            self.notify(Notice::Changed(id.to_string())).await;
             Lease::Held
         })
     }
@@ -970,6 +1089,9 @@ impl Db {
         .bind(worker)
         .execute(&self.pool)
         .await?;
+        if r.rows_affected() > 0 {
+            self.notify(Notice::Changed(id.to_string())).await;
+        }
         Ok(r.rows_affected() > 0)
     }
 
@@ -986,6 +1108,10 @@ impl Db {
         .bind(worker)
         .execute(&self.pool)
         .await?;
+        if r.rows_affected() > 0 {
+            self.notify(Notice::Queued(None)).await;
+            self.notify(Notice::Changed(id.to_string())).await;
+        }
         Ok(r.rows_affected() > 0)
     }
 
@@ -1014,6 +1140,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.notify(Notice::Changed(id.to_string())).await;
         self.job(owner, id).await
     }
 
@@ -1052,6 +1179,9 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.notify(Notice::Queued(Some(job.kind.as_str().to_string())))
+            .await;
+        self.notify(Notice::Changed(id.to_string())).await;
         self.job(owner, id).await
     }
 
@@ -1094,6 +1224,10 @@ impl Db {
         .bind(before)
         .execute(&self.pool)
         .await?;
+        if r.rows_affected() > 0 {
+            self.notify(Notice::Queued(None)).await;
+            self.notify(Notice::Resync).await;
+        }
         Ok(r.rows_affected())
     }
 }

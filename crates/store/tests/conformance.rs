@@ -496,10 +496,79 @@ async fn open_kinds(db: &Db) {
     }
 }
 
+/// Queue notices reach subscribers (on PostgreSQL through LISTEN/NOTIFY, from any process):
+/// idle workers and event streams wait on them instead of polling.
+async fn notices(db: &Db) {
+    use atelier_store::db::Notice;
+    let mut rx = db.subscribe();
+    async fn next(rx: &mut tokio::sync::broadcast::Receiver<Notice>) -> Option<Notice> {
+        let fut = async {
+            loop {
+                match rx.recv().await {
+                    Ok(Notice::Resync) => continue,
+                    Ok(n) => return Some(n),
+                    Err(_) => return None,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), fut)
+            .await
+            .ok()
+            .flatten()
+    }
+    // The PostgreSQL listener connects in the background: wait until it hears anything.
+    let mut heard = false;
+    for i in 0..20 {
+        db.enqueue(
+            &job(
+                &format!("warm{i}"),
+                "notices",
+                kind("warmup"),
+                6000 + i,
+                None,
+            ),
+            100,
+        )
+        .await
+        .unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), rx.recv())
+            .await
+            .map(|r| r.ok())
+        {
+            heard = true;
+            break;
+        }
+    }
+    assert!(heard, "no notice within 6 s");
+    while rx.try_recv().is_ok() {}
+    db.enqueue(&job("n1", "notices", kind("noticed"), 7000, None), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut rx).await,
+        Some(Notice::Queued(Some("noticed".into())))
+    );
+    let got = db
+        .claim(&[kind("noticed")], "wn", LEASE)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next(&mut rx).await, Some(Notice::Changed(got.id.clone())));
+    db.set_progress("n1", "wn", &json!({"step": 1}), None)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, Some(Notice::Changed("n1".into())));
+    db.finish("n1", "wn", &atelier_store::db::Outcome::Succeeded, &[])
+        .await
+        .unwrap();
+    assert_eq!(next(&mut rx).await, Some(Notice::Changed("n1".into())));
+}
+
 async fn suite(db: Db) {
     keys_models_datasets(&db).await;
     queue(&db).await;
     open_kinds(&db).await;
+    notices(&db).await;
     concurrent_claims(&db).await;
     concurrent_quota(&db).await;
     db.close().await;
