@@ -188,8 +188,7 @@ fn schemas() -> Value {
             "type": {"const": "stylize"}, "model": {"type": "string"},
             "format": {"type": ["string", "null"], "enum": ["jpg", "png", "webp", null]},
             "strength": {"type": "number", "minimum": 0, "maximum": 1, "default": 1},
-            "max_side": {"type": ["integer", "null"], "minimum": 1}, "quality": {"type": "integer", "default": 92, "minimum": 1, "maximum": 100},
-            "inputs": {"type": "integer", "description": "Number of input images (set by the server)."}
+            "max_side": {"type": ["integer", "null"], "minimum": 1}, "quality": {"type": "integer", "default": 92, "minimum": 1, "maximum": 100}
         }
     });
     json!({

@@ -1392,3 +1392,148 @@ async fn simultaneous_stylizes_wait_for_a_slot() {
     let (_, m) = h.get("/metrics", None).await;
     assert!(!String::from_utf8_lossy(&m).contains("atelier_overloaded_total 1"));
 }
+
+/// Issue 21, item 7: `docs/api.md` matches the server. Every operation it names is in the
+/// OpenAPI document and the other way round; every query parameter it shows exists; each
+/// documented object (`Model`, `Dataset`, `Job`, the job specs, the estimate, `/v1/me`) names
+/// exactly the fields of its OpenAPI schema.
+#[test]
+fn docs_api_md_matches_the_openapi_document() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(root.join("openapi.json")).unwrap()).unwrap();
+    let md = std::fs::read_to_string(root.join("../../docs/api.md")).unwrap();
+
+    // Operations: `METHOD /path[?query]` in backticks.
+    let mut documented = std::collections::BTreeMap::<(String, String), Vec<String>>::new();
+    for span in md.split('`').skip(1).step_by(2) {
+        let Some((method, rest)) = span.split_once(' ') else {
+            continue;
+        };
+        if !["GET", "POST", "DELETE", "PUT", "PATCH"].contains(&method) || !rest.starts_with('/') {
+            continue;
+        }
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let params: Vec<String> = query
+            .split(['&', '['])
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, _)| k.trim_start_matches('&').to_string())
+            })
+            .filter(|k| !k.is_empty())
+            .collect();
+        documented
+            .entry((
+                method.to_string(),
+                path.trim_end_matches(['[', ']']).to_string(),
+            ))
+            .or_default()
+            .extend(params);
+    }
+    let mut served = std::collections::BTreeMap::<(String, String), Vec<String>>::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            let params = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "query")
+                        .map(|p| p["name"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            served.insert((method.to_uppercase(), path.clone()), params);
+        }
+    }
+    // (the page and its document are pages, not API operations)
+    let pages = ["/", "/openapi.json", "/docs"];
+    let missing: Vec<_> = served
+        .keys()
+        .filter(|k| !documented.contains_key(*k))
+        .collect();
+    let unknown: Vec<_> = documented
+        .keys()
+        .filter(|k| !served.contains_key(*k) && !pages.contains(&k.1.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "operations docs/api.md does not describe: {missing:?}"
+    );
+    assert!(
+        unknown.is_empty(),
+        "operations docs/api.md describes but the server lacks: {unknown:?}"
+    );
+    for (op, params) in &documented {
+        let Some(real) = served.get(op) else { continue };
+        for p in params {
+            assert!(
+                real.contains(p),
+                "{op:?}: docs/api.md shows `{p}`, the server has {real:?}"
+            );
+        }
+        for p in real {
+            assert!(
+                params.contains(p),
+                "{op:?}: the server takes `{p}`, docs/api.md does not show it"
+            );
+        }
+    }
+
+    // Objects: the top-level keys of the JSON shown after an anchor.
+    fn keys_after(md: &str, anchor: &str) -> std::collections::BTreeSet<String> {
+        let start = md
+            .find(anchor)
+            .unwrap_or_else(|| panic!("docs/api.md lacks {anchor}"));
+        let text = &md[start + anchor.len()..];
+        let open = text.find('{').unwrap();
+        let (mut depth, mut keys, mut prev) = (0i32, std::collections::BTreeSet::new(), ' ');
+        let chars: Vec<char> = text[open..].chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            match chars[i] {
+                '{' | '[' => depth += 1,
+                '}' | ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                '"' => {
+                    let end = i + 1 + chars[i + 1..].iter().position(|c| *c == '"').unwrap();
+                    if depth == 1 && (prev == '{' || prev == ',') {
+                        keys.insert(chars[i + 1..end].iter().collect());
+                    }
+                    i = end;
+                }
+                _ => {}
+            }
+            if !chars[i].is_whitespace() && chars[i] != '`' {
+                prev = chars[i];
+            }
+            i += 1;
+        }
+        keys
+    }
+    let schemas = &doc["components"]["schemas"];
+    for (schema, anchor) in [
+        ("Model", "`Model`:"),
+        ("Dataset", "`Dataset`:"),
+        ("Job", "`Job`:"),
+        ("TrainSpec", "JSON body for training:"),
+        ("StylizeSpec", "field `spec` ="),
+        ("TrainEstimate", "`POST /v1/jobs/estimate` |"),
+        ("Me", "`GET /v1/me` says who you are:"),
+    ] {
+        let want: std::collections::BTreeSet<String> = schemas[schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no schema {schema}"))
+            .keys()
+            .cloned()
+            .collect();
+        let got = keys_after(&md, anchor);
+        assert_eq!(
+            got, want,
+            "docs/api.md's {schema} (after {anchor:?}) against the OpenAPI schema"
+        );
+    }
+}
