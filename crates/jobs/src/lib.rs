@@ -14,6 +14,7 @@ pub mod leftovers;
 pub mod memory;
 pub mod pipeline;
 pub mod platform;
+pub mod ratelimit;
 pub mod spec;
 pub mod worker;
 

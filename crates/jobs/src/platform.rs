@@ -60,6 +60,9 @@ pub struct Settings {
     pub ingest_limits: IngestLimits,
     /// Dataset files decoded at the same time; further uploads wait.
     pub max_concurrent_ingest: usize,
+    /// Requests per minute per owner (token bucket; also the burst size), across all API
+    /// nodes of one database.
+    pub rate_limit_per_minute: u32,
     pub worker: WorkerConfig,
 }
 
@@ -73,6 +76,8 @@ pub struct Platform {
     /// Wakes this process's idle workers when a job is queued.
     wake: Arc<Notify>,
     ingest_slots: Arc<Gate>,
+    /// This node's buckets (single node); several nodes share theirs in PostgreSQL.
+    limiter: Arc<crate::ratelimit::RateLimiter>,
 }
 
 fn not_found(code: &'static str, message: String) -> JobsError {
@@ -113,6 +118,9 @@ impl Platform {
         .with_precision(settings.precision);
         Ok(Platform {
             ingest_slots: Arc::new(Gate::new(settings.max_concurrent_ingest)),
+            limiter: Arc::new(crate::ratelimit::RateLimiter::new(
+                settings.rate_limit_per_minute,
+            )),
             db,
             blobs,
             catalog: Arc::new(catalog),
@@ -249,6 +257,19 @@ impl Platform {
             .await
             .map_err(|e| JobsError::Internal(e.to_string()))?;
         Ok(ok.then_some(row.owner))
+    }
+
+    /// Takes one request token of `owner`: `Ok(Err(seconds))` to wait. On PostgreSQL the
+    /// buckets are shared by every API node; on the single SQLite node they live here.
+    pub async fn rate_limit(&self, owner: &str) -> Result<Result<(), u32>, JobsError> {
+        if self.single_node() {
+            Ok(self.limiter.check(owner))
+        } else {
+            Ok(self
+                .db
+                .take_token(owner, self.settings.rate_limit_per_minute)
+                .await?)
+        }
     }
 
     // ---------------------------------------------------------------- quota

@@ -136,7 +136,7 @@ impl FromRequestParts<AppState> for Caller {
                 ))
             }
         };
-        if let Err(wait) = state.limiter.check(&owner) {
+        if let Err(wait) = state.platform.rate_limit(&owner).await? {
             state.metrics.inc(crate::metrics::RATE_LIMITED, &[]);
             return Err(ApiError::too_many(
                 "rate_limited",

@@ -210,6 +210,7 @@ impl ServerConfig {
             image_limits: self.limits(),
             ingest_limits: self.ingest_limits(),
             max_concurrent_ingest: self.max_concurrent_ingest,
+            rate_limit_per_minute: self.rate_limit_per_minute,
             worker: self.worker.clone(),
         }
     }

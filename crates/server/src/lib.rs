@@ -13,7 +13,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
-mod ratelimit;
+
 mod routes;
 pub mod state;
 

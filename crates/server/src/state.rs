@@ -8,7 +8,6 @@ use atelier_jobs::Platform;
 
 use crate::auth::KeyCache;
 use crate::metrics::Metrics;
-use crate::ratelimit::RateLimiter;
 use crate::ServerConfig;
 
 #[derive(Clone)]
@@ -18,7 +17,6 @@ pub struct AppState {
     pub platform: Platform,
     /// Slots and the short queue of `POST /v1/stylize`.
     pub admission: Arc<crate::admission::Admission>,
-    pub limiter: Arc<RateLimiter>,
     pub keys: Arc<KeyCache>,
     pub metrics: Arc<Metrics>,
     /// Turns true when the server stops: workers checkpoint and hand back their jobs, event
@@ -47,7 +45,6 @@ impl AppState {
                 config.max_concurrent,
                 config.max_stylize_wait_s,
             )),
-            limiter: Arc::new(RateLimiter::new(config.rate_limit_per_minute)),
             keys: Arc::new(KeyCache::default()),
             metrics: Arc::new(Metrics::default()),
             shutdown: Arc::new(tokio::sync::watch::channel(false).0),

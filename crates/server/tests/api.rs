@@ -1537,3 +1537,37 @@ fn docs_api_md_matches_the_openapi_document() {
         );
     }
 }
+
+/// Issue 21: on PostgreSQL the API nodes share their rate limits (a client cannot get twice
+/// the rate by alternating nodes). Runs in the PostgreSQL pass of `scripts/test.sh`.
+#[tokio::test]
+async fn rate_limits_hold_across_api_nodes() {
+    if !api_on_postgres() {
+        eprintln!("skipped: runs with ATELIER_TEST_API_DATABASE=postgres");
+        return;
+    }
+    let db = fresh_postgres_database().await;
+    let node = || {
+        let db = db.clone();
+        harness(move |c| {
+            c.rate_limit_per_minute = 4;
+            c.database = Some(db);
+        })
+    };
+    let (a, b) = (node().await, node().await);
+    for i in 0..4 {
+        let h = if i % 2 == 0 { &a } else { &b };
+        assert_eq!(h.get("/v1/me", None).await.0, StatusCode::OK, "request {i}");
+    }
+    for h in [&a, &b] {
+        let (s, hd, body) = h
+            .call(Request::get("/v1/me").body(Body::empty()).unwrap())
+            .await;
+        assert_eq!(
+            (s, code(&body).as_str()),
+            (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+        );
+        let wait: u32 = hd["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=15).contains(&wait), "{wait}");
+    }
+}

@@ -1185,6 +1185,52 @@ impl Db {
         self.job(owner, id).await
     }
 
+    /// Takes one request token from `owner`'s bucket (`per_minute` tokens a minute, bursts of
+    /// as many), shared by every process on this PostgreSQL database: `Ok(Err(seconds))` to
+    /// wait when it is empty. One statement, so concurrent API nodes cannot both take the
+    /// last token. (SQLite: one node, whose buckets live in its memory; this errs.)
+    pub async fn take_token(
+        &self,
+        owner: &str,
+        per_minute: u32,
+    ) -> Result<std::result::Result<(), u32>> {
+        if self.backend != Backend::Postgres {
+            return Err(StoreError::Config(
+                "shared rate limits need PostgreSQL".into(),
+            ));
+        }
+        let cap = per_minute.max(1) as f64;
+        let per_ms = cap / 60_000.0;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        let row = sqlx::query(
+            "INSERT INTO rate_limits AS r (owner, tokens, updated_ms, ok) VALUES ($1, $2 - 1, $3, 1)
+             ON CONFLICT (owner) DO UPDATE SET
+               tokens = CASE WHEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) >= 1
+                             THEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) - 1
+                             ELSE LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) END,
+               ok = CASE WHEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) >= 1
+                         THEN 1 ELSE 0 END,
+               updated_ms = GREATEST(r.updated_ms, $3)
+             RETURNING tokens, ok",
+        )
+        .bind(owner)
+        .bind(cap)
+        .bind(now_ms)
+        .bind(per_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        let tokens: f64 = row.try_get("tokens")?;
+        let ok: i32 = row.try_get("ok")?;
+        Ok(if ok != 0 {
+            Ok(())
+        } else {
+            Err(((1.0 - tokens) / per_ms / 1000.0).ceil().max(1.0) as u32)
+        })
+    }
+
     /// Returns running jobs whose lease ran out to the queue (their worker died), or fails
     /// them once they have used `max_attempts`. Returns how many were requeued.
     pub async fn reap_expired(&self, max_attempts: i64) -> Result<u64> {

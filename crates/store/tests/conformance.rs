@@ -564,7 +564,25 @@ async fn notices(db: &Db) {
     assert_eq!(next(&mut rx).await, Some(Notice::Changed("n1".into())));
 }
 
+/// Shared token buckets (PostgreSQL): `per_minute` at once, then a wait; SQLite keeps its
+/// buckets in the server's memory and refuses.
+async fn shared_rate_limits(db: &Db) {
+    if db.backend() != Backend::Postgres {
+        assert!(db.take_token("o", 3).await.is_err());
+        return;
+    }
+    for _ in 0..3 {
+        assert_eq!(db.take_token("limited", 3).await.unwrap(), Ok(()));
+    }
+    let wait = db.take_token("limited", 3).await.unwrap().unwrap_err();
+    assert!((1..=20).contains(&wait), "{wait}");
+    // Refused requests cost nothing; other owners have their own bucket.
+    assert!(db.take_token("limited", 3).await.unwrap().is_err());
+    assert_eq!(db.take_token("other", 3).await.unwrap(), Ok(()));
+}
+
 async fn suite(db: Db) {
+    shared_rate_limits(&db).await;
     keys_models_datasets(&db).await;
     queue(&db).await;
     open_kinds(&db).await;
