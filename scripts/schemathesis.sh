@@ -18,8 +18,11 @@ if [ ! -x "$VENV/bin/st" ]; then
   "$VENV/bin/pip" install -q -r tests/schemathesis/requirements.txt
 fi
 data=$(mktemp -d)
-trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rm -rf "$data"' EXIT
-key=$("$BIN" admin create-key --owner st --data "$data" 2>/dev/null | grep -o 'atl_[A-Za-z0-9_]*' | head -1)
+server=""
+trap '[ -n "$server" ] && { kill $server 2>/dev/null; wait $server 2>/dev/null; }; rm -rf "$data"' EXIT
+# (admin commands never create a data folder: make it first)
+"$BIN" admin migrate --data "$data" 2>/dev/null
+key=$("$BIN" admin create-key --owner st --data "$data" | grep -o 'atl_[A-Za-z0-9_]*' | head -1)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN" -q serve --data "$data" --port "$port" --require-keys --rate-limit-per-minute 1000000 \
   --max-active-jobs 1000 > "$data/server.log" 2>&1 &
