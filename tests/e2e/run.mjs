@@ -2,7 +2,7 @@
 // Browser tests of the Atelier web page: starts `atelier serve` on a free port with a fresh data
 // folder, drives Debian's Chromium through playwright-core, saves screenshots in artifacts/.
 //
-//   node tests/e2e/run.mjs [scenario ...]      scenarios: stylize bad-upload training hostile-text docs
+//   node tests/e2e/run.mjs [scenario ...]      scenarios: stylize busy bad-upload training hostile-text docs
 //
 // Env: ATELIER_BIN (default target/debug/atelier, relative to the repository root),
 //      CHROMIUM (default /usr/bin/chromium), E2E_READY_TIMEOUT_S (60), E2E_TRAIN_TIMEOUT_S (300),
@@ -274,6 +274,34 @@ const scenarios = {
     await page.evaluate(() => window.scrollTo(0, 0));
     await shot(page, 'stylize-4-phone-top', false);
     return `style ${name}, ${bytes.length} bytes ${kind}`;
+  },
+
+  // The server answered 429 `overloaded` (every slot busy, long wait): the page says so,
+  // waits the Retry-After and tries again by itself (issue 21).
+  async busy(page, { base }) {
+    await openHome(page, base);
+    await pickStyle(page);
+    await page.locator('[data-testid=file-input]').setInputFiles(PHOTO);
+    await page.locator('[data-testid=max-side]').selectOption('512');
+    let refused = 0;
+    await page.route('**/v1/stylize?*', async (route) => {
+      if (refused++ === 0) {
+        await route.fulfill({
+          status: 429, contentType: 'application/json', headers: { 'Retry-After': '1' },
+          body: JSON.stringify({ error: { code: 'overloaded', message: 'the server is busy with other images; retry shortly' } }),
+        });
+      } else await route.continue();
+    });
+    await page.locator('[data-testid=stylize-button]').click();
+    const err = page.locator('[data-testid=error]');
+    await err.waitFor({ state: 'visible', timeout: 10_000 });
+    const said = (await err.innerText()).trim();
+    assert(/busy/i.test(said) && /trying again in 1 s/.test(said), `while busy the page says: ${JSON.stringify(said)}`);
+    await page.locator('[data-testid=result-image]').waitFor({ state: 'visible', timeout: 180_000 });
+    assert(await err.isHidden(), 'the busy message stayed after the retry succeeded');
+    assert(refused === 2, `requests sent: ${refused}`);
+    await page.unroute('**/v1/stylize?*');
+    return `one 429, retried after 1 s, result shown`;
   },
 
   async 'bad-upload'(page, { base, tmp }) {

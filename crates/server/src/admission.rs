@@ -66,9 +66,17 @@ impl Admission {
         if self.max_wait.is_zero() || expected > self.max_wait.as_secs_f64() {
             return Err(busy);
         }
+        // Counted while waiting, also when the client goes away mid-wait (the future is
+        // dropped): the guard gives the place back.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
         self.waiting.fetch_add(1, SeqCst);
+        let _place = Waiting(&self.waiting);
         let got = tokio::time::timeout(self.max_wait, self.permits.clone().acquire_owned()).await;
-        self.waiting.fetch_sub(1, SeqCst);
         match got {
             Ok(Ok(p)) => Ok(p),
             _ => Err(busy),
@@ -103,5 +111,17 @@ mod tests {
         let none = Admission::new(1, 0.0);
         let _p = none.enter().await.unwrap();
         assert_eq!(none.enter().await.unwrap_err().retry_after, 1);
+        // A waiter whose client went away gives its place back.
+        let b = Arc::new(Admission::new(1, 5.0));
+        b.observe(0.1);
+        let held = b.enter().await.unwrap();
+        let b2 = b.clone();
+        let gone = tokio::spawn(async move { b2.enter().await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(b.waiting.load(SeqCst), 1);
+        gone.abort();
+        let _ = gone.await;
+        assert_eq!(b.waiting.load(SeqCst), 0);
+        drop(held);
     }
 }
