@@ -60,7 +60,7 @@ pub enum Command {
     /// `serve --workers 0`, all on one database (`--database postgres://…`) and one blob store
     /// (`--blobs s3://…`).
     Worker(Box<WorkerArgs>),
-    /// Manage the server's API keys.
+    /// Manage the server: its database (migrate) and API keys.
     #[command(subcommand)]
     Admin(AdminCommand),
     /// Print the OpenAPI document of the HTTP API.
