@@ -297,6 +297,7 @@ const scenarios = {
     await err.waitFor({ state: 'visible', timeout: 10_000 });
     const said = (await err.innerText()).trim();
     assert(/busy/i.test(said) && /trying again in 1 s/.test(said), `while busy the page says: ${JSON.stringify(said)}`);
+    await shot(page, 'busy-retrying', false);
     await page.locator('[data-testid=result-image]').waitFor({ state: 'visible', timeout: 180_000 });
     assert(await err.isHidden(), 'the busy message stayed after the retry succeeded');
     assert(refused === 2, `requests sent: ${refused}`);
