@@ -484,9 +484,16 @@ impl Catalog {
             job,
             created,
         };
-        if !self.db.insert_model(&row).await? {
-            let _ = self.blobs.delete(&blob).await;
-            return Err(JobsError::NameTaken(name.to_string()));
+        match self.db.insert_model(&row).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = self.blobs.delete(&blob).await;
+                return Err(JobsError::NameTaken(name.to_string()));
+            }
+            Err(e) => {
+                let _ = self.blobs.delete(&blob).await;
+                return Err(e.into());
+            }
         }
         Ok(row)
     }

@@ -3,8 +3,9 @@
 //! `jobs/<id>/…`, `models/<owner>/<file>` with no row), half-written blob files
 //! (object_store's `<name>#<n>` staging files) and temporary import files (`cache/import-*`).
 //!
-//! Call it before serving: on a single node nothing is in flight then. (Several nodes sharing
-//! one blob store need an age guard first; the scale-out work brings it.)
+//! Call it before serving, on a single node only: nothing is in flight then. With several
+//! nodes sharing one blob store another node's upload in flight looks like a leftover, so
+//! [`crate::Platform::recover`] does not sweep there (uploads clean up after themselves).
 
 use std::path::Path;
 

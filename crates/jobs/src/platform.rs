@@ -181,6 +181,13 @@ impl Platform {
                 Err(e) => tracing::error!("requeueing interrupted jobs: {e}"),
             }
         }
+        // Blobs without a row are only leftovers when nothing else can be writing: on a
+        // single node before it serves. Several nodes share the blob store, and another
+        // node's upload in flight looks just like a leftover (their uploads clean up after
+        // themselves, see `Submission` and `DatasetUpload`).
+        if !self.single_node() {
+            return;
+        }
         let data = &self.settings.data_dir;
         let local_blobs = self.settings.blobs.is_none().then(|| data.join("blobs"));
         match crate::leftovers::sweep(
@@ -328,6 +335,7 @@ impl Platform {
     /// [`Platform::submit`] (or [`Platform::discard`]).
     pub fn begin_job(&self, owner: &str) -> Submission {
         Submission {
+            blobs: self.blobs.clone(),
             id: new_id("j_", 12),
             owner: owner.to_string(),
             staged: Vec::new(),
@@ -363,8 +371,8 @@ impl Platform {
     }
 
     /// Drops a submission's staged images.
-    pub async fn discard(&self, sub: Submission) {
-        for k in sub.staged {
+    pub async fn discard(&self, mut sub: Submission) {
+        for k in std::mem::take(&mut sub.staged) {
             let _ = self.blobs.delete(&k).await;
         }
     }
@@ -384,6 +392,8 @@ impl Platform {
             self.discard(sub).await;
             return Err(e.into());
         }
+        // The staged images are the job's now.
+        sub.staged.clear();
         self.wake.notify_waiters();
         self.job(&sub.owner, &sub.id).await
     }
@@ -622,8 +632,10 @@ impl Platform {
             done: bool,
             shutdown: watch::Receiver<bool>,
             notices: tokio::sync::broadcast::Receiver<Notice>,
+            failures: u32,
         }
         let start = S {
+            failures: 0,
             notices: self.db.subscribe(),
             db: self.db.clone(),
             owner: owner.to_string(),
@@ -663,12 +675,27 @@ impl Platform {
                     tokio::select! {
                         _ = changed => {}
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = shutdown.changed() => {}
+                        // (a dropped sender is a shutdown too)
+                        r = shutdown.changed() => if r.is_err() { return None },
                     }
                 }
                 let job = match s.db.job(&s.owner, &s.id).await {
-                    Ok(Some(j)) => j,
-                    _ => return None,
+                    Ok(Some(j)) => {
+                        s.failures = 0;
+                        j
+                    }
+                    Ok(None) => return None,
+                    // The database restarting: the stream waits for it (a few minutes at most)
+                    // instead of ending without an `end` event.
+                    Err(e) => {
+                        s.failures += 1;
+                        if s.failures > 60 {
+                            tracing::warn!(job = %s.id, "event stream gives up: {e}");
+                            return None;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 };
                 let ev = |name: &'static str, data: Value| JobEvent { name, data };
                 let prev = s.last.as_ref();
@@ -734,6 +761,8 @@ impl Platform {
             new: true,
             fixed: None,
             tally: Tally::default(),
+            done: false,
+            platform: self.clone(),
         })
     }
 
@@ -759,6 +788,8 @@ impl Platform {
             new: false,
             fixed: Some(domain),
             tally: Tally::default(),
+            done: false,
+            platform: self.clone(),
         })
     }
 
@@ -830,7 +861,8 @@ impl Platform {
     }
 
     /// Drops a new dataset whose upload failed (its stored images are removed).
-    pub async fn abort_dataset(&self, upload: DatasetUpload) {
+    pub async fn abort_dataset(&self, mut upload: DatasetUpload) {
+        upload.done = true;
         if upload.new {
             let _ = crate::datasets::remove(&self.blobs, &upload.row.id).await;
         }
@@ -840,13 +872,10 @@ impl Platform {
     /// trains on (else it is dropped and the error says what was missing); an existing one
     /// keeps and counts what was stored, also before a failure. The dataset's `skipped`
     /// lists this upload's skipped files.
-    pub async fn commit_dataset(&self, upload: DatasetUpload) -> Result<Dataset, JobsError> {
-        let DatasetUpload {
-            mut row,
-            new,
-            tally,
-            ..
-        } = upload;
+    pub async fn commit_dataset(&self, mut upload: DatasetUpload) -> Result<Dataset, JobsError> {
+        upload.done = true;
+        let (mut row, new) = (upload.row.clone(), upload.new);
+        let tally = std::mem::take(&mut upload.tally);
         if new {
             // Unpaired needs both domains; paired may keep side-by-side AB images in A.
             let missing = if tally.a == 0 {
@@ -1107,8 +1136,14 @@ impl PreparedStylize {
         &self.model
     }
 
-    pub async fn run(self) -> Result<crate::pipeline::Stylized, JobsError> {
+    /// Stylizes on a blocking thread that holds `slot` (the caller's admission permit) until
+    /// the work is done, also when the caller stops waiting (the client went away).
+    pub async fn run<G: Send + 'static>(
+        self,
+        slot: G,
+    ) -> Result<crate::pipeline::Stylized, JobsError> {
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             crate::pipeline::stylize_bytes(
                 &self.stylizer,
                 &self.image,
@@ -1123,8 +1158,11 @@ impl PreparedStylize {
     }
 }
 
-/// A job being submitted: its id and the images staged so far.
+/// A job being submitted: its id and the images staged so far. Dropped without
+/// [`Platform::submit`] or [`Platform::discard`] (the client went away mid-upload), it deletes
+/// its staged images in the background.
 pub struct Submission {
+    blobs: Blobs,
     id: String,
     owner: String,
     staged: Vec<String>,
@@ -1137,6 +1175,23 @@ impl Submission {
     }
 }
 
+impl Drop for Submission {
+    fn drop(&mut self) {
+        let staged = std::mem::take(&mut self.staged);
+        if staged.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let blobs = self.blobs.clone();
+            rt.spawn(async move {
+                for k in staged {
+                    let _ = blobs.delete(&k).await;
+                }
+            });
+        }
+    }
+}
+
 /// What one upload added to a dataset.
 #[derive(Debug, Default)]
 struct Tally {
@@ -1146,12 +1201,43 @@ struct Tally {
     skipped: Vec<atelier_store::db::Skipped>,
 }
 
-/// A dataset upload in progress.
+/// A dataset upload in progress. Dropped without [`Platform::commit_dataset`] or
+/// [`Platform::abort_dataset`] (the client went away mid-upload), it finishes in the
+/// background: a new dataset's images are removed, images added to an existing one are
+/// counted (so they count against the quota).
 pub struct DatasetUpload {
+    platform: Platform,
     row: DatasetRow,
     new: bool,
     fixed: Option<char>,
     tally: Tally,
+    done: bool,
+}
+
+impl Drop for DatasetUpload {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (platform, id, new) = (self.platform.clone(), self.row.id.clone(), self.new);
+        let t = std::mem::take(&mut self.tally);
+        rt.spawn(async move {
+            if new {
+                let _ = crate::datasets::remove(&platform.blobs, &id).await;
+            } else if t.a + t.b > 0 || !t.skipped.is_empty() {
+                if let Err(e) = platform
+                    .db
+                    .add_to_dataset(&id, t.a, t.b, t.bytes, &t.skipped)
+                    .await
+                {
+                    tracing::warn!(dataset = %id, "counting an interrupted upload: {e}");
+                }
+            }
+        });
+    }
 }
 
 impl DatasetUpload {

@@ -202,7 +202,8 @@ pub fn result_stems(names: &[String], inputs: usize) -> Vec<String> {
                 .unwrap_or_else(|| n.to_string());
             let mut stem = base.clone();
             let mut k = 2;
-            while !used.insert(stem.clone()) {
+            // Case-insensitively unique: `Photo` and `photo` are one file on some disks.
+            while !used.insert(stem.to_ascii_lowercase()) {
                 stem = format!("{base}-{k}");
                 k += 1;
             }
@@ -526,6 +527,8 @@ mod tests {
             ["holiday", "holiday-2", "_n__c_d_", "3", "noext", "5"]
         );
         assert_eq!(result_stems(&[], 2), ["0", "1"]);
+        let names: Vec<String> = ["Photo.png", "photo.jpg"].map(String::from).to_vec();
+        assert_eq!(result_stems(&names, 2), ["Photo", "photo-2"]);
     }
 
     #[test]

@@ -231,6 +231,8 @@ async fn lane(ctx: Arc<Context>, handler: Arc<dyn Handler>, name: String) {
         if *shutdown.borrow() {
             return;
         }
+        // Notices from before this claim are answered by it (a long job leaves many behind).
+        while notices.try_recv().is_ok() {}
         match ctx
             .db
             .claim(std::slice::from_ref(&kind), &worker, lease)
@@ -345,7 +347,8 @@ async fn run_job(ctx: &Arc<Context>, handler: &Arc<dyn Handler>, job: JobRow, wo
         .await
         .unwrap_or_else(|e| Err(JobsError::Internal(format!("the job panicked: {e}"))))
     };
-    beat.abort();
+    // The heartbeat keeps the lease until the outcome is recorded (the database may be
+    // restarting), so that no reaper hands the job to another worker meanwhile.
     {
         let handler = handler.clone();
         let _ = tokio::task::spawn_blocking(move || handler.after()).await;
@@ -378,6 +381,7 @@ async fn run_job(ctx: &Arc<Context>, handler: &Arc<dyn Handler>, job: JobRow, wo
             persist(|| db.finish(&id, worker, &outcome, &results)).await
         }
     };
+    beat.abort();
     match ended {
         Ok(true) => tracing::info!(job = %id, seconds = secs, "job ended"),
         Ok(false) => tracing::warn!(job = %id, "the job's lease was lost; another worker has it"),
@@ -645,12 +649,19 @@ fn train_job(
     let run_dir = root.join("run");
     // Another worker's run continues here from its last checkpoint in the blob store (also
     // when this worker has an older copy of the run from before).
-    let stored = newest_step(
-        &rt.block_on(
-            ctx.blobs
-                .list(&format!("{}/checkpoints", run_prefix(&job.id))),
-        )?,
+    let listed = rt.block_on(
+        ctx.blobs
+            .list(&format!("{}/checkpoints", run_prefix(&job.id))),
     );
+    let stored = match listed {
+        Ok(keys) => newest_step(&keys),
+        // The blob store briefly unreachable: this worker's own copy of the run will do.
+        Err(e) if run_dir.join("config.json").is_file() => {
+            tracing::warn!(job = %job.id, "listing the stored run state: {e}; using the local copy");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let local = std::fs::read_dir(run_dir.join("checkpoints"))
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -706,6 +717,13 @@ fn train_job(
                 std::fs::read(model_path)
                     .map_err(|e| JobsError::Internal(format!("{}: {e}", model_path.display())))?,
             );
+            // Only the lease holder registers the model and clears the run state (a worker
+            // whose lease ran out while it finished must not touch the run's new owner's).
+            let lease = Duration::from_secs(ctx.config.lease_s);
+            if rt.block_on(persist(|| ctx.db.heartbeat(&job.id, worker, lease)))? == Lease::Lost {
+                control.stop(LOST);
+                return Err(stopped());
+            }
             let name = register_model(ctx, rt, job, spec, bytes.clone())?;
             rt.block_on(
                 ctx.blobs
@@ -825,9 +843,11 @@ fn restore_run(
     root: &Path,
 ) -> Result<bool, JobsError> {
     let prefix = run_prefix(&job.id);
-    let mut checkpoints = rt.block_on(ctx.blobs.list(&format!("{prefix}/checkpoints")))?;
-    checkpoints.sort();
-    let Some(newest) = checkpoints.pop() else {
+    let checkpoints = rt.block_on(ctx.blobs.list(&format!("{prefix}/checkpoints")))?;
+    let Some(newest) = checkpoints
+        .into_iter()
+        .max_by_key(|k| newest_step(std::slice::from_ref(k)))
+    else {
         return Ok(false);
     };
     let get = |key: &str, max: u64| -> Result<Bytes, JobsError> {
@@ -889,6 +909,16 @@ fn register_model(
                 .add(&job.owner, &name, bytes.clone(), Some(job.id.clone())),
         ) {
             Ok(_) => return Ok(name),
+            // Registered by this job already (a retry whose first insert did commit).
+            Err(JobsError::NameTaken(_))
+                if rt
+                    .block_on(ctx.catalog.own(&job.owner, &name))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.job.as_deref() == Some(job.id.as_str())) =>
+            {
+                return Ok(name)
+            }
             Err(JobsError::NameTaken(_) | JobsError::Conflict { .. }) if !renamed => {
                 name = format!("{}-{}", spec.name, job.id.trim_start_matches("j_"));
                 name.truncate(64);
@@ -1000,11 +1030,16 @@ impl JobObserver<'_> {
             tracing::warn!(job = %self.job, "storing the run state: {e}");
             return false;
         }
+        // Only older checkpoints go (never a newer one another worker may have stored).
+        let stored = newest_step(std::slice::from_ref(&key));
         let older = self
             .rt
             .block_on(self.ctx.blobs.list(&format!("{prefix}/checkpoints")))
             .unwrap_or_default();
-        for k in older.into_iter().filter(|k| *k != key) {
+        for k in older
+            .into_iter()
+            .filter(|k| newest_step(std::slice::from_ref(k)) < stored)
+        {
             let _ = self.rt.block_on(self.ctx.blobs.delete(&k));
         }
         true

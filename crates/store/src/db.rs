@@ -503,15 +503,12 @@ impl Db {
         let tx = self.notices.clone();
         let alive = std::sync::Arc::downgrade(&self._alive);
         tokio::spawn(async move {
-            let mut first = true;
             while alive.strong_count() > 0 {
                 match sqlx::postgres::PgListener::connect(&url).await {
                     Ok(mut l) => match l.listen(CHANNEL).await {
                         Ok(()) => {
-                            if !first {
-                                let _ = tx.send(Notice::Resync);
-                            }
-                            first = false;
+                            // Whatever was sent before this LISTEN is unheard: look again.
+                            let _ = tx.send(Notice::Resync);
                             while alive.strong_count() > 0 {
                                 match tokio::time::timeout(Duration::from_secs(5), l.try_recv())
                                     .await
@@ -1201,24 +1198,22 @@ impl Db {
         }
         let cap = per_minute.max(1) as f64;
         let per_ms = cap / 60_000.0;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
+        // The database's clock, not the node's: nodes whose clocks differ share one bucket.
         let row = sqlx::query(
-            "INSERT INTO rate_limits AS r (owner, tokens, updated_ms, ok) VALUES ($1, $2 - 1, $3, 1)
+            "WITH now AS (SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS ms)
+             INSERT INTO rate_limits AS r (owner, tokens, updated_ms, ok)
+               SELECT $1, $2 - 1, now.ms, 1 FROM now
              ON CONFLICT (owner) DO UPDATE SET
-               tokens = CASE WHEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) >= 1
-                             THEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) - 1
-                             ELSE LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) END,
-               ok = CASE WHEN LEAST($2, r.tokens + GREATEST(0, $3 - r.updated_ms) * $4) >= 1
+               tokens = CASE WHEN LEAST($2, r.tokens + GREATEST(0, EXCLUDED.updated_ms - r.updated_ms) * $3) >= 1
+                             THEN LEAST($2, r.tokens + GREATEST(0, EXCLUDED.updated_ms - r.updated_ms) * $3) - 1
+                             ELSE LEAST($2, r.tokens + GREATEST(0, EXCLUDED.updated_ms - r.updated_ms) * $3) END,
+               ok = CASE WHEN LEAST($2, r.tokens + GREATEST(0, EXCLUDED.updated_ms - r.updated_ms) * $3) >= 1
                          THEN 1 ELSE 0 END,
-               updated_ms = GREATEST(r.updated_ms, $3)
+               updated_ms = GREATEST(r.updated_ms, EXCLUDED.updated_ms)
              RETURNING tokens, ok",
         )
         .bind(owner)
         .bind(cap)
-        .bind(now_ms)
         .bind(per_ms)
         .fetch_one(&self.pool)
         .await?;

@@ -105,8 +105,7 @@ pub async fn stylize(
     })?;
     let model = prepared.model().to_string();
     let started = Instant::now();
-    let out = prepared.run().await;
-    drop(permit);
+    let out = prepared.run(permit).await;
     let secs = started.elapsed().as_secs_f64();
     let out = out?;
     state.admission.observe(secs);
