@@ -156,26 +156,7 @@ fn two_api_nodes_three_workers_survive_kills_and_a_database_restart() {
 
     // A small unpaired dataset, then two trainings and thirty stylize jobs through
     // alternating API nodes.
-    let mut parts = Vec::new();
-    for i in 0..4 {
-        parts.push((
-            "a",
-            Some(format!("r{i}.png")),
-            png(40, 40, [210, 40, 40], i),
-        ));
-        parts.push((
-            "b",
-            Some(format!("b{i}.png")),
-            png(40, 40, [40, 40, 210], i),
-        ));
-    }
-    let parts: Vec<(&str, Option<&str>, Vec<u8>)> = parts
-        .iter()
-        .map(|(n, f, d)| (*n, f.as_deref(), d.clone()))
-        .collect();
-    let (st, d) = api_a.multipart("/v1/datasets?name=rb", &parts);
-    assert_eq!(st, 201, "{d}");
-    let dataset = d["id"].as_str().unwrap().to_string();
+    let dataset = dataset(&api_a);
     let mut trains = Vec::new();
     for i in 0..2 {
         let spec = json!({

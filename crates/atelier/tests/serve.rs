@@ -10,29 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-fn dataset(s: &Server) -> String {
-    let mut parts = Vec::new();
-    for i in 0..4 {
-        parts.push((
-            "a",
-            Some(format!("r{i}.png")),
-            png(40, 40, [210, 40, 40], i),
-        ));
-        parts.push((
-            "b",
-            Some(format!("b{i}.png")),
-            png(40, 40, [40, 40, 210], i),
-        ));
-    }
-    let parts: Vec<(&str, Option<&str>, Vec<u8>)> = parts
-        .iter()
-        .map(|(n, f, d)| (*n, f.as_deref(), d.clone()))
-        .collect();
-    let (st, d) = s.multipart("/v1/datasets?name=rb", &parts);
-    assert_eq!(st, 201, "{d}");
-    d["id"].as_str().unwrap().to_string()
-}
-
 /// Starts a training job (light CycleGAN, 32 px, a checkpoint every 5 steps) making the model
 /// `name`, and a stylize job of `images` PNGs of `size`; returns their ids.
 fn two_jobs(

@@ -222,3 +222,28 @@ pub fn png(w: u32, h: u32, rgb: [u8; 3], seed: u32) -> Vec<u8> {
     let img = atelier_imaging::Image::from_rgb8(w, h, &px).unwrap();
     atelier_imaging::encode(&img, atelier_imaging::Format::Png, 0).unwrap()
 }
+
+/// Uploads a small unpaired dataset (4 reddish images in A, 4 bluish in B) through `s`;
+/// returns its id.
+pub fn dataset(s: &Server) -> String {
+    let mut parts = Vec::new();
+    for i in 0..4 {
+        parts.push((
+            "a",
+            Some(format!("r{i}.png")),
+            png(40, 40, [210, 40, 40], i),
+        ));
+        parts.push((
+            "b",
+            Some(format!("b{i}.png")),
+            png(40, 40, [40, 40, 210], i),
+        ));
+    }
+    let parts: Vec<(&str, Option<&str>, Vec<u8>)> = parts
+        .iter()
+        .map(|(n, f, d)| (*n, f.as_deref(), d.clone()))
+        .collect();
+    let (st, d) = s.multipart("/v1/datasets?name=rb", &parts);
+    assert_eq!(st, 201, "{d}");
+    d["id"].as_str().unwrap().to_string()
+}
