@@ -219,6 +219,10 @@ pub struct ServeArgs {
     /// Retry-After (0: never wait) [default: 10].
     #[arg(long, env = "ATELIER_MAX_STYLIZE_WAIT")]
     pub max_stylize_wait: Option<f64>,
+    /// MiB one pass of a model over a whole image may take; larger images run in tiles (0: tile
+    /// every image above 1024 px) [default: 4096].
+    #[arg(long, env = "ATELIER_STYLIZE_MEMORY_MB")]
+    pub stylize_memory_mb: Option<u64>,
     /// Requests per minute per key [default: 600].
     #[arg(long, env = "ATELIER_RATE_LIMIT")]
     pub rate_limit_per_minute: Option<u32>,
@@ -640,14 +644,18 @@ pub struct StylizeArgs {
     /// Downscale inputs so that their longer side is at most N pixels.
     #[arg(long)]
     pub max_side: Option<u32>,
-    /// Tile side for large images (0: never tile).
-    #[arg(long, default_value_t = 512)]
+    /// Memory one pass of the network over a whole image may take (e.g. 4G, 512M, 0);
+    /// images that need more run in tiles. 0: tile every image larger than --tile.
+    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+    pub memory_budget: u64,
+    /// Largest tile side when an image is tiled (0: never tile, whatever the memory).
+    #[arg(long, default_value_t = 1024)]
     pub tile: u32,
-    /// Overlap between tiles in pixels (feathered blending).
+    /// Least overlap between tiles in pixels (feathered blending).
     #[arg(long, default_value_t = 32)]
     pub overlap: u32,
     /// Extra image context around each tile in pixels (seen by the network, then cropped).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 16)]
     pub context: u32,
     /// Longer side of the image copy that gives tiles their shared normalization statistics
     /// (exact for images up to this side).
@@ -779,6 +787,30 @@ pub struct BenchArgs {
     /// Only the training step (no forward-pass sizes).
     #[arg(long)]
     pub train_only: bool,
+    /// Also time the product path (JPEG in → stylized JPEG out, the default options) of this
+    /// model beside its raw forward pass at --product-sizes (a built-in name or a file).
+    #[arg(long)]
+    pub product: Option<String>,
+    /// Image sides of the product-path rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [512u32, 513, 1024, 2048, 4096])]
+    pub product_sizes: Vec<u32>,
+    /// Only the product-path rows (no generator forward-pass rows, no training step).
+    #[arg(long, requires = "product")]
+    pub product_only: bool,
+    /// Also time `atelier serve` with the --product model: the first request after a restart
+    /// against warm ones, and images per second at --serve-clients concurrent clients beside
+    /// the raw model's.
+    #[arg(long, requires = "product")]
+    pub serve: bool,
+    /// Concurrent clients of the --serve rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4])]
+    pub serve_clients: Vec<usize>,
+    /// Seconds each --serve row sends requests.
+    #[arg(long, default_value_t = 20.0)]
+    pub serve_seconds: f64,
+    /// Image side of the --serve rows.
+    #[arg(long, default_value_t = 512)]
+    pub serve_size: u32,
     /// Image side of the training-step benchmark.
     #[arg(long, default_value_t = 128)]
     pub train_size: u32,
@@ -786,4 +818,54 @@ pub struct BenchArgs {
     /// batching a network's independent passes (to measure what the batching buys).
     #[arg(long)]
     pub train_separate_passes: bool,
+}
+
+/// A byte count: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`, `MB`
+/// and the like are read the same way).
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4G, 512M, 1000000)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches('B')
+        .trim_end_matches('I')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use K, M, G or T)")),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 / 2.0 {
+        return Err(format!("`{s}` is too large"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_sizes_parse() {
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("4G"), Ok(4 << 30));
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_bytes(" 64 KB "), Ok(64 << 10));
+        for bad in ["", "G", "4X", "-1", "1e999", "99999999999T"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -948,6 +948,7 @@ fn tiled_vs_untiled_psnr(tiled: &[(u32, u32)]) -> Vec<f64> {
                 tile,
                 overlap,
                 context: 8,
+                memory_budget: 0,
                 ..atelier_engine::Options::default()
             };
             let passes = stylizer.passes(w, h, &opts);
@@ -955,7 +956,16 @@ fn tiled_vs_untiled_psnr(tiled: &[(u32, u32)]) -> Vec<f64> {
             let (t, o) = (tile.to_string(), overlap.to_string());
             let out = run(
                 &format!("tiled_{tile}_{overlap}.png"),
-                &["--tile", &t, "--overlap", &o, "--context", "8"],
+                &[
+                    "--tile",
+                    &t,
+                    "--overlap",
+                    &o,
+                    "--context",
+                    "8",
+                    "--memory-budget",
+                    "0",
+                ],
             );
             let psnr = psnr_rgb8(&out, &untiled);
             eprintln!(

@@ -1,14 +1,21 @@
 //! Stylizes images of any size with an Atelier model.
 //!
-//! Small images run in one pass. Larger ones are cut into overlapping tiles whose outputs are
-//! blended with feathered weights, so memory is bounded by the tile size, not the image size.
-//! Instance normalization would normally compute its statistics per tile, which shows as seams
-//! and colour shifts between tiles. Here every tile uses statistics that are global to the
-//! image, as in URST's thumbnail instance normalization (Chen et al., AAAI 2022): the network
-//! runs once on a copy of the image whose longer side is at most `thumbnail_side` (default
-//! 1024) and records each normalization layer's mean and variance; every tile then replays
-//! them. Images up to that side get their exact full-resolution statistics; larger ones a
-//! 1024-px estimate. Memory is bounded by the tile and thumbnail sizes, not the image.
+//! An image runs whole, in one pass, while the network's memory for it fits
+//! [`Options::memory_budget`] (default 4 GiB: a 2048² photo through a full-size ResNet
+//! generator needs about 3 GB). The memory a pass takes is measured once per model, by running
+//! it on a small blank image and counting its activation buffers ([`Stylizer::memory_for`]).
+//!
+//! Above the budget the image is cut into the fewest overlapping tiles of at most
+//! [`Options::tile`] pixels a side ([`TileGrid::balanced`]), each seen with some extra image
+//! context around it, and their outputs are blended with feathered weights, so memory is
+//! bounded by the tile size, not the image size. Instance normalization would normally
+//! compute its statistics per tile, which shows as seams and colour shifts between tiles.
+//! Here every tile uses statistics that are global to the image, as in URST's thumbnail
+//! instance normalization (Chen et al., AAAI 2022): the network runs once on a copy of the
+//! image whose longer side is at most `thumbnail_side` (default 1024) and records each
+//! normalization layer's mean and variance; every tile then replays them. For a 4096² image
+//! that pass costs 1/16 of the image. The statistics of the last few images are kept, so a
+//! second request for the same image (another model strength, another format) skips it.
 //!
 //! Two other estimators were tried and measured worse (tile 256 on a 1024² photo, PSNR against
 //! the untiled output, random-weight ResNet and light generators): re-measuring
@@ -53,24 +60,32 @@ pub type Result<T> = std::result::Result<T, Error>;
 /// Options of [`Stylizer::stylize`].
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
-    /// Tile side in pixels; 0 disables tiling (the whole image in one pass).
+    /// Largest tile side in pixels when the image is above the memory budget; 0 never tiles
+    /// (the whole image in one pass, whatever its size).
     pub tile: u32,
-    /// Overlap between neighbouring tiles in pixels (blended with feathered weights).
+    /// Least overlap between neighbouring tiles in pixels (blended with feathered weights).
     pub overlap: u32,
     /// Extra image context around each tile in pixels: the network sees it, the output keeps
     /// only the tile (so tile borders are not computed from reflection padding).
     pub context: u32,
-    /// Longer side of the copy of the image that gives the normalization statistics.
+    /// Longer side of the copy of the image that gives tiles their normalization statistics.
     pub thumbnail_side: u32,
+    /// Bytes the network may use for one pass over the whole image; larger images are tiled.
+    /// 0: tile every image larger than `tile`.
+    pub memory_budget: u64,
 }
+
+/// [`Options::memory_budget`]'s default: 4 GiB.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
 
 impl Default for Options {
     fn default() -> Self {
         Self {
-            tile: 512,
+            tile: 1024,
             overlap: 32,
-            context: 32,
+            context: 16,
             thumbnail_side: 1024,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -88,6 +103,56 @@ pub struct Stylizer {
     device: Device,
     /// The network on Atelier's CPU kernels (CPU, supported architectures).
     compiled: Option<atelier_nets::Compiled>,
+    /// Bytes per input pixel of one pass on the kernels (measured at load).
+    bytes_per_pixel: Option<f64>,
+    /// Normalization statistics of recently tiled images.
+    stats_cache: std::sync::Mutex<StatsCache>,
+}
+
+/// Activation buffers kept between images; a larger image's extra buffers are dropped after
+/// it (a 512² image through a full ResNet generator keeps about 200 MB).
+const KEEP_BYTES: usize = 256 << 20;
+
+/// Side of the blank image [`Stylizer::memory_for`] measures at load.
+const PROBE_SIDE: usize = 128;
+
+/// Statistics of the last few tiled images, keyed by [`image_key`].
+#[derive(Default)]
+struct StatsCache {
+    entries: std::collections::VecDeque<([u8; 32], std::sync::Arc<Vec<LayerStats>>)>,
+}
+
+impl StatsCache {
+    const KEEP: usize = 8;
+
+    fn get(&self, key: [u8; 32]) -> Option<std::sync::Arc<Vec<LayerStats>>> {
+        self.entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn put(&mut self, key: [u8; 32], stats: std::sync::Arc<Vec<LayerStats>>) {
+        self.entries.retain(|(k, _)| *k != key);
+        self.entries.push_front((key, stats));
+        self.entries.truncate(Self::KEEP);
+    }
+}
+
+/// SHA-256 of an image's values, its size and the thumbnail side (a cryptographic hash, so
+/// that no image can be made to take another's statistics; ~0.1 s for a 4096² image, under a
+/// percent of its tiled pass).
+fn image_key(src: &[f32], w: usize, h: usize, side: u32) -> [u8; 32] {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update((w as u64).to_le_bytes());
+    hasher.update((h as u64).to_le_bytes());
+    hasher.update(side.to_le_bytes());
+    for chunk in src.chunks(1 << 14) {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
+    }
+    hasher.finalize().into()
 }
 
 /// Reflect-pads a CHW buffer on the right and bottom.
@@ -154,11 +219,38 @@ impl Stylizer {
         } else {
             None
         };
+        // One small pass: the memory a pass takes per pixel, and the kernels' code and packed
+        // weights warmed before the first real image.
+        let m = arch.size_multiple().max(1);
+        let side = PROBE_SIDE.div_ceil(m) * m;
+        let bytes_per_pixel = match &compiled {
+            Some(c) => Some(c.measure_bytes(side, side)? as f64 / (side * side) as f64),
+            None => None,
+        };
         Ok(Self {
             model,
             device,
             compiled,
+            bytes_per_pixel,
+            stats_cache: Default::default(),
         })
+    }
+
+    /// Takes activation buffers from `ws`, shared with other stylizers (see
+    /// [`atelier_nets::Compiled::share_workspace`]).
+    pub fn with_workspace(mut self, ws: std::sync::Arc<atelier_nets::Workspace>) -> Self {
+        if let Some(c) = &mut self.compiled {
+            c.share_workspace(ws);
+        }
+        self
+    }
+
+    /// Bytes one pass of the network over a `w`×`h` image takes (activations, the input and
+    /// the output), measured for this model at load; `None` where the network runs on
+    /// candle (the GPU, architectures the kernels do not cover).
+    pub fn memory_for(&self, w: u32, h: u32) -> Option<u64> {
+        self.bytes_per_pixel
+            .map(|b| (b * f64::from(w) * f64::from(h)).ceil() as u64)
     }
 
     /// Whether the model runs on Atelier's CPU kernels (else on candle).
@@ -186,12 +278,28 @@ impl Stylizer {
         self.arch().has_instance_norm() || self.model.card.inference.batch_stats
     }
 
-    fn run(&self, chw: Vec<f32>, w: usize, h: usize, ctx: &mut Ctx) -> Result<Vec<f32>> {
+    fn run(&self, chw: &[f32], w: usize, h: usize, ctx: &mut Ctx) -> Result<Vec<f32>> {
+        self.run_until(chw, w, h, ctx, &|| false)
+    }
+
+    /// One pass; on the kernels `stop` is asked between layers.
+    fn run_until(
+        &self,
+        chw: &[f32],
+        w: usize,
+        h: usize,
+        ctx: &mut Ctx,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<f32>> {
         ctx.rewind();
         if let Some(c) = self.compiled.as_ref().filter(|c| c.supports(ctx)) {
-            return Ok(c.forward_chw(&chw, h, w, ctx)?.0);
+            return match c.forward_chw_until(chw, h, w, ctx, stop) {
+                Ok(y) => Ok(y.0),
+                Err(atelier_nets::Error::Stopped) => Err(Error::Stopped),
+                Err(e) => Err(e.into()),
+            };
         }
-        let x = Tensor::from_vec(chw, (1, 3, h, w), &self.device)?;
+        let x = Tensor::from_slice(chw, (1, 3, h, w), &self.device)?;
         let y = self.model.net.forward(&x, ctx)?;
         Ok(y.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -208,7 +316,14 @@ impl Stylizer {
     fn plan(&self, w: u32, h: u32, opts: &Options) -> Result<Option<TileGrid>> {
         let m = self.arch().size_multiple() as u32;
         let (pw, ph) = (round_up(w, m), round_up(h, m));
-        if opts.tile == 0 || (pw <= opts.tile && ph <= opts.tile) {
+        let fits_tile = pw <= opts.tile && ph <= opts.tile;
+        let fits_budget = match (opts.memory_budget, self.memory_for(pw, ph)) {
+            (0, _) => false,
+            (budget, Some(need)) => need <= budget,
+            // On candle the tile size alone decides.
+            (_, None) => false,
+        };
+        if opts.tile == 0 || fits_tile || fits_budget {
             return Ok(None);
         }
         let tile = (opts.tile / m) * m;
@@ -220,7 +335,7 @@ impl Stylizer {
             )));
         }
         let overlap = round_up(opts.overlap, m).min(tile - m);
-        Ok(Some(TileGrid::new(pw, ph, tile, overlap)?))
+        Ok(Some(TileGrid::balanced(pw, ph, tile, overlap, m)?))
     }
 
     /// Stylizes an image; the result has the input's size and its alpha plane unchanged.
@@ -234,8 +349,9 @@ impl Stylizer {
     }
 
     /// [`stylize`](Self::stylize) that asks `stop` before each network pass (each tile, the
-    /// statistics thumbnail) and returns [`Error::Stopped`] once it says yes, so that a
-    /// cancelled job ends within one tile instead of after the whole image.
+    /// statistics thumbnail) and, on the CPU kernels, between the layers of a pass, and
+    /// returns [`Error::Stopped`] once it says yes, so that a cancelled job ends within a layer
+    /// instead of after the whole image.
     ///
     /// # Errors
     /// As [`stylize`](Self::stylize), and [`Error::Stopped`].
@@ -268,14 +384,25 @@ impl Stylizer {
             None => {
                 go()?;
                 let mut ctx = self.ctx();
-                let out = self.run(src.to_vec(), pw, ph, &mut ctx)?;
+                let out = self.run_until(src, pw, ph, &mut ctx, stop)?;
                 tick(progress);
                 out
             }
             Some(grid) => {
                 let stats = if self.data_dependent_norm() {
                     go()?;
-                    Some(self.global_stats(src, pw, ph, opts, &mut || tick(progress))?)
+                    let key = image_key(src, pw, ph, opts.thumbnail_side);
+                    let cached = self.cache().get(key);
+                    let stats = match cached {
+                        Some(s) => s,
+                        None => {
+                            let s = std::sync::Arc::new(self.global_stats(src, pw, ph, opts)?);
+                            self.cache().put(key, s.clone());
+                            s
+                        }
+                    };
+                    tick(progress);
+                    Some(stats)
                 } else {
                     None
                 };
@@ -291,10 +418,11 @@ impl Stylizer {
                     let outer = Rect::new(x0, y0, x1 - x0, y1 - y0);
                     let tile = atelier_imaging::crop_chw(src, pw as u32, ph as u32, 3, outer);
                     let mut ctx = match &stats {
-                        Some(s) => self.ctx().replaying(s.clone()),
+                        Some(s) => self.ctx().replaying(s.as_ref().clone()),
                         None => self.ctx(),
                     };
-                    let y = self.run(tile, outer.w as usize, outer.h as usize, &mut ctx)?;
+                    let y =
+                        self.run_until(&tile, outer.w as usize, outer.h as usize, &mut ctx, stop)?;
                     let inner = Rect::new(rect.x - x0, rect.y - y0, rect.w, rect.h);
                     let y = atelier_imaging::crop_chw(&y, outer.w, outer.h, 3, inner);
                     blender.add(rect, &y)?;
@@ -314,7 +442,14 @@ impl Stylizer {
                 Rect::new(0, 0, w as u32, h as u32),
             )
         };
+        if let Some(c) = &self.compiled {
+            c.trim(KEEP_BYTES);
+        }
         Ok(Image::new(img.width, img.height, rgb, img.alpha.clone())?)
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, StatsCache> {
+        self.stats_cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Normalization statistics global to the (padded) image; see the crate docs.
@@ -324,7 +459,6 @@ impl Stylizer {
         w: usize,
         h: usize,
         opts: &Options,
-        tick: &mut dyn FnMut(),
     ) -> Result<Vec<LayerStats>> {
         let m = self.arch().size_multiple() as u32;
         let mut ctx = self.ctx().recording();
@@ -332,14 +466,11 @@ impl Stylizer {
             atelier_imaging::fit_max_side(w as u32, h as u32, opts.thumbnail_side.max(m));
         let (tw, th) = (round_up(tw, m), round_up(th, m));
         if (tw as usize, th as usize) == (w, h) {
-            self.run(src.to_vec(), w, h, &mut ctx)?;
+            self.run(src, w, h, &mut ctx)?;
         } else {
-            let full = Image::new(w as u32, h as u32, src.to_vec(), None)?;
-            let thumb = atelier_imaging::resize(&full, tw, th);
-            drop(full);
-            self.run(thumb.rgb, tw as usize, th as usize, &mut ctx)?;
+            let thumb = atelier_imaging::resize_planes(src, 3, (w, h), (tw as usize, th as usize));
+            self.run(&thumb, tw as usize, th as usize, &mut ctx)?;
         }
-        tick();
         Ok(ctx.take_recorded())
     }
 }
@@ -411,6 +542,7 @@ mod tests {
                 tile,
                 overlap: 16,
                 context: 16,
+                memory_budget: 0,
                 ..Options::default()
             };
             let a = s.stylize(&img, &opts, &mut |_| {}).unwrap();
@@ -440,6 +572,7 @@ mod tests {
             tile: 64,
             overlap: 16,
             context: 16,
+            memory_budget: 0,
             ..Options::default()
         };
         let mut passes = 0;
@@ -462,7 +595,7 @@ mod tests {
             let outer = Rect::new(x0, y0, x1 - x0, y1 - y0);
             let tile = atelier_imaging::crop_chw(&padded, 200, 152, 3, outer);
             let y = s
-                .run(tile, outer.w as usize, outer.h as usize, &mut s.ctx())
+                .run(&tile, outer.w as usize, outer.h as usize, &mut s.ctx())
                 .unwrap();
             let inner = Rect::new(rect.x - x0, rect.y - y0, rect.w, rect.h);
             let y = atelier_imaging::crop_chw(&y, outer.w, outer.h, 3, inner);
@@ -478,6 +611,86 @@ mod tests {
             shared > per_tile + 3.0,
             "shared {shared:.1} dB vs per-tile {per_tile:.1} dB"
         );
+    }
+
+    /// The per-pixel memory measured at load on a small blank image bounds what a pass over a
+    /// larger image really takes, without overstating it much.
+    #[test]
+    fn memory_estimate_bounds_a_real_pass() {
+        let s = stylizer();
+        let c = s.compiled.as_ref().unwrap();
+        for (w, h) in [(256, 192), (400, 300)] {
+            let real = c.measure_bytes(h, w).unwrap() as f64;
+            let est = s.memory_for(w as u32, h as u32).unwrap() as f64;
+            assert!(est >= real, "{w}×{h}: estimate {est} < real {real}");
+            assert!(est <= 1.35 * real, "{w}×{h}: estimate {est} vs real {real}");
+        }
+    }
+
+    /// Whole while the pass fits the budget, however large against the tile; tiled above it;
+    /// never with `tile` 0.
+    #[test]
+    fn the_memory_budget_decides_tiling() {
+        let s = stylizer();
+        let need = s.memory_for(300, 200).unwrap();
+        let opts = |tile, memory_budget| Options {
+            tile,
+            memory_budget,
+            ..Options::default()
+        };
+        assert_eq!(s.passes(300, 200, &opts(64, need + 1)), 1);
+        // Tiles ≤ 64 overlapping ≥ 32: 9 × 6 of them, and the statistics pass.
+        assert_eq!(s.passes(300, 200, &opts(64, 0)), 9 * 6 + 1);
+        assert!(s.passes(300, 200, &opts(64, need / 2)) > 1);
+        assert_eq!(s.passes(300, 200, &opts(0, 0)), 1);
+        assert_eq!(s.passes(60, 60, &opts(64, 0)), 1);
+        // The default budget runs a 2048² image whole through this small model.
+        assert_eq!(s.passes(2048, 2048, &Options::default()), 1);
+    }
+
+    /// A second tiled run of the same image takes its statistics from the cache, with the
+    /// same result; another image gets its own.
+    #[test]
+    fn statistics_are_reused_for_the_same_image() {
+        let s = stylizer();
+        let opts = Options {
+            tile: 64,
+            overlap: 16,
+            memory_budget: 0,
+            ..Options::default()
+        };
+        let a = s.stylize(&photo(140, 100), &opts, &mut |_| {}).unwrap();
+        assert_eq!(s.cache().entries.len(), 1);
+        let b = s.stylize(&photo(140, 100), &opts, &mut |_| {}).unwrap();
+        assert_eq!(s.cache().entries.len(), 1);
+        assert_eq!(a.rgb, b.rgb);
+        s.stylize(&photo(140, 104), &opts, &mut |_| {}).unwrap();
+        assert_eq!(s.cache().entries.len(), 2);
+    }
+
+    /// After a large image, the buffers kept for the next one are bounded.
+    #[test]
+    fn kept_buffers_are_trimmed_after_an_image() {
+        let s = stylizer();
+        s.stylize(&photo(1200, 1000), &Options::default(), &mut |_| {})
+            .unwrap();
+        let kept = s.compiled.as_ref().unwrap().kept_bytes();
+        assert!(kept <= KEEP_BYTES, "{kept} bytes kept");
+        assert!(kept > 0);
+    }
+
+    /// A stop that says yes part-way through a whole-image pass ends it between layers.
+    #[test]
+    fn a_stop_ends_a_whole_image_pass_between_layers() {
+        let s = stylizer();
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let stop = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 3;
+        let err = s
+            .stylize_until(&photo(96, 64), &Options::default(), &mut |_| {}, &stop)
+            .expect_err("stopped");
+        assert!(matches!(err, Error::Stopped), "{err}");
+        // Asked before the pass and then between layers, not only once per pass.
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 4);
     }
 
     #[test]

@@ -37,5 +37,5 @@ pub use error::{Error, Result};
 pub use format::Format;
 pub use limits::Limits;
 pub use metrics::{psnr, psnr_u8};
-pub use resize::{fit_max_side, resize, resize_with, thumbnail, Filter};
+pub use resize::{fit_max_side, resize, resize_planes, resize_with, thumbnail, Filter};
 pub use tile::{center_square, crop, crop_chw, feather_weight, Blender, Rect, TileGrid};

@@ -201,6 +201,36 @@ pub fn resize_with(img: &Image, width: u32, height: u32, filter: Filter) -> Imag
     }
 }
 
+/// [`resize`] of planar colour values (`channels` planes of `in_w × in_h`, as in
+/// [`Image::rgb`]) without an [`Image`] around them, so a caller holding a borrowed buffer
+/// need not copy it first. Values are clamped to `[-1, 1]`.
+///
+/// # Panics
+/// When `planes` does not hold `channels × in_w × in_h` values.
+pub fn resize_planes(
+    planes: &[f32],
+    channels: usize,
+    (in_w, in_h): (usize, usize),
+    (out_w, out_h): (usize, usize),
+) -> Vec<f32> {
+    let n_in = in_w * in_h;
+    assert_eq!(planes.len(), channels * n_in, "resize_planes: length");
+    if n_in == 0 || out_w * out_h == 0 {
+        return vec![0.0; channels * out_w * out_h];
+    }
+    let horizontal = contributions(in_w, out_w, Filter::default());
+    let vertical = contributions(in_h, out_h, Filter::default());
+    let mut out = Vec::with_capacity(channels * out_w * out_h);
+    for plane in planes.chunks_exact(n_in) {
+        let mut p = resample_plane(plane, (in_w, in_h), (out_w, out_h), &horizontal, &vertical);
+        for v in &mut p {
+            *v = v.clamp(-1.0, 1.0);
+        }
+        out.extend(p);
+    }
+    out
+}
+
 /// `data` if it has exactly `len` values, otherwise a copy truncated or padded with `fill`.
 fn padded(data: &[f32], len: usize, fill: f32) -> Cow<'_, [f32]> {
     if data.len() == len {
@@ -257,6 +287,19 @@ mod tests {
             }
         }
         Image::new(w, h, rgb, None).unwrap()
+    }
+
+    #[test]
+    fn resize_planes_matches_resize() {
+        let (w, h) = (37, 23);
+        let rgb: Vec<f32> = (0..3 * w * h)
+            .map(|i| ((i * 7919) % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let img = Image::new(w as u32, h as u32, rgb.clone(), None).unwrap();
+        for (ow, oh) in [(10, 7), (37, 23), (50, 40)] {
+            let a = resize(&img, ow as u32, oh as u32).rgb;
+            assert_eq!(resize_planes(&rgb, 3, (w, h), (ow, oh)), a, "{ow}×{oh}");
+        }
     }
 
     #[test]

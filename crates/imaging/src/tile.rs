@@ -90,6 +90,46 @@ impl TileGrid {
         })
     }
 
+    /// The fewest tiles of at most `max_tile` pixels a side that cover the image with
+    /// neighbours overlapping by at least `overlap`, made as small as that allows and spread
+    /// evenly: a 4096-px side with `max_tile` 1024 and `overlap` 32 gets five 844-px tiles
+    /// rather than four of 1024 and a fifth mostly overlapping its neighbour. Tile sides and
+    /// starts are multiples of `align` (a network's size multiple keeps every tile in the
+    /// untiled image's downsampling phase), so `width`, `height`, `max_tile` and `overlap`
+    /// should be too.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTiling`] when `max_tile` or `align` is 0 or `overlap >= max_tile`.
+    pub fn balanced(
+        width: u32,
+        height: u32,
+        max_tile: u32,
+        overlap: u32,
+        align: u32,
+    ) -> Result<TileGrid> {
+        if max_tile == 0 || align == 0 {
+            return Err(Error::InvalidTiling(
+                "tile size and alignment must be at least 1".to_owned(),
+            ));
+        }
+        if overlap >= max_tile {
+            return Err(Error::InvalidTiling(format!(
+                "overlap {overlap} must be smaller than the tile size {max_tile}"
+            )));
+        }
+        let xs = balanced_axis(width, max_tile, overlap, align);
+        let ys = balanced_axis(height, max_tile, overlap, align);
+        let tile = xs.iter().chain(&ys).map(|t| t.1).max().unwrap_or(0);
+        Ok(TileGrid {
+            width,
+            height,
+            tile,
+            overlap,
+            xs,
+            ys,
+        })
+    }
+
     /// Image width.
     pub fn width(&self) -> u32 {
         self.width
@@ -164,6 +204,48 @@ fn axis(size: u32, tile: u32, overlap: u32) -> Vec<(u32, u32)> {
         }
         out.push((pos, tile));
         pos += stride;
+    }
+}
+
+/// `(start, len)` of the tiles along one axis of [`TileGrid::balanced`].
+fn balanced_axis(size: u32, max_tile: u32, overlap: u32, align: u32) -> Vec<(u32, u32)> {
+    if size == 0 {
+        return Vec::new();
+    }
+    if size <= max_tile {
+        return vec![(0, size)];
+    }
+    let (size, max_tile, overlap, align) = (
+        u64::from(size),
+        u64::from(max_tile),
+        u64::from(overlap),
+        u64::from(align),
+    );
+    // n tiles of side t cover the axis with overlaps ≥ `overlap` iff n·t − (n−1)·overlap ≥ size.
+    let n = (size - overlap).div_ceil(max_tile - overlap).max(2);
+    let mut tile = (size + (n - 1) * overlap).div_ceil(n).div_ceil(align) * align;
+    loop {
+        let tile_now = tile.min(size);
+        let span = size - tile_now;
+        let starts: Vec<u64> = (0..n)
+            .map(|i| {
+                if i + 1 == n {
+                    span
+                } else {
+                    (i * span / (n - 1)) / align * align
+                }
+            })
+            .collect();
+        // Aligning the starts down can widen a gap by up to `align`: grow the tiles until
+        // every neighbour overlaps by at least `overlap`.
+        let ok = starts.windows(2).all(|p| p[0] + tile_now >= p[1] + overlap);
+        if ok || tile_now == size {
+            return starts
+                .into_iter()
+                .map(|s| (s as u32, tile_now as u32))
+                .collect();
+        }
+        tile += align;
     }
 }
 
@@ -408,6 +490,48 @@ mod tests {
                 assert_eq!(r.h, h.min(tile));
             }
         }
+    }
+
+    #[test]
+    fn balanced_grids_have_the_fewest_even_tiles() {
+        // 4096 px, tiles ≤ 1024 overlapping ≥ 32: five tiles (four cover only 4000).
+        let g = TileGrid::balanced(4096, 4096, 1024, 32, 4).unwrap();
+        assert_eq!((g.columns(), g.rows()), (5, 5));
+        assert!(
+            g.tile() <= 1024 && g.tile().is_multiple_of(4),
+            "{}",
+            g.tile()
+        );
+        assert_eq!(coverage(&g).iter().min(), Some(&1));
+        for size in [1, 3, 100, 1023, 1024, 1025, 2048, 2049, 3000, 4096, 9999] {
+            for (max, overlap, align) in [(1024, 32, 4), (512, 32, 4), (64, 16, 1), (300, 0, 1)] {
+                let g = TileGrid::balanced(size, 77, max, overlap, align).unwrap();
+                let rects: Vec<Rect> = g.rects().filter(|r| r.y == 0).collect();
+                assert!(coverage(&g).iter().all(|&c| c > 0), "{size} {max}: a gap");
+                // The fewest tiles: one fewer could not cover the axis.
+                let n = rects.len() as u32;
+                if n > 1 {
+                    assert!(
+                        (n - 1) * max - (n - 2) * overlap < size,
+                        "{size} {max}: {n}"
+                    );
+                }
+                for r in &rects {
+                    assert!(r.w <= max.max(1) || size <= max, "{size} {max}: {r:?}");
+                    if size > max && size.is_multiple_of(align) {
+                        assert_eq!(r.x % align, 0);
+                        assert_eq!(r.w % align, 0);
+                    }
+                }
+                for p in rects.windows(2) {
+                    assert!(p[0].x + p[0].w >= p[1].x + overlap, "{size} {max}: {p:?}");
+                    assert!(p[1].x > p[0].x);
+                }
+            }
+        }
+        assert!(TileGrid::balanced(10, 10, 0, 0, 1).is_err());
+        assert!(TileGrid::balanced(10, 10, 8, 8, 1).is_err());
+        assert!(TileGrid::balanced(10, 10, 8, 2, 0).is_err());
     }
 
     #[test]

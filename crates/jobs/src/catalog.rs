@@ -23,7 +23,7 @@ use crate::JobsError;
 /// The owner name of built-in models.
 pub const BUILTIN_OWNER: &str = "builtin";
 /// Loaded stylizers kept in memory.
-const MAX_LOADED: usize = 6;
+const MAX_LOADED: usize = 12;
 /// Side of gallery thumbnails.
 pub const THUMBNAIL_SIDE: u32 = 256;
 
@@ -180,8 +180,14 @@ pub struct Catalog {
     cache_dir: PathBuf,
     builtins: Vec<Arc<Builtin>>,
     loaded: Mutex<Vec<(String, Arc<Stylizer>)>>,
+    /// Activation buffers shared by every loaded stylizer (bounded after each image).
+    workspace: Arc<atelier_nets::Workspace>,
+    /// [`Catalog::warm_builtins`]: 0 not asked, 1 loading the built-ins, 2 loaded.
+    warm: std::sync::atomic::AtomicU8,
     thumbnail_lock: tokio::sync::Mutex<()>,
     precision: atelier_nets::Precision,
+    /// Tiling and memory options of every stylize (requests and jobs).
+    engine: atelier_engine::Options,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -247,9 +253,24 @@ impl Catalog {
             cache_dir,
             builtins,
             loaded: Mutex::new(Vec::new()),
+            workspace: Default::default(),
+            warm: Default::default(),
             thumbnail_lock: tokio::sync::Mutex::new(()),
             precision: atelier_nets::Precision::F32,
+            engine: atelier_engine::Options::default(),
         })
+    }
+
+    /// Bytes one pass over a whole image may take (default
+    /// [`atelier_engine::DEFAULT_MEMORY_BUDGET`]); larger images are tiled.
+    pub fn with_memory_budget(mut self, bytes: u64) -> Self {
+        self.engine.memory_budget = bytes;
+        self
+    }
+
+    /// The engine options every stylize of this platform uses.
+    pub fn engine_options(&self) -> atelier_engine::Options {
+        self.engine
     }
 
     /// Kernel precision of the stylizers this catalog loads (default fp32).
@@ -353,10 +374,11 @@ impl Catalog {
         }
         let path = self.local_file(m).await?;
         let precision = self.precision;
+        let ws = self.workspace.clone();
         let s = tokio::task::spawn_blocking(move || -> Result<Stylizer, JobsError> {
             let model = atelier_nets::load(&path, &Device::Cpu)
                 .map_err(|e| JobsError::Internal(format!("loading {}: {e}", path.display())))?;
-            Ok(Stylizer::with_precision(model, Device::Cpu, precision)?)
+            Ok(Stylizer::with_precision(model, Device::Cpu, precision)?.with_workspace(ws))
         })
         .await
         .map_err(|e| JobsError::Internal(e.to_string()))??;
@@ -423,17 +445,48 @@ impl Catalog {
         Ok(Some(png))
     }
 
-    /// Makes the gallery thumbnails of all built-in styles that have none yet, one after the
-    /// other, so that the first visitor of a fresh server sees them at once (`atelier serve`
-    /// runs it in the background at start). Failures are logged, not fatal: the thumbnail
-    /// route tries again on request.
-    pub async fn warm_builtin_thumbnails(&self) {
-        for b in self.builtins.clone() {
-            let name = b.name.clone();
-            if let Err(e) = self.thumbnail(&ModelRef::Builtin(b)).await {
-                tracing::warn!("gallery thumbnail of built-in `{name}`: {e}");
+    /// Loads every built-in style (weights packed for this CPU, memory per pixel measured)
+    /// and makes the gallery thumbnails of those that have none yet, one after the other, so
+    /// that the first visitor of a fresh or restarted server gets images as fast as the tenth
+    /// and sees the gallery at once (`atelier serve` runs it in the background at start).
+    /// Failures are logged, not fatal: the routes try again on request.
+    ///
+    /// Call [`Catalog::begin_warming`] first: from then until the built-ins are loaded
+    /// (before the thumbnails) [`Catalog::warming`] says so, and `/readyz` answers 503.
+    pub async fn warm_builtins(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let stylable: Vec<ModelRef> = self
+            .builtins
+            .iter()
+            .map(|b| ModelRef::Builtin(b.clone()))
+            .filter(|m| m.info("").is_ok_and(|i| i.can_stylize))
+            .collect();
+        for m in &stylable {
+            if let Err(e) = self.stylizer(m).await {
+                tracing::warn!("loading built-in `{}`: {e}", m.name());
             }
         }
+        self.warm.store(2, SeqCst);
+        for m in &stylable {
+            if let Err(e) = self.thumbnail(m).await {
+                tracing::warn!("gallery thumbnail of built-in `{}`: {e}", m.name());
+            }
+        }
+    }
+
+    /// Marks the built-ins as loading, until [`Catalog::warm_builtins`] has loaded them.
+    pub fn begin_warming(&self) {
+        let _ = self.warm.compare_exchange(
+            0,
+            1,
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+
+    /// Whether the built-ins are still being loaded at start.
+    pub fn warming(&self) -> bool {
+        self.warm.load(std::sync::atomic::Ordering::SeqCst) == 1
     }
 
     /// Checks that `owner` may make a model called `name`: a valid name, not a built-in

@@ -48,6 +48,8 @@ pub struct Settings {
     /// Extra folder of built-in model files.
     pub models_dir: Option<PathBuf>,
     pub precision: atelier_nets::Precision,
+    /// Bytes one pass of a model over a whole image may take; larger images are tiled.
+    pub stylize_memory_budget: u64,
     /// Unfinished jobs per owner.
     pub max_active_jobs: i64,
     /// Bytes of datasets and models per owner (0: no quota).
@@ -115,7 +117,8 @@ impl Platform {
             data,
             settings.models_dir.as_deref(),
         )?
-        .with_precision(settings.precision);
+        .with_precision(settings.precision)
+        .with_memory_budget(settings.stylize_memory_budget);
         Ok(Platform {
             ingest_slots: Arc::new(Gate::new(settings.max_concurrent_ingest)),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(
@@ -311,6 +314,7 @@ impl Platform {
     ) -> Result<PreparedStylize, JobsError> {
         let max = self.settings.max_output_side;
         request.max_side = Some(request.max_side.unwrap_or(max).min(max));
+        request.engine = self.catalog.engine_options();
         request.validate()?;
         let m = self
             .catalog

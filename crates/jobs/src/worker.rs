@@ -467,7 +467,7 @@ fn stylize_job(
         max_side: Some(max_side),
         format,
         quality: spec.quality,
-        engine: Default::default(),
+        engine: ctx.catalog.engine_options(),
     };
     for (n, key) in inputs.iter().enumerate() {
         if control.stopped() {

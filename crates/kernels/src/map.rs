@@ -17,14 +17,68 @@ pub struct Map {
 /// new pages (a page fault and a zeroed page per 4 KiB, ~10 ms per map here). A workspace
 /// hands freed buffers back out instead. Buffers come back with unspecified contents (stale
 /// values, never uninitialized memory): every kernel writes all of its output.
+///
+/// It also counts bytes: those handed out and not yet given back plus those kept for reuse,
+/// and the high-water mark of that sum ([`Workspace::peak_bytes`]), which is what a forward
+/// pass costs in memory; [`Workspace::trim`] bounds what stays kept between calls.
 #[derive(Debug, Default)]
 pub struct Workspace {
     free: std::sync::Mutex<Vec<Vec<f32>>>,
+    /// Bytes taken and not given back; can go below zero when buffers that did not come from
+    /// [`Workspace::take`] are given (a network's input).
+    out: std::sync::atomic::AtomicI64,
+    /// Bytes of the buffers in `free`.
+    kept: std::sync::atomic::AtomicI64,
+    peak: std::sync::atomic::AtomicI64,
+}
+
+/// Asks Linux to back a fresh, untouched buffer of several MiB with 2 MiB pages where
+/// transparent huge pages are enabled on request (`madvise`, the common default): its first
+/// touch then takes one fault per 2 MiB instead of one per 4 KiB, and the kernels' passes
+/// over it miss the TLB less. Contents and semantics are unchanged; elsewhere a no-op.
+fn advise_huge_pages(v: &[f32]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = v.as_ptr() as usize;
+        let len = std::mem::size_of_val(v);
+        if len < 4 * HUGE {
+            return;
+        }
+        let first = start.next_multiple_of(HUGE);
+        let last = (start + len) / HUGE * HUGE;
+        if last > first {
+            // SAFETY: [first, last) lies inside `v`'s allocation; MADV_HUGEPAGE changes how
+            // the kernel backs those pages, never their contents. A failure (THP disabled)
+            // leaves the pages as they were.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::madvise(
+                    first as *mut libc::c_void,
+                    last - first,
+                    libc::MADV_HUGEPAGE,
+                );
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
+}
+
+fn bytes(v: &Vec<f32>) -> i64 {
+    (v.capacity() * std::mem::size_of::<f32>()) as i64
 }
 
 impl Workspace {
     /// At most this many buffers are kept.
     const KEEP: usize = 12;
+
+    fn count(&self, out: i64, kept: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let o = self.out.fetch_add(out, Relaxed) + out;
+        let k = self.kept.fetch_add(kept, Relaxed) + kept;
+        self.peak.fetch_max(o + k, Relaxed);
+    }
 
     /// A buffer of `n` floats with unspecified contents.
     pub fn take(&self, n: usize) -> Vec<f32> {
@@ -40,6 +94,8 @@ impl Workspace {
         };
         match found {
             Some(mut v) => {
+                let b = bytes(&v);
+                self.count(b, -b);
                 if v.len() >= n {
                     v.truncate(n);
                 } else {
@@ -47,17 +103,25 @@ impl Workspace {
                 }
                 v
             }
-            None => vec![0.0; n],
+            None => {
+                let v = vec![0.0; n];
+                advise_huge_pages(&v);
+                self.count(bytes(&v), 0);
+                v
+            }
         }
     }
 
     /// Returns a buffer for reuse.
     pub fn give(&self, v: Vec<f32>) {
+        let b = bytes(&v);
         if v.capacity() < 1 << 12 {
+            self.count(-b, 0);
             return;
         }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         free.push(v);
+        let mut dropped = 0;
         if free.len() > Self::KEEP {
             // Drop the smallest.
             if let Some(i) = free
@@ -66,9 +130,42 @@ impl Workspace {
                 .min_by_key(|(_, v)| v.capacity())
                 .map(|(i, _)| i)
             {
-                free.swap_remove(i);
+                dropped = bytes(&free.swap_remove(i));
             }
         }
+        self.count(-b, b - dropped);
+    }
+
+    /// Drops kept buffers, largest first, until at most `max_bytes` stay kept.
+    pub fn trim(&self, max_bytes: usize) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.sort_by_key(|v| v.capacity());
+        let mut dropped = 0;
+        while free.iter().map(bytes).sum::<i64>() > max_bytes as i64 {
+            match free.pop() {
+                Some(v) => dropped += bytes(&v),
+                None => break,
+            }
+        }
+        self.count(0, -dropped);
+    }
+
+    /// Bytes of the buffers kept for reuse.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
+    }
+
+    /// The most bytes handed out and kept at once since the workspace was made (or
+    /// [`Workspace::reset_peak`]).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::Relaxed).max(0) as usize
+    }
+
+    /// Starts a new high-water mark from what is handed out and kept now.
+    pub fn reset_peak(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.out.load(Relaxed) + self.kept.load(Relaxed);
+        self.peak.store(now, Relaxed);
     }
 
     /// A map with unspecified contents.
@@ -321,6 +418,32 @@ pub(crate) fn to_bf16(data: &[f32]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workspace_counts_its_high_water_mark_and_trims() {
+        let ws = Workspace::default();
+        let mb = 1 << 18; // floats in a MiB
+        let a = ws.take(4 * mb);
+        let b = ws.take(2 * mb);
+        assert_eq!(ws.peak_bytes(), 6 << 20);
+        ws.give(a);
+        // Reusing the kept 4 MiB buffer for 3 MiB allocates nothing new.
+        let c = ws.take(3 * mb);
+        assert_eq!(ws.peak_bytes(), 6 << 20);
+        ws.give(b);
+        ws.give(c);
+        assert_eq!(ws.kept_bytes(), 6 << 20);
+        let d = ws.take(8 * mb);
+        assert_eq!(ws.peak_bytes(), 14 << 20);
+        ws.give(d);
+        ws.trim(7 << 20);
+        // Largest first: the 8 MiB buffer goes, 2 + 4 stay.
+        assert_eq!(ws.kept_bytes(), 6 << 20);
+        ws.trim(0);
+        assert_eq!(ws.kept_bytes(), 0);
+        ws.reset_peak();
+        assert_eq!(ws.peak_bytes(), 0);
+    }
 
     #[test]
     fn layout_round_trip_and_reflection() {

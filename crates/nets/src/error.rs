@@ -43,6 +43,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The caller's stop check said yes between two layers.
+    #[error("stopped before the pass was done")]
+    Stopped,
     /// Error from the tensor engine.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -292,8 +292,9 @@ impl ResnetPlan {
         })
     }
 
-    /// Every activation is written once, already padded for the layer that reads it.
-    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace) -> Result<Out> {
+    /// Every activation is written once, already padded for the layer that reads it. `stop`
+    /// is asked between layers.
+    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace, stop: Stop) -> Result<Out> {
         let (p, mode) = self.stem.0.input_padding();
         let xp = atelier_kernels::map::pad_in(&x, p, p, p, p, mode, ws);
         ws.recycle(x);
@@ -324,12 +325,14 @@ impl ResnetPlan {
             .apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
         ws.recycle(y);
         for l in &self.down {
+            halt(stop)?;
             let y = l.0.forward_padded(&hp, ws).map_err(kerr)?;
             ws.recycle(hp);
             hp = l.1.apply_padded(&y, ctx, Act::Relu, None, want(), ws)?;
             ws.recycle(y);
         }
         for [a, b] in &self.blocks {
+            halt(stop)?;
             let border = a.0.input_padding().0;
             let t = a.0.forward_padded(&hp, ws).map_err(kerr)?;
             let tp = a.1.apply_padded(&t, ctx, Act::Relu, None, want(), ws)?;
@@ -343,6 +346,7 @@ impl ResnetPlan {
         }
         let n_up = self.up.len();
         for (i, l) in self.up.iter().enumerate() {
+            halt(stop)?;
             let y = if l.2 {
                 let (p, mode) = l.0.input_padding();
                 let t = atelier_kernels::map::upsample_nearest2_padded(&hp, p, mode, ws);
@@ -425,7 +429,7 @@ impl LightPlan {
 
     /// Like the ResNet plan, normalizations write the padded input of the depthwise
     /// convolution that reads them, and upsampling writes its padding too.
-    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace) -> Result<Out> {
+    fn forward(&self, x: Map, ctx: &mut Ctx, ws: &Workspace, stop: Stop) -> Result<Out> {
         let n = &self.norm;
         let z = (0, PadMode::Zero);
         let y = self.stem.forward_ws(&x, ws).map_err(kerr)?;
@@ -436,6 +440,7 @@ impl LightPlan {
         // The block input carries the border of the first depthwise convolution.
         let block_pad = self.blocks.first().map_or(z, |b| b.dw1.input_padding());
         for (i, d) in self.down.iter().enumerate() {
+            halt(stop)?;
             let y = d.forward_ws(&h, ws).map_err(kerr)?;
             ws.recycle(h);
             let next = if i + 1 == n_down { block_pad } else { z };
@@ -445,6 +450,7 @@ impl LightPlan {
         let mut border = if n_down > 0 { block_pad.0 } else { 0 };
         let n_blocks = self.blocks.len();
         for (i, b) in self.blocks.iter().enumerate() {
+            halt(stop)?;
             let t = if border == b.dw1.input_padding().0 {
                 b.dw1.forward_padded(&h, ws)
             } else {
@@ -472,6 +478,7 @@ impl LightPlan {
         }
         let n_up = self.up.len();
         for (i, (dw, pw)) in self.up.iter().enumerate() {
+            halt(stop)?;
             let (p, mode) = dw.input_padding();
             let t = atelier_kernels::map::upsample_nearest2_padded(&h, p, mode, ws);
             ws.recycle(h);
@@ -493,6 +500,17 @@ impl LightPlan {
         let out = self.head.forward(&xp, ws);
         ws.recycle(xp);
         out
+    }
+}
+
+/// A caller's "should I stop?" check, asked between layers.
+type Stop<'a> = &'a dyn Fn() -> bool;
+
+fn halt(stop: Stop) -> Result<()> {
+    if stop() {
+        Err(Error::Stopped)
+    } else {
+        Ok(())
     }
 }
 
@@ -572,6 +590,20 @@ impl Compiled {
     /// One image `(C, H, W)` → `(C_out, H', W')` (the same size for sizes the network's
     /// multiple divides).
     pub fn forward_chw(&self, chw: &[f32], h: usize, w: usize, ctx: &mut Ctx) -> Result<Out> {
+        self.forward_chw_until(chw, h, w, ctx, &|| false)
+    }
+
+    /// [`Compiled::forward_chw`] that asks `stop` between layers and returns
+    /// [`Error::Stopped`] once it says yes (a cancelled job ends within a layer, not after a
+    /// whole large image).
+    pub fn forward_chw_until(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        ctx: &mut Ctx,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Out> {
         if !self.supports(ctx) {
             return Err(Error::Input(
                 "the compiled network runs inference without batch statistics only".into(),
@@ -583,11 +615,56 @@ impl Compiled {
                 self.in_channels
             )));
         }
+        self.forward_in(chw, h, w, ctx, &self.ws, stop)
+    }
+
+    fn forward_in(
+        &self,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        ctx: &mut Ctx,
+        ws: &Workspace,
+        stop: Stop,
+    ) -> Result<Out> {
         let x = Map::from_chw(chw, self.in_channels, h, w);
         match &self.plan {
-            Plan::Resnet(p) => p.forward(x, ctx, &self.ws),
-            Plan::Light(p) => p.forward(x, ctx, &self.ws),
+            Plan::Resnet(p) => p.forward(x, ctx, ws, stop),
+            Plan::Light(p) => p.forward(x, ctx, ws, stop),
         }
+    }
+
+    /// The memory one forward pass of an `h × w` image holds at its peak, in bytes: every
+    /// activation buffer handed out or kept for reuse at the worst moment (measured by
+    /// running the network once on a blank image with a workspace of its own), plus the
+    /// planar input, its channels-last copy and the output. Activations grow with the pixel
+    /// count, so a measurement at a small size scales to large ones (slightly above: the
+    /// padded borders weigh more on a small image).
+    pub fn measure_bytes(&self, h: usize, w: usize) -> Result<usize> {
+        let ws = Workspace::default();
+        let x = vec![0f32; self.in_channels * h * w];
+        let mut ctx = Ctx::eval();
+        let (y, _, _) = self.forward_in(&x, h, w, &mut ctx, &ws, &|| false)?;
+        let f = std::mem::size_of::<f32>();
+        Ok(ws.peak_bytes() + 2 * x.len() * f + y.len() * f)
+    }
+
+    /// Takes its activation buffers from `ws`, e.g. one workspace for every model of a
+    /// server, so that what one image leaves behind serves the next whatever its model, and
+    /// a single [`Compiled::trim`] bounds them all.
+    pub fn share_workspace(&mut self, ws: Arc<Workspace>) {
+        self.ws = ws;
+    }
+
+    /// Drops the activation buffers kept between calls, largest first, down to `max_bytes`
+    /// (a large image's buffers would otherwise stay with the process).
+    pub fn trim(&self, max_bytes: usize) {
+        self.ws.trim(max_bytes);
+    }
+
+    /// Bytes of activation buffers kept between calls.
+    pub fn kept_bytes(&self) -> usize {
+        self.ws.kept_bytes()
     }
 
     /// `(N, C, H, W)` → `(N, C_out, H, W)`; images run one after the other. Recording

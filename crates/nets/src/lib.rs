@@ -24,6 +24,7 @@ pub mod seeded;
 pub mod unet;
 
 pub use arch::{Arch, Network, Role};
+pub use atelier_kernels::map::Workspace;
 pub use atelier_kernels::Precision;
 pub use card::ModelCard;
 pub use error::{Error, Result};

@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// of it) is longer, or that waits this long, gets `429 overloaded` with Retry-After.
     /// 0: never wait.
     pub max_stylize_wait_s: f64,
+    /// MiB one pass of a model over a whole image may take (stylize requests and jobs);
+    /// images that need more run in tiles. 0: tile every image larger than 1024 px.
+    pub stylize_memory_mb: u64,
     /// Requests per minute per key (token bucket; also the burst size).
     pub rate_limit_per_minute: u32,
     /// Unfinished (queued or running) jobs per key.
@@ -95,6 +98,7 @@ impl Default for ServerConfig {
             max_output_side: 2048,
             max_concurrent: 1,
             max_stylize_wait_s: 10.0,
+            stylize_memory_mb: atelier_engine::DEFAULT_MEMORY_BUDGET >> 20,
             rate_limit_per_minute: 600,
             max_active_jobs: 4,
             max_dataset_images: 5000,
@@ -204,6 +208,7 @@ impl ServerConfig {
             blobs: self.blobs.clone(),
             models_dir: self.models_dir.clone(),
             precision: self.kernel_precision(),
+            stylize_memory_budget: self.stylize_memory_mb.saturating_mul(1 << 20),
             max_active_jobs: self.max_active_jobs,
             max_storage_bytes_per_owner: self.max_storage_bytes_per_owner,
             max_output_side: self.max_output_side,

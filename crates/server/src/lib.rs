@@ -61,7 +61,7 @@ pub fn operations() -> Vec<(Op, MethodRouter<AppState>, bool)> {
     };
     vec![
         (Op { auth: false, ..op("get", "/healthz", "operations", "Liveness: `ok`.") }, get(health::healthz), false),
-        (Op { auth: false, errors: &["not_ready", "no_models"], ..op("get", "/readyz", "operations", "Readiness: the database answers and a model is available.") }, get(health::readyz), false),
+        (Op { auth: false, errors: &["not_ready", "no_models"], ..op("get", "/readyz", "operations", "Readiness: the database answers, a model is available and the built-in models are loaded.") }, get(health::readyz), false),
         (Op { description: "Key-less on an open server; a closed server wants a key, as for the API.", ..op("get", "/metrics", "operations", "Prometheus metrics (text format).") }, get(health::metrics), false),
         (Op { answer: Answer::Json(200, "Me"), ..op("get", "/v1/me", "operations", "Who the caller is, and whether key-less use is allowed.") }, get(health::me), false),
         (Op {

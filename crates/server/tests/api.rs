@@ -6,6 +6,25 @@ mod common;
 
 use common::*;
 
+/// At start the built-ins load in the background; until they have, `/readyz` says so (503
+/// `not_ready`), and the first request would have paid for it. Loaded, it is ready, and the
+/// stylizer is in the catalog before any request.
+#[tokio::test]
+async fn not_ready_while_the_built_ins_load() {
+    let h = harness(|_| {}).await;
+    let catalog = h.st.platform.catalog().clone();
+    catalog.begin_warming();
+    let (s, b) = h.get("/readyz", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(&b), "not_ready");
+    catalog.warm_builtins().await;
+    assert!(!catalog.warming());
+    assert_eq!(
+        h.get("/readyz", None).await,
+        (StatusCode::OK, b"ready".to_vec())
+    );
+}
+
 #[tokio::test]
 async fn health_ready_metrics_me_and_pages() {
     let h = harness(|_| {}).await;

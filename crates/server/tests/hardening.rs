@@ -1111,7 +1111,9 @@ async fn concurrent_job_submissions_wait_their_turn() {
 /// tiles, ends `cancelled` with no result, and a resume stylizes the image from its start.
 #[tokio::test]
 async fn cancelling_a_stylize_job_stops_inside_the_image() {
-    let h = harness(|_| {}).await;
+    // Tiled (no whole-image budget), so that progress shows which tile it is in; a stop
+    // between the layers of a whole-image pass is the engine's own test.
+    let h = harness(|c| c.stylize_memory_mb = 0).await;
     // A smooth 2048² picture: a JPEG of a few hundred KB.
     let px: Vec<u8> = (0..2048u32 * 2048)
         .flat_map(|i| {
@@ -1125,7 +1127,7 @@ async fn cancelling_a_stylize_job_stops_inside_the_image() {
         80,
     )
     .unwrap();
-    // A generator slow enough that one 2048² image (16 tiles and the statistics thumbnail)
+    // A generator slow enough that one 2048² image (9 tiles and the statistics thumbnail)
     // takes seconds, longer than a cancel takes to reach the worker (heartbeat 1 s).
     let (s, b) = h
         .post("/v1/models?name=slow", None, model_bytes("slow", 16, 4))

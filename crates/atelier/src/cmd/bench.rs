@@ -61,7 +61,7 @@ impl Row {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(super) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
     if n == 0 {
@@ -109,7 +109,7 @@ fn peers_script() -> Option<PathBuf> {
 }
 
 /// `/proc/self/status` field in MiB (Linux).
-fn status_mb(field: &str) -> Option<f64> {
+pub(super) fn status_mb(field: &str) -> Option<f64> {
     let text = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = text.lines().find(|l| l.starts_with(field))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -117,7 +117,7 @@ fn status_mb(field: &str) -> Option<f64> {
 }
 
 /// Resets the peak RSS to the current RSS (Linux `clear_refs` 5).
-fn reset_peak_rss() -> bool {
+pub(super) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -154,7 +154,7 @@ fn time_forward(
     Ok((median(&mut times), out))
 }
 
-pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let isa = atelier_kernels::Isa::detect();
     let peak = atelier_kernels::peak::fp32_gflops(args.threads, 300);
     eprintln!(
@@ -164,7 +164,7 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     );
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    if !args.train_only {
+    if !args.train_only && !args.product_only {
         let (arch, name) = arch_of(&args.arch, args.ngf)?;
         rows.extend(forward_rows(
             &args,
@@ -186,45 +186,76 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
             )?);
         }
     }
-    if args.train || args.train_only {
+    if (args.train || args.train_only) && !args.product_only {
         let (arch, name) = arch_of(&args.arch, args.ngf)?;
         rows.push(train_row(&args, arch, name)?);
     }
+    let product = if args.train_only {
+        Vec::new()
+    } else {
+        super::bench_product::product_rows(global, &args)?
+    };
+    let (serve, cold) = match (&args.product, args.serve && !args.train_only) {
+        (Some(model), true) => {
+            let raw_ms = match product.iter().find(|r| r.size == args.serve_size) {
+                Some(r) => r.raw_forward_ms,
+                None => super::bench_product::raw_forward_ms(
+                    global,
+                    model,
+                    args.serve_size,
+                    args.repeat,
+                )?,
+            };
+            super::bench_serve::serve_rows(global, &args, model, raw_ms)?
+        }
+        _ => (Vec::new(), None),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        // The forward and training rows as before; the product and server rows beside them
+        // when asked.
+        if args.product.is_some() {
+            let doc = serde_json::json!({
+                "rows": rows, "product": product, "serve": serve, "cold_start": cold,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let fmt = |v: Option<f64>, d: usize| v.map_or("-".to_string(), |v| format!("{v:.d$}"));
-    println!(
-        "| case | precision | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer \
-         | GFLOP/s | % of fp32 peak | PSNR vs f32 |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    for r in &rows {
+    if !rows.is_empty() {
         println!(
-            "| {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} |",
-            r.name,
-            r.precision,
-            r.gmac,
-            r.atelier_ms,
-            fmt(r.onnxruntime_ms, 1),
-            fmt(r.pytorch_ms, 1),
-            r.ratio.map_or("-".to_string(), |v| format!("{v:.2}x")),
-            fmt(r.gflops, 0),
-            fmt(r.peak_fraction.map(|f| f * 100.0), 0),
-            r.psnr_db_vs_f32
-                .map_or("-".to_string(), |v| format!("{v:.1} dB")),
+            "| case | precision | GMAC | atelier ms | onnxruntime ms | pytorch ms | ratio to best peer \
+             | GFLOP/s | % of fp32 peak | PSNR vs f32 |"
         );
-    }
-    for r in rows.iter().filter(|r| r.peak_rss_mb.is_some()) {
-        println!(
-            "\npeak RSS {}: atelier {} MiB (+{} MiB during the case), onnxruntime {} MiB (+{} MiB)",
-            r.name,
-            fmt(r.peak_rss_mb, 0),
-            fmt(r.rss_growth_mb, 0),
-            fmt(r.onnxruntime_peak_rss_mb, 0),
-            fmt(r.onnxruntime_rss_growth_mb, 0),
-        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {} | {:.2} | {:.1} | {} | {} | {} | {} | {} | {} |",
+                r.name,
+                r.precision,
+                r.gmac,
+                r.atelier_ms,
+                fmt(r.onnxruntime_ms, 1),
+                fmt(r.pytorch_ms, 1),
+                r.ratio.map_or("-".to_string(), |v| format!("{v:.2}x")),
+                fmt(r.gflops, 0),
+                fmt(r.peak_fraction.map(|f| f * 100.0), 0),
+                r.psnr_db_vs_f32
+                    .map_or("-".to_string(), |v| format!("{v:.1} dB")),
+            );
+        }
+        for r in rows.iter().filter(|r| r.peak_rss_mb.is_some()) {
+            println!(
+                "\npeak RSS {}: atelier {} MiB (+{} MiB during the case), onnxruntime {} MiB (+{} MiB)",
+                r.name,
+                fmt(r.peak_rss_mb, 0),
+                fmt(r.rss_growth_mb, 0),
+                fmt(r.onnxruntime_peak_rss_mb, 0),
+                fmt(r.onnxruntime_rss_growth_mb, 0),
+            );
+        }
     }
     println!(
         "\nkernels {}, fp32 peak {peak:.0} GFLOP/s measured on {} threads; peers fp32, {} threads",
@@ -232,6 +263,8 @@ pub fn run(_global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.threads,
         args.threads
     );
+    super::bench_product::print(&product);
+    super::bench_serve::print(&serve, cold.as_ref());
     for n in notes {
         println!("{n}");
     }
@@ -284,6 +317,16 @@ fn forward_rows(
     };
     let mut rows = Vec::new();
     let largest = sizes.iter().copied().max().unwrap_or(0);
+    // Warm-up before the first timed case: a second of passes at the first size (the first
+    // case of a run used to come out slower than a rerun of it: clocks ramping up, first-touch
+    // page faults, the peers' sessions being built).
+    if let Some(&s) = sizes.first() {
+        let x = Tensor::rand(-1f32, 1f32, (1, 3, s as usize, s as usize), &Device::Cpu)?;
+        let t = Instant::now();
+        while t.elapsed().as_secs_f64() < 1.0 {
+            fwd32(&x)?;
+        }
+    }
     for &s in sizes {
         let x = Tensor::rand(-1f32, 1f32, (1, 3, s as usize, s as usize), &Device::Cpu)?;
         let rss = s == largest && reset_peak_rss();

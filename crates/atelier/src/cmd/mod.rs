@@ -7,6 +7,8 @@ use clap::Parser;
 use crate::cli::{Cli, Command, Global};
 
 mod bench;
+mod bench_product;
+mod bench_serve;
 mod eval;
 mod models;
 mod report;

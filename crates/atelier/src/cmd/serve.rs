@@ -31,6 +31,7 @@ fn config(global: &Global, a: ServeArgs) -> anyhow::Result<ServerConfig> {
     set!(max_output_side = a.max_output_side);
     set!(max_concurrent = a.max_concurrent);
     set!(max_stylize_wait_s = a.max_stylize_wait);
+    set!(stylize_memory_mb = a.stylize_memory_mb);
     set!(rate_limit_per_minute = a.rate_limit_per_minute);
     set!(max_active_jobs = a.max_active_jobs);
     set!(worker.train_workers = a.workers);
@@ -89,7 +90,8 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("opening the data directory {}", data.display()))?;
         let catalog = state.platform.catalog().clone();
-        tokio::spawn(async move { catalog.warm_builtin_thumbnails().await });
+        catalog.begin_warming();
+        tokio::spawn(async move { catalog.warm_builtins().await });
         atelier_server::serve(state).await.context("serving")
     })?;
     Ok(ExitCode::SUCCESS)

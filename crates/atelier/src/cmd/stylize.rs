@@ -67,6 +67,7 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
         overlap: args.overlap,
         context: args.context,
         thumbnail_side: args.stats_side,
+        memory_budget: args.memory_budget,
     };
     let limits = global.limits();
     let inputs = collect_inputs(&args.inputs);

@@ -14,7 +14,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when the database answers and at least one model is available.
+/// Ready when the database answers, at least one model is available and the built-in models
+/// are loaded (at start they load in the background: a request before would pay for it).
 pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     state.platform.ping().await.map_err(|e| {
         tracing::error!("readyz: {e}");
@@ -29,6 +30,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
             StatusCode::SERVICE_UNAVAILABLE,
             "no_models",
             "no built-in models",
+        ));
+    }
+    if state.platform.catalog().warming() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "loading the built-in models",
         ));
     }
     Ok("ready")
