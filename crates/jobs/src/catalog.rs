@@ -24,6 +24,10 @@ use crate::JobsError;
 pub const BUILTIN_OWNER: &str = "builtin";
 /// Loaded stylizers kept in memory.
 const MAX_LOADED: usize = 12;
+/// Activation buffers are trimmed to [`IDLE_KEEP_BYTES`] after this long without an image.
+pub const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+/// What stays between bursts: about a 512² image's buffers through a full ResNet style.
+pub const IDLE_KEEP_BYTES: usize = 256 << 20;
 /// Side of gallery thumbnails.
 pub const THUMBNAIL_SIDE: u32 = 256;
 
@@ -472,6 +476,29 @@ impl Catalog {
                 tracing::warn!("gallery thumbnail of built-in `{}`: {e}", m.name());
             }
         }
+    }
+
+    /// Keeps the activation buffers the loaded stylizers share for as long as images keep
+    /// coming (a burst of same-size requests allocates once), and trims them to `keep` bytes
+    /// once no image has used them for `idle` (a server between bursts gives the memory
+    /// back). Runs on the current tokio runtime until the catalog is dropped.
+    pub fn spawn_idle_trim(&self, idle: std::time::Duration, keep: usize) {
+        let ws = Arc::downgrade(&self.workspace);
+        let every = (idle / 2).max(std::time::Duration::from_millis(10));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(ws) = ws.upgrade() else { return };
+                if ws.kept_bytes() > keep && ws.idle_for() >= idle {
+                    ws.trim(keep);
+                }
+            }
+        });
+    }
+
+    /// Bytes of activation buffers the loaded stylizers keep between images.
+    pub fn kept_bytes(&self) -> usize {
+        self.workspace.kept_bytes()
     }
 
     /// Marks the built-ins as loading, until [`Catalog::warm_builtins`] has loaded them.

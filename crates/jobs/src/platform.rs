@@ -119,6 +119,10 @@ impl Platform {
         )?
         .with_precision(settings.precision)
         .with_memory_budget(settings.stylize_memory_budget);
+        catalog.spawn_idle_trim(
+            crate::catalog::IDLE_TRIM_AFTER,
+            crate::catalog::IDLE_KEEP_BYTES,
+        );
         Ok(Platform {
             ingest_slots: Arc::new(Gate::new(settings.max_concurrent_ingest)),
             limiter: Arc::new(crate::ratelimit::RateLimiter::new(

@@ -30,6 +30,14 @@ pub struct Workspace {
     /// Bytes of the buffers in `free`.
     kept: std::sync::atomic::AtomicI64,
     peak: std::sync::atomic::AtomicI64,
+    /// When a buffer was last taken, in ms since [`epoch`].
+    last_take_ms: std::sync::atomic::AtomicU64,
+}
+
+/// The process's first use of a workspace (a monotonic origin for `last_take_ms`).
+fn epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 /// Asks Linux to back a fresh, untouched buffer of several MiB with 2 MiB pages where
@@ -82,6 +90,10 @@ impl Workspace {
 
     /// A buffer of `n` floats with unspecified contents.
     pub fn take(&self, n: usize) -> Vec<f32> {
+        self.last_take_ms.store(
+            epoch().elapsed().as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let found = {
             let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
             let best = free
@@ -148,6 +160,15 @@ impl Workspace {
             }
         }
         self.count(0, -dropped);
+    }
+
+    /// How long since a buffer was last taken (since the first use of any workspace if this
+    /// one never gave out a buffer).
+    pub fn idle_for(&self) -> std::time::Duration {
+        let last = self.last_take_ms.load(std::sync::atomic::Ordering::Relaxed);
+        epoch()
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
     }
 
     /// Bytes of the buffers kept for reuse.
@@ -443,6 +464,10 @@ mod tests {
         assert_eq!(ws.kept_bytes(), 0);
         ws.reset_peak();
         assert_eq!(ws.peak_bytes(), 0);
+        let _ = ws.take(8);
+        assert!(ws.idle_for() < std::time::Duration::from_secs(5));
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(ws.idle_for() >= std::time::Duration::from_millis(30));
     }
 
     #[test]

@@ -25,6 +25,22 @@ async fn not_ready_while_the_built_ins_load() {
     );
 }
 
+/// The buffers an image used stay while images keep coming and are given back once idle.
+#[tokio::test]
+async fn activation_buffers_are_trimmed_when_idle() {
+    let h = harness(|_| {}).await;
+    let catalog = h.st.platform.catalog().clone();
+    let (s, b) = h.post("/v1/stylize?model=tiny", None, png(160, 120)).await;
+    assert_eq!(s, StatusCode::OK, "{}", String::from_utf8_lossy(&b));
+    assert!(catalog.kept_bytes() > 0);
+    catalog.spawn_idle_trim(Duration::from_millis(100), 0);
+    let t = std::time::Instant::now();
+    while catalog.kept_bytes() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "never trimmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn health_ready_metrics_me_and_pages() {
     let h = harness(|_| {}).await;
