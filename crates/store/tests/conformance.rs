@@ -505,7 +505,11 @@ async fn notices(db: &Db) {
         let fut = async {
             loop {
                 match rx.recv().await {
+                    // A reconnect, or a warm-up job's notice that arrived after the drain
+                    // below (the listener may connect between a warm-up enqueue and its
+                    // notice): neither is what the test asserts.
                     Ok(Notice::Resync) => continue,
+                    Ok(Notice::Queued(Some(k))) if k == "warmup" => continue,
                     Ok(n) => return Some(n),
                     Err(_) => return None,
                 }
