@@ -239,7 +239,8 @@ pub struct ServeArgs {
     /// Stylize jobs run at once by this process [default: 1].
     #[arg(long, env = "ATELIER_STYLIZE_WORKERS")]
     pub stylize_workers: Option<usize>,
-    /// Kernel precision of stylization: f32, or bf16 on CPUs with AVX512_BF16 [default: f32].
+    /// Kernel precision of stylization: f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI
+    /// CPUs); others run f32 [default: f32].
     #[arg(long, env = "ATELIER_PRECISION")]
     pub precision: Option<String>,
     /// Open connections at most; more clients wait in the listen backlog [default: 512].
@@ -324,7 +325,8 @@ pub struct WorkerArgs {
     /// Where training runs: cpu, or cuda / cuda:N (a binary built with `--features cuda`).
     #[arg(long, env = "ATELIER_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Kernel precision of stylization: f32, or bf16 on CPUs with AVX512_BF16 [default: f32].
+    /// Kernel precision of stylization: f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI
+    /// CPUs); others run f32 [default: f32].
     #[arg(long, env = "ATELIER_PRECISION")]
     pub precision: Option<String>,
     /// `text` or `json` log lines [default: text].
@@ -661,8 +663,9 @@ pub struct StylizeArgs {
     /// (exact for images up to this side).
     #[arg(long, default_value_t = 1024)]
     pub stats_side: u32,
-    /// Kernel precision: f32, or bf16 on CPUs with AVX512_BF16 (others run f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    /// Kernel precision: f32, bf16 on CPUs with AVX512_BF16, int8 on CPUs with AVX512_VNNI
+    /// (others run f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "int8"])]
     pub precision: String,
 }
 

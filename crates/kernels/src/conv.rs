@@ -101,6 +101,12 @@ struct Phase {
     packed: Vec<f32>,
     /// The same in bf16 pairs, `[panel][rows·klen/2][nv·16][2]` (empty in f32).
     packed_bf16: Vec<u16>,
+    /// The same in int8 quads, `[panel][rows·klen/4][nv·16][4]`, with each output channel's
+    /// scale `[panel][nv·16]` and its column prefix sums `[panel][rows·klen/4 + 1][nv·16]`
+    /// (empty unless int8).
+    packed_i8: Vec<i8>,
+    scale_i8: Vec<f32>,
+    colsum_i8: Vec<i32>,
 }
 
 /// A convolution with its weights packed for this CPU.
@@ -109,6 +115,9 @@ pub struct Conv {
     spec: ConvSpec,
     isa: Isa,
     bf16: bool,
+    /// int8 tiles (`vnni`: on AVX512_VNNI, else the portable loop of the tests).
+    int8: bool,
+    vnni: bool,
     nv: usize,
     panels: usize,
     /// Output phase stride (1, or `stride` for a transposed convolution).
@@ -276,6 +285,8 @@ impl Conv {
         };
         let mut phases = Vec::new();
         let use_bf16 = precision == Precision::Bf16 && isa.has_bf16();
+        let vnni = matches!(isa, Isa::Avx512 { .. }) && crate::int8::has_vnni();
+        let use_int8 = precision == Precision::Int8 && (vnni || isa == Isa::Portable);
         for (pi, (kys, kxs)) in taps.iter().enumerate() {
             let klen = kxs.len() * ci;
             let kk = kys.len() * klen;
@@ -324,12 +335,22 @@ impl Conv {
             } else {
                 Vec::new()
             };
+            let (packed_i8, scale_i8, colsum_i8) = if use_int8 && klen % 4 == 0 {
+                let scales = crate::int8::weight_scales(&packed, panels, kk, lanes);
+                let (q, sums) = crate::int8::pack(&packed, &scales, panels, kk, lanes);
+                (q, scales, sums)
+            } else {
+                Default::default()
+            };
             phases.push(Phase {
                 rows,
                 col,
                 klen,
                 packed,
                 packed_bf16,
+                packed_i8,
+                scale_i8,
+                colsum_i8,
             });
         }
         let mut b = vec![0f32; panels * lanes];
@@ -337,10 +358,13 @@ impl Conv {
             b[..co].copy_from_slice(bias);
         }
         let bf16 = use_bf16 && phases.iter().all(|p| !p.packed_bf16.is_empty());
+        let int8 = use_int8 && phases.iter().all(|p| !p.packed_i8.is_empty());
         Ok(Self {
             spec,
             isa,
             bf16,
+            int8,
+            vnni,
             nv,
             panels,
             phase_stride,
@@ -369,6 +393,11 @@ impl Conv {
     /// Whether this convolution runs in bf16.
     pub fn is_bf16(&self) -> bool {
         self.bf16
+    }
+
+    /// Whether this convolution runs in int8.
+    pub fn is_int8(&self) -> bool {
+        self.int8
     }
 
     /// Applies the convolution to one image.
@@ -453,7 +482,8 @@ impl Conv {
         let (ho, wo) = ((xp.h - sp.k) / sp.stride + 1, (xp.w - sp.k) / sp.stride + 1);
         let mut out = ws.map(ho, wo, sp.c_out);
         let xb = self.bf16.then(|| to_bf16(&xp.data));
-        self.run(xp, xb.as_deref(), &mut out, false);
+        let xq = self.int8.then(|| crate::int8::quantize(&xp.data));
+        self.run(xp, xb.as_deref(), xq.as_ref(), &mut out, false);
         Ok(out)
     }
 
@@ -500,7 +530,8 @@ impl Conv {
         };
         let xr = xp.as_ref().unwrap_or(x);
         let xb = self.bf16.then(|| to_bf16(&xr.data));
-        self.run(xr, xb.as_deref(), out, accumulate);
+        let xq = self.int8.then(|| crate::int8::quantize(&xr.data));
+        self.run(xr, xb.as_deref(), xq.as_ref(), out, accumulate);
         if let Some(m) = xp {
             ws.recycle(m);
         }
@@ -508,7 +539,14 @@ impl Conv {
     }
 
     #[allow(unsafe_code)]
-    fn run(&self, xp: &Map, xb: Option<&[u16]>, out: &mut Map, accumulate: bool) {
+    fn run(
+        &self,
+        xp: &Map,
+        xb: Option<&[u16]>,
+        xq: Option<&crate::int8::Quantized>,
+        out: &mut Map,
+        accumulate: bool,
+    ) {
         let ci = self.spec.c_in;
         let co = self.spec.c_out;
         let (wo, wp) = (out.w, xp.w);
@@ -552,8 +590,10 @@ impl Conv {
                                 let mut j0 = 0;
                                 while j0 < ph.klen {
                                     let n = (ph.klen - j0).min(kc);
-                                    // bf16 chunks must hold whole pairs.
+                                    // bf16 chunks must hold whole pairs, int8 chunks whole
+                                    // quads (klen is a multiple of 4 then).
                                     let n = if self.bf16 && n % 2 == 1 { n + 1 } else { n };
+                                    let n = if self.int8 { n.div_ceil(4) * 4 } else { n };
                                     chunks.push((ri, j0, n.min(ph.klen - j0)));
                                     j0 += n;
                                 }
@@ -563,6 +603,21 @@ impl Conv {
                             }
                             for (ci_idx, &(ri, j0, n)) in chunks.iter().enumerate() {
                                 let first = ci_idx == 0;
+                                // int8: this chunk's output scales and zero-point terms.
+                                let mut scale = [0f32; 64];
+                                let mut corr = [0i32; 64];
+                                if let (Some(q), true) = (xq, self.int8 && ri != usize::MAX) {
+                                    let quads = kk / 4;
+                                    let (r0, r1) =
+                                        ((ri * ph.klen + j0) / 4, (ri * ph.klen + j0 + n) / 4);
+                                    for l in 0..lanes {
+                                        scale[l] = q.scale * ph.scale_i8[p * lanes + l];
+                                        let at = |j: usize| {
+                                            ph.colsum_i8[(p * (quads + 1) + j) * lanes + l]
+                                        };
+                                        corr[l] = q.zero * (at(r1) - at(r0));
+                                    }
+                                }
                                 for &r in &my_rows {
                                     let q = (y0 + r) / s;
                                     let seg: [isize; 1] = if ri == usize::MAX {
@@ -600,7 +655,27 @@ impl Conv {
                                         // from row `boff`; C writes `mr` pixels of `nvalid`
                                         // channels inside this output row.
                                         unsafe {
-                                            if let (Some(xb), true) = (xb, self.bf16) {
+                                            if let (Some(xq), true) = (xq, self.int8) {
+                                                let t = crate::int8::TileI8 {
+                                                    a: xq.q.as_ptr().add(a_off),
+                                                    a_pix: self.in_stride * ci,
+                                                    segs: seg.as_ptr(),
+                                                    nseg,
+                                                    klen: n,
+                                                    b: ph
+                                                        .packed_i8
+                                                        .as_ptr()
+                                                        .add((p * kk + boff) * lanes),
+                                                    c: orow.as_mut_ptr().add(c_off),
+                                                    c_pix: s * co,
+                                                    nvalid,
+                                                    bias,
+                                                    scale: scale.as_ptr(),
+                                                    corr: corr.as_ptr(),
+                                                    accumulate: acc,
+                                                };
+                                                crate::int8::tile(self.vnni, self.nv, mr, &t);
+                                            } else if let (Some(xb), true) = (xb, self.bf16) {
                                                 let t = TileBf16 {
                                                     a: xb.as_ptr().add(a_off),
                                                     a_pix: self.in_stride * ci,

@@ -21,6 +21,7 @@
 pub mod conv;
 pub mod depthwise;
 pub mod grad;
+pub mod int8;
 pub mod map;
 pub mod micro;
 pub mod ops;
@@ -44,6 +45,10 @@ pub enum Precision {
     /// bf16 inputs and weights with f32 accumulation (AVX512_BF16); falls back to f32 where
     /// the CPU lacks it or a layer's K is odd.
     Bf16,
+    /// u8 activations (per tensor, from each input's range) and i8 weights (per output
+    /// channel) with i32 dot products (AVX512_VNNI), scaled in f32; falls back to f32 where
+    /// the CPU lacks VNNI or a layer's input channels are not a multiple of 4.
+    Int8,
 }
 
 impl Precision {
@@ -51,6 +56,7 @@ impl Precision {
         match s {
             "f32" | "fp32" => Some(Precision::F32),
             "bf16" => Some(Precision::Bf16),
+            "int8" => Some(Precision::Int8),
             _ => None,
         }
     }
@@ -59,6 +65,7 @@ impl Precision {
         match self {
             Precision::F32 => "f32",
             Precision::Bf16 => "bf16",
+            Precision::Int8 => "int8",
         }
     }
 }

@@ -102,12 +102,20 @@ fn convolutions_match_the_reference_on_every_isa() {
         let (ho, wo) = spec.output_size(h, w).unwrap();
         let m = Map::from_chw(&x, spec.c_in, h, w);
         for isa in isas() {
-            for precision in [Precision::F32, Precision::Bf16] {
+            for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
                 let conv = Conv::with_isa(spec, &wt, Some(&bias), precision, isa).unwrap();
                 let y = conv.forward(&m).unwrap();
                 assert_eq!((y.h, y.w, y.c), (ho, wo, spec.c_out), "{spec:?}");
                 let err = rel_err(&y.to_chw(), &want);
-                let tol = if conv.is_bf16() { 2e-2 } else { 1e-5 };
+                // int8: inputs and weights each within half a step of 1/127–1/255 of their
+                // range; the sums' errors stay a few percent of the largest output.
+                let tol = if conv.is_int8() {
+                    4e-2
+                } else if conv.is_bf16() {
+                    2e-2
+                } else {
+                    1e-5
+                };
                 assert!(
                     err < tol,
                     "{spec:?} {h}x{w} {isa:?} {precision:?}: rel err {err}"
@@ -136,6 +144,68 @@ fn bf16_is_used_where_the_cpu_has_it() {
     let stem = ConvSpec::new(3, 32, 7).pad(3, PadMode::Reflect);
     let conv = Conv::new(stem, &vec![0.01; 3 * 32 * 49], None, Precision::Bf16).unwrap();
     assert!(!conv.is_bf16());
+}
+
+#[test]
+fn int8_is_used_where_the_cpu_has_vnni_and_k_allows() {
+    let spec = ConvSpec::new(16, 32, 3).pad(1, PadMode::Zero);
+    let wt = vec![0.01f32; 16 * 32 * 9];
+    let has = atelier_kernels::int8::has_vnni() && matches!(Isa::detect(), Isa::Avx512 { .. });
+    let conv = Conv::new(spec, &wt, None, Precision::Int8).unwrap();
+    assert_eq!(conv.is_int8(), has);
+    // The portable loop (tests, ATELIER_ISA=portable) always can.
+    let conv = Conv::with_isa(spec, &wt, None, Precision::Int8, Isa::Portable).unwrap();
+    assert!(conv.is_int8());
+    // K not a multiple of 4 per kernel row (3 channels × 7 taps) keeps f32.
+    let stem = ConvSpec::new(3, 32, 7).pad(3, PadMode::Reflect);
+    let conv = Conv::new(stem, &vec![0.01; 3 * 32 * 49], None, Precision::Int8).unwrap();
+    assert!(!conv.is_int8());
+}
+
+/// The VNNI tiles and the portable loop compute the same integer sums: their outputs agree
+/// to fp32 rounding, on post-ReLU (zero point 0) and signed (zero point 128) inputs.
+#[test]
+fn int8_vnni_matches_the_portable_loop() {
+    if !atelier_kernels::int8::has_vnni() {
+        eprintln!("no AVX512_VNNI here: nothing to compare");
+        return;
+    }
+    let mut rng = Rng(99);
+    for (spec, h, w) in [
+        (ConvSpec::new(64, 32, 3).pad(1, PadMode::Reflect), 9, 30),
+        (
+            ConvSpec::new(32, 64, 3).stride(2).pad(1, PadMode::Zero),
+            10,
+            17,
+        ),
+        (ConvSpec::new(128, 48, 3).pad(1, PadMode::Zero), 4, 5),
+        (
+            ConvSpec::new(64, 32, 3)
+                .stride(2)
+                .pad(1, PadMode::Zero)
+                .transposed(1),
+            6,
+            5,
+        ),
+    ] {
+        let wt = rng.vec(spec.c_in * spec.c_out * spec.k * spec.k);
+        let bias = rng.vec(spec.c_out);
+        for relu in [true, false] {
+            let x: Vec<f32> = rng
+                .vec(spec.c_in * h * w)
+                .into_iter()
+                .map(|v| if relu { v.max(0.0) } else { v })
+                .collect();
+            let m = Map::from_chw(&x, spec.c_in, h, w);
+            let avx = Isa::Avx512 { bf16: false };
+            let a = Conv::with_isa(spec, &wt, Some(&bias), Precision::Int8, avx).unwrap();
+            let p = Conv::with_isa(spec, &wt, Some(&bias), Precision::Int8, Isa::Portable).unwrap();
+            assert!(a.is_int8() && p.is_int8());
+            let (ya, yp) = (a.forward(&m).unwrap(), p.forward(&m).unwrap());
+            let err = rel_err(&ya.data, &yp.data);
+            assert!(err < 1e-6, "{spec:?} relu {relu}: {err}");
+        }
+    }
 }
 
 #[test]

@@ -173,7 +173,7 @@ impl ServerConfig {
             return bad("log_format: expected text or json");
         }
         if atelier_nets::Precision::parse(&self.precision).is_none() {
-            return bad("precision: expected f32 or bf16");
+            return bad("precision: expected f32, bf16 or int8");
         }
         if self.worker.lease_s <= self.worker.heartbeat_s {
             return bad("worker.lease_s must be longer than worker.heartbeat_s");
