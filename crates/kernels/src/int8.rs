@@ -226,7 +226,7 @@ unsafe fn avx512_vnni<const NV: usize, const MR: usize>(t: &TileI8) {
     }
     for (m, row) in acc.iter().enumerate() {
         let c = t.c.add(m * t.c_pix);
-        for v in 0..NV {
+        for (v, &sum) in row.iter().enumerate() {
             let n = t.nvalid.saturating_sub(v * 16).min(16);
             if n == 0 {
                 continue;
@@ -234,7 +234,7 @@ unsafe fn avx512_vnni<const NV: usize, const MR: usize>(t: &TileI8) {
             let mask: __mmask16 = ((1u32 << n) - 1) as u16;
             let cv = c.add(v * 16);
             let corr = _mm512_loadu_si512(t.corr.add(v * 16) as *const _);
-            let sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(row[v], corr));
+            let sums = _mm512_cvtepi32_ps(_mm512_sub_epi32(sum, corr));
             let mut r = _mm512_fmadd_ps(
                 sums,
                 _mm512_loadu_ps(t.scale.add(v * 16)),
