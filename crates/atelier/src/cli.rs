@@ -239,8 +239,10 @@ pub struct ServeArgs {
     /// Stylize jobs run at once by this process [default: 1].
     #[arg(long, env = "ATELIER_STYLIZE_WORKERS")]
     pub stylize_workers: Option<usize>,
-    /// Kernel precision of stylization: f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI
-    /// CPUs); others run f32 [default: f32].
+    /// Kernel precision of stylization: auto (full-size models int8 on AVX512_VNNI CPUs, else
+    /// bf16 on AVX512_BF16 ones, if their output on a probe photo stays within 40 dB PSNR of
+    /// f32; light models f32), f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI CPUs); others
+    /// run f32 [default: auto].
     #[arg(long, env = "ATELIER_PRECISION")]
     pub precision: Option<String>,
     /// Open connections at most; more clients wait in the listen backlog [default: 512].
@@ -325,8 +327,10 @@ pub struct WorkerArgs {
     /// Where training runs: cpu, or cuda / cuda:N (a binary built with `--features cuda`).
     #[arg(long, env = "ATELIER_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Kernel precision of stylization: f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI
-    /// CPUs); others run f32 [default: f32].
+    /// Kernel precision of stylization: auto (full-size models int8 on AVX512_VNNI CPUs, else
+    /// bf16 on AVX512_BF16 ones, if their output on a probe photo stays within 40 dB PSNR of
+    /// f32; light models f32), f32, bf16 (AVX512_BF16 CPUs) or int8 (AVX512_VNNI CPUs); others
+    /// run f32 [default: auto].
     #[arg(long, env = "ATELIER_PRECISION")]
     pub precision: Option<String>,
     /// `text` or `json` log lines [default: text].
@@ -663,9 +667,11 @@ pub struct StylizeArgs {
     /// (exact for images up to this side).
     #[arg(long, default_value_t = 1024)]
     pub stats_side: u32,
-    /// Kernel precision: f32, bf16 on CPUs with AVX512_BF16, int8 on CPUs with AVX512_VNNI
+    /// Kernel precision: auto (full-size models int8 on AVX512_VNNI CPUs, else bf16 on
+    /// AVX512_BF16 ones, if their output on a probe photo stays within 40 dB PSNR of f32;
+    /// light models f32), f32, bf16 on CPUs with AVX512_BF16, int8 on CPUs with AVX512_VNNI
     /// (others run f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16", "int8"])]
+    #[arg(long, default_value = "auto", value_parser = ["auto", "f32", "bf16", "int8"])]
     pub precision: String,
 }
 
@@ -768,6 +774,25 @@ pub struct BenchArgs {
     /// Skip the bf16 rows.
     #[arg(long)]
     pub no_bf16: bool,
+    /// Skip the int8 rows.
+    #[arg(long)]
+    pub no_int8: bool,
+    /// Models of the int8 quality rows: each one's fp32 and int8 forward times and the PSNR
+    /// of its int8 output against its fp32 output on --int8-images (default: every model in
+    /// the models folder).
+    #[arg(long, value_delimiter = ',')]
+    pub int8_models: Vec<String>,
+    /// Image sides of the int8 quality rows.
+    #[arg(long, value_delimiter = ',', default_values_t = [512u32, 1024])]
+    pub int8_sizes: Vec<u32>,
+    /// Photos for the int8 quality rows (a folder; each is resized to every --int8-sizes
+    /// side and the PSNR averaged over them). Without it the rows use one synthetic image,
+    /// which says little about quality on photos.
+    #[arg(long)]
+    pub int8_images: Option<PathBuf>,
+    /// Largest number of --int8-images used.
+    #[arg(long, default_value_t = 8)]
+    pub int8_max_images: usize,
     /// Timed repetitions per size (median reported).
     #[arg(long, default_value_t = 5)]
     pub repeat: usize,
@@ -780,7 +805,8 @@ pub struct BenchArgs {
     /// Skip the peers.
     #[arg(long)]
     pub no_peers: bool,
-    /// Print the table as JSON.
+    /// Print the tables as JSON: the forward rows as an array, or, where int8 model rows or
+    /// product rows were measured, an object `{rows, int8, product, serve, cold_start}`.
     #[arg(long)]
     pub json: bool,
     /// Also time one CycleGAN training step (this generator, 70×70 PatchGAN D, LSGAN, pool,

@@ -72,8 +72,11 @@ fn jobs_survive_kill_9_and_sigterm() {
     s.kill9();
     let at_kill = before["progress"]["checkpoint_step"].as_u64().unwrap();
 
-    // Restart: the training job resumed from its checkpoint, not from step 0.
-    let s = start(&data, port, &[]);
+    // Restart: the training job resumed from its checkpoint, not from step 0. Watched from
+    // the moment the server answers: its first checkpoint after the restart sets `attempts`
+    // back to 1 (a crash that made progress does not count against the retry limit), and
+    // that can come before the built-in models are loaded.
+    let s = start_live(&data, port, &[]);
     let resumed = s.wait(&train, "training to resume", 240, |j| {
         j["status"] == "running" && j["progress"]["step"].as_u64().unwrap_or(0) > at_kill
     });

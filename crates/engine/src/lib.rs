@@ -26,6 +26,10 @@
 //! Batch-norm models in eval mode (running statistics) need none of this: their tiles are
 //! independent.
 
+pub mod precision;
+
+pub use precision::Choice as PrecisionChoice;
+
 use atelier_imaging::{Blender, Image, Rect, TileGrid};
 use atelier_nets::{Arch, Ctx, LayerStats, Model, Precision, Role};
 use candle_core::{Device, Tensor};
@@ -105,6 +109,9 @@ pub struct Stylizer {
     compiled: Option<atelier_nets::Compiled>,
     /// Bytes per input pixel of one pass on the kernels (measured at load).
     bytes_per_pixel: Option<f64>,
+    /// The precision the kernels run at, and what `auto` measured to pick it.
+    precision: Precision,
+    measured: Vec<precision::Measured>,
     /// Normalization statistics of recently tiled images.
     stats_cache: std::sync::Mutex<StatsCache>,
 }
@@ -188,9 +195,15 @@ impl Stylizer {
         Self::with_precision(model, device, Precision::F32)
     }
 
-    /// Like [`Stylizer::new`] with a kernel precision: bf16 where the CPU has AVX512_BF16
-    /// (measured PSNR ≥ 50 dB against fp32), fp32 otherwise.
+    /// Like [`Stylizer::new`] with a kernel precision: bf16 where the CPU has AVX512_BF16,
+    /// int8 where it has AVX512_VNNI, fp32 otherwise.
     pub fn with_precision(model: Model, device: Device, precision: Precision) -> Result<Self> {
+        Self::with_choice(model, device, PrecisionChoice::Fixed(precision))
+    }
+
+    /// Like [`Stylizer::new`] with a precision or `auto` (the fastest precision that meets
+    /// the quality floor on this CPU, measured now: see [`precision`]).
+    pub fn with_choice(model: Model, device: Device, choice: PrecisionChoice) -> Result<Self> {
         let arch = model.card.arch;
         let not = |why: String| Error::NotATranslator {
             name: model.card.name.clone(),
@@ -210,14 +223,34 @@ impl Stylizer {
                 arch.output_channels()
             )));
         }
-        let compiled = if device.is_cpu() {
-            atelier_nets::Compiled::new(&model.net, precision)?
-        } else {
-            None
+        let m = arch.size_multiple().max(1);
+        let (compiled, measured) = match (device.is_cpu(), choice) {
+            (false, _) => (None, Vec::new()),
+            (true, PrecisionChoice::Fixed(p)) => {
+                let c = atelier_nets::Compiled::new(&model.net, p)?;
+                if let Some(c) = &c {
+                    precision::calibrate(c, m)?;
+                }
+                (c, Vec::new())
+            }
+            (true, PrecisionChoice::Auto) => {
+                match atelier_nets::Compiled::new(&model.net, Precision::F32)? {
+                    Some(f32net) => {
+                        let (c, measured) = precision::choose(&model.net, f32net, m)?;
+                        (Some(c), measured)
+                    }
+                    None => (None, Vec::new()),
+                }
+            }
+        };
+        // What actually runs: bf16 and int8 fall back to fp32 on CPUs without them.
+        let precision = match compiled.as_ref().map(|c| c.precision()) {
+            Some(Precision::Bf16) if atelier_nets::kernels_isa().has_bf16() => Precision::Bf16,
+            Some(Precision::Int8) if atelier_nets::has_int8() => Precision::Int8,
+            _ => Precision::F32,
         };
         // One small pass: the memory a pass takes per pixel, and the kernels' code and packed
         // weights warmed before the first real image.
-        let m = arch.size_multiple().max(1);
         let side = PROBE_SIDE.div_ceil(m) * m;
         let bytes_per_pixel = match &compiled {
             Some(c) => Some(c.measure_bytes(side, side)? as f64 / (side * side) as f64),
@@ -228,8 +261,22 @@ impl Stylizer {
             device,
             compiled,
             bytes_per_pixel,
+            precision,
+            measured,
             stats_cache: Default::default(),
         })
+    }
+
+    /// The precision the network runs at: with `auto` the one the probe picked; fp32 on
+    /// candle and where the CPU lacks the precision asked for.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// What `auto` measured at load: the PSNR against fp32 of each lower precision it tried,
+    /// in order (empty for a fixed precision, or where it tried none).
+    pub fn precision_probe(&self) -> &[precision::Measured] {
+        &self.measured
     }
 
     /// Takes activation buffers from `ws`, shared with other stylizers (see
@@ -488,6 +535,79 @@ mod tests {
     use atelier_nets::ModelCard;
     use candle_core::DType;
     use candle_nn::{VarBuilder, VarMap};
+
+    fn model(arch: Arch) -> Model {
+        let map = VarMap::new();
+        let vb = VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu);
+        let net = atelier_nets::Network::new(arch, vb).unwrap();
+        Model {
+            card: ModelCard::new("test", arch),
+            net,
+        }
+    }
+
+    fn resnet(ngf: usize) -> Arch {
+        Arch::Resnet(ResnetConfig {
+            ngf,
+            n_blocks: 2,
+            ..ResnetConfig::default()
+        })
+    }
+
+    /// `auto` keeps light models in fp32 without measuring, and runs a full-size one in the
+    /// first lower precision of the rule whose probe output stays within the floor of fp32
+    /// (whatever this CPU has: with neither AVX512_VNNI nor AVX512_BF16 it is fp32 untried).
+    #[test]
+    fn auto_picks_by_the_rule_and_checks_quality() {
+        let light = Arch::Light(atelier_nets::light::LightConfig {
+            ngf: 8,
+            ..Default::default()
+        });
+        let s = Stylizer::with_choice(model(light), Device::Cpu, PrecisionChoice::Auto).unwrap();
+        assert_eq!(s.precision(), Precision::F32);
+        assert!(s.precision_probe().is_empty());
+
+        let m = model(resnet(16));
+        let candidates = precision::candidates(&m.net);
+        let s = Stylizer::with_choice(m, Device::Cpu, PrecisionChoice::Auto).unwrap();
+        let probe = s.precision_probe();
+        if candidates.is_empty() {
+            assert_eq!(s.precision(), Precision::F32);
+            assert!(probe.is_empty());
+            return;
+        }
+        // Tried in the rule's order, stopping at the first that passes.
+        let tried: Vec<Precision> = probe.iter().map(|m| m.precision).collect();
+        assert_eq!(tried, candidates[..tried.len()], "{probe:?}");
+        for (i, m) in probe.iter().enumerate() {
+            let passes = m.psnr_db >= precision::PSNR_FLOOR_DB;
+            assert_eq!(
+                passes,
+                i + 1 == probe.len() && s.precision() != Precision::F32,
+                "{probe:?}"
+            );
+        }
+        if s.precision() == Precision::F32 {
+            assert_eq!(probe.len(), candidates.len(), "{probe:?}");
+        } else {
+            assert_eq!(probe.last().map(|m| m.precision), Some(s.precision()));
+        }
+    }
+
+    /// An int8 stylizer is calibrated when it loads (on the probe photo), so the first
+    /// user image neither pays for it nor decides its factors.
+    #[test]
+    fn int8_is_calibrated_at_load() {
+        let int8 = PrecisionChoice::Fixed(Precision::Int8);
+        let s = Stylizer::with_choice(model(resnet(16)), Device::Cpu, int8).unwrap();
+        assert!(s.compiled.as_ref().unwrap().is_calibrated());
+        if s.precision() == Precision::Int8 {
+            let uncalibrated = atelier_nets::Compiled::new(&s.model.net, Precision::Int8)
+                .unwrap()
+                .unwrap();
+            assert!(!uncalibrated.is_calibrated());
+        }
+    }
 
     fn stylizer() -> Stylizer {
         let map = VarMap::new();

@@ -189,7 +189,7 @@ pub struct Catalog {
     /// [`Catalog::warm_builtins`]: 0 not asked, 1 loading the built-ins, 2 loaded.
     warm: std::sync::atomic::AtomicU8,
     thumbnail_lock: tokio::sync::Mutex<()>,
-    precision: atelier_nets::Precision,
+    precision: atelier_engine::PrecisionChoice,
     /// Tiling and memory options of every stylize (requests and jobs).
     engine: atelier_engine::Options,
 }
@@ -260,7 +260,7 @@ impl Catalog {
             workspace: Default::default(),
             warm: Default::default(),
             thumbnail_lock: tokio::sync::Mutex::new(()),
-            precision: atelier_nets::Precision::F32,
+            precision: atelier_engine::PrecisionChoice::Fixed(atelier_nets::Precision::F32),
             engine: atelier_engine::Options::default(),
         })
     }
@@ -278,7 +278,7 @@ impl Catalog {
     }
 
     /// Kernel precision of the stylizers this catalog loads (default fp32).
-    pub fn with_precision(mut self, precision: atelier_nets::Precision) -> Self {
+    pub fn with_precision(mut self, precision: atelier_engine::PrecisionChoice) -> Self {
         self.precision = precision;
         self
     }
@@ -382,7 +382,21 @@ impl Catalog {
         let s = tokio::task::spawn_blocking(move || -> Result<Stylizer, JobsError> {
             let model = atelier_nets::load(&path, &Device::Cpu)
                 .map_err(|e| JobsError::Internal(format!("loading {}: {e}", path.display())))?;
-            Ok(Stylizer::with_precision(model, Device::Cpu, precision)?.with_workspace(ws))
+            let s = Stylizer::with_choice(model, Device::Cpu, precision)?.with_workspace(ws);
+            let probe = s.precision_probe();
+            if !probe.is_empty() {
+                let probe: Vec<String> = probe
+                    .iter()
+                    .map(|m| format!("{} {:.1} dB", m.precision.name(), m.psnr_db))
+                    .collect();
+                tracing::info!(
+                    model = %s.card().name,
+                    precision = s.precision().name(),
+                    psnr_vs_f32 = %probe.join(", "),
+                    "precision auto"
+                );
+            }
+            Ok(s)
         })
         .await
         .map_err(|e| JobsError::Internal(e.to_string()))??;

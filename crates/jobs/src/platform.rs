@@ -47,7 +47,7 @@ pub struct Settings {
     pub blobs: Option<String>,
     /// Extra folder of built-in model files.
     pub models_dir: Option<PathBuf>,
-    pub precision: atelier_nets::Precision,
+    pub precision: atelier_engine::PrecisionChoice,
     /// Bytes one pass of a model over a whole image may take; larger images are tiled.
     pub stylize_memory_budget: u64,
     /// Unfinished jobs per owner.

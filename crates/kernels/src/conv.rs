@@ -11,6 +11,9 @@
 //! zero-padded input with the taps of the kernel that reach it, so no zeros are inserted and
 //! no multiplication is wasted.
 
+use std::borrow::Cow;
+
+use crate::int8::Weights8;
 use rayon::prelude::*;
 
 use crate::map::{bf16_bits, pad_in, to_bf16, Map, PadMode, Workspace};
@@ -101,12 +104,6 @@ struct Phase {
     packed: Vec<f32>,
     /// The same in bf16 pairs, `[panel][rows·klen/2][nv·16][2]` (empty in f32).
     packed_bf16: Vec<u16>,
-    /// The same in int8 quads, `[panel][rows·klen/4][nv·16][4]`, with each output channel's
-    /// scale `[panel][nv·16]` and its column prefix sums `[panel][rows·klen/4 + 1][nv·16]`
-    /// (empty unless int8).
-    packed_i8: Vec<i8>,
-    scale_i8: Vec<f32>,
-    colsum_i8: Vec<i32>,
 }
 
 /// A convolution with its weights packed for this CPU.
@@ -130,6 +127,11 @@ pub struct Conv {
     /// Signed input offset of each phase tap (transposed only): `(row offsets, col offsets)`.
     offsets: Vec<(Vec<isize>, Vec<isize>)>,
     bias: Vec<f32>,
+    /// int8: each input channel's largest absolute weight (empty otherwise).
+    w_absmax: Vec<f32>,
+    /// int8: the smoothing factors and the weights quantized with them, fixed by a
+    /// calibration pass (see [`Conv::is_int8`]).
+    int8_frozen: std::sync::OnceLock<(Vec<f32>, Vec<crate::int8::Weights8>)>,
 }
 
 fn choose_nv(isa: Isa, c_out: usize) -> usize {
@@ -335,22 +337,12 @@ impl Conv {
             } else {
                 Vec::new()
             };
-            let (packed_i8, scale_i8, colsum_i8) = if use_int8 && klen % 4 == 0 {
-                let scales = crate::int8::weight_scales(&packed, panels, kk, lanes);
-                let (q, sums) = crate::int8::pack(&packed, &scales, panels, kk, lanes);
-                (q, scales, sums)
-            } else {
-                Default::default()
-            };
             phases.push(Phase {
                 rows,
                 col,
                 klen,
                 packed,
                 packed_bf16,
-                packed_i8,
-                scale_i8,
-                colsum_i8,
             });
         }
         let mut b = vec![0f32; panels * lanes];
@@ -358,7 +350,18 @@ impl Conv {
             b[..co].copy_from_slice(bias);
         }
         let bf16 = use_bf16 && phases.iter().all(|p| !p.packed_bf16.is_empty());
-        let int8 = use_int8 && phases.iter().all(|p| !p.packed_i8.is_empty());
+        let int8 = use_int8 && phases.iter().all(|p| p.klen % 4 == 0);
+        // Each input channel's largest weight (int8 smoothing).
+        let mut w_absmax = vec![0f32; if int8 { ci } else { 0 }];
+        if int8 {
+            for ph in &phases {
+                let kk = ph.rows.len() * ph.klen;
+                for (k, row) in ph.packed.chunks_exact(lanes).enumerate() {
+                    let m = &mut w_absmax[(k % kk) % ci];
+                    *m = row.iter().fold(*m, |m, v| m.max(v.abs()));
+                }
+            }
+        }
         Ok(Self {
             spec,
             isa,
@@ -373,6 +376,8 @@ impl Conv {
             phases,
             offsets,
             bias: b,
+            w_absmax,
+            int8_frozen: std::sync::OnceLock::new(),
         })
     }
 
@@ -395,9 +400,19 @@ impl Conv {
         self.bf16
     }
 
-    /// Whether this convolution runs in int8.
+    /// Whether this convolution runs in int8. Its smoothing factors and the weights quantized
+    /// with them come from a calibration input (the first input of a pass with a
+    /// [`Workspace::calibrating`] workspace, e.g. a photo run through the network once after
+    /// loading); every later input is quantized per tensor from its own range after dividing
+    /// by those factors. Until then, both are derived from every input anew (exact for that
+    /// input, but the weights are quantized again on every call).
     pub fn is_int8(&self) -> bool {
         self.int8
+    }
+
+    /// Whether this int8 convolution has been calibrated (always true at other precisions).
+    pub fn is_calibrated(&self) -> bool {
+        !self.int8 || self.int8_frozen.get().is_some()
     }
 
     /// Applies the convolution to one image.
@@ -482,8 +497,11 @@ impl Conv {
         let (ho, wo) = ((xp.h - sp.k) / sp.stride + 1, (xp.w - sp.k) / sp.stride + 1);
         let mut out = ws.map(ho, wo, sp.c_out);
         let xb = self.bf16.then(|| to_bf16(&xp.data));
-        let xq = self.int8.then(|| crate::int8::quantize(&xp.data));
+        let xq = self.int8.then(|| self.quantize(&xp.data, ws));
         self.run(xp, xb.as_deref(), xq.as_ref(), &mut out, false);
+        if let Some((q, _)) = xq {
+            q.recycle(ws);
+        }
         Ok(out)
     }
 
@@ -530,12 +548,54 @@ impl Conv {
         };
         let xr = xp.as_ref().unwrap_or(x);
         let xb = self.bf16.then(|| to_bf16(&xr.data));
-        let xq = self.int8.then(|| crate::int8::quantize(&xr.data));
+        let xq = self.int8.then(|| self.quantize(&xr.data, ws));
         self.run(xr, xb.as_deref(), xq.as_ref(), out, accumulate);
+        if let Some((q, _)) = xq {
+            q.recycle(ws);
+        }
         if let Some(m) = xp {
             ws.recycle(m);
         }
         Ok(())
+    }
+
+    /// int8 operands of one call: the input quantized after smoothing, and the weights of
+    /// every phase quantized with the same factors (the calibrated ones, else this input's).
+    fn quantize<'a>(
+        &'a self,
+        x: &[f32],
+        ws: &Workspace,
+    ) -> (crate::int8::Quantized, Cow<'a, [Weights8]>) {
+        let ci = self.spec.c_in;
+        let lanes = self.nv * 16;
+        let range = crate::int8::channel_range(x, ci);
+        let derive = || {
+            let f = crate::int8::smoothing(&range, &self.w_absmax);
+            let w: Vec<Weights8> = self
+                .phases
+                .iter()
+                .map(|ph| {
+                    let kk = ph.rows.len() * ph.klen;
+                    crate::int8::quantize_weights(&ph.packed, self.panels, kk, lanes, ci, &f)
+                })
+                .collect();
+            (f, w)
+        };
+        let frozen = if ws.is_calibrating() {
+            Some(self.int8_frozen.get_or_init(derive))
+        } else {
+            self.int8_frozen.get()
+        };
+        match frozen {
+            Some((f, w)) => (
+                crate::int8::quantize(x, ci, &range, f, ws),
+                Cow::Borrowed(w.as_slice()),
+            ),
+            None => {
+                let (f, w) = derive();
+                (crate::int8::quantize(x, ci, &range, &f, ws), Cow::Owned(w))
+            }
+        }
     }
 
     #[allow(unsafe_code)]
@@ -543,7 +603,7 @@ impl Conv {
         &self,
         xp: &Map,
         xb: Option<&[u16]>,
-        xq: Option<&crate::int8::Quantized>,
+        xq: Option<&(crate::int8::Quantized, Cow<'_, [Weights8]>)>,
         out: &mut Map,
         accumulate: bool,
     ) {
@@ -606,15 +666,15 @@ impl Conv {
                                 // int8: this chunk's output scales and zero-point terms.
                                 let mut scale = [0f32; 64];
                                 let mut corr = [0i32; 64];
-                                if let (Some(q), true) = (xq, self.int8 && ri != usize::MAX) {
+                                if let (Some((q, w8)), true) = (xq, self.int8 && ri != usize::MAX) {
+                                    let w8 = &w8[ry * s + cx];
                                     let quads = kk / 4;
                                     let (r0, r1) =
                                         ((ri * ph.klen + j0) / 4, (ri * ph.klen + j0 + n) / 4);
                                     for l in 0..lanes {
-                                        scale[l] = q.scale * ph.scale_i8[p * lanes + l];
-                                        let at = |j: usize| {
-                                            ph.colsum_i8[(p * (quads + 1) + j) * lanes + l]
-                                        };
+                                        scale[l] = q.scale * w8.scale[p * lanes + l];
+                                        let at =
+                                            |j: usize| w8.colsum[(p * (quads + 1) + j) * lanes + l];
                                         corr[l] = q.zero * (at(r1) - at(r0));
                                     }
                                 }
@@ -655,15 +715,15 @@ impl Conv {
                                         // from row `boff`; C writes `mr` pixels of `nvalid`
                                         // channels inside this output row.
                                         unsafe {
-                                            if let (Some(xq), true) = (xq, self.int8) {
+                                            if let (Some((xq, w8)), true) = (xq, self.int8) {
                                                 let t = crate::int8::TileI8 {
-                                                    a: xq.q.as_ptr().add(a_off),
+                                                    a: xq.q().as_ptr().add(a_off),
                                                     a_pix: self.in_stride * ci,
                                                     segs: seg.as_ptr(),
                                                     nseg,
                                                     klen: n,
-                                                    b: ph
-                                                        .packed_i8
+                                                    b: w8[ry * s + cx]
+                                                        .q
                                                         .as_ptr()
                                                         .add((p * kk + boff) * lanes),
                                                     c: orow.as_mut_ptr().add(c_off),

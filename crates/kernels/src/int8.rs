@@ -52,44 +52,170 @@ pub fn has_vnni() -> bool {
     })
 }
 
-/// Quantized activations: `x ≈ scale · (q − zero)`.
+/// Quantized activations: `x_c ≈ f[c] · scale · (q − zero)`, the codes held in a
+/// workspace buffer.
 #[derive(Debug)]
 pub(crate) struct Quantized {
-    pub q: Vec<u8>,
+    buf: Vec<f32>,
+    len: usize,
     pub scale: f32,
     pub zero: i32,
 }
 
-/// Quantizes `data` per tensor from its own range (see the module docs).
-pub(crate) fn quantize(data: &[f32]) -> Quantized {
+impl Quantized {
+    /// The codes.
+    pub fn q(&self) -> &[u8] {
+        // SAFETY: `buf` holds at least `len` bytes (`len.div_ceil(4)` floats), any bytes
+        // are valid `u8`, and u8 needs no alignment.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, self.len)
+        }
+    }
+
+    /// Gives the codes' buffer back to `ws`.
+    pub fn recycle(self, ws: &crate::map::Workspace) {
+        ws.give(self.buf);
+    }
+}
+
+/// Each input channel's smallest and largest value (each at most 0 and at least 0) in
+/// channels-last `data` of `ci` channels.
+pub(crate) fn channel_range(data: &[f32], ci: usize) -> (Vec<f32>, Vec<f32>) {
     use rayon::prelude::*;
-    let (lo, hi) = data
-        .par_chunks(1 << 14)
+    let chunk = ci * 4096usize.div_ceil(ci).max(1);
+    data.par_chunks(chunk)
         .map(|c| {
-            c.iter()
-                .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+            let (mut lo, mut hi) = (vec![0f32; ci], vec![0f32; ci]);
+            for px in c.chunks_exact(ci) {
+                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(px) {
+                    *l = l.min(v);
+                    *h = h.max(v);
+                }
+            }
+            (lo, hi)
         })
-        .reduce(|| (0.0, 0.0), |a, b| (a.0.min(b.0), a.1.max(b.1)));
-    let (scale, zero) = if lo >= 0.0 {
-        (hi / 255.0, 0)
-    } else {
-        (hi.max(-lo) / 127.0, 128)
-    };
+        .reduce(
+            || (vec![0f32; ci], vec![0f32; ci]),
+            |(mut lo, mut hi), (l, h)| {
+                for (a, b) in lo.iter_mut().zip(l) {
+                    *a = a.min(b);
+                }
+                for (a, b) in hi.iter_mut().zip(h) {
+                    *a = a.max(b);
+                }
+                (lo, hi)
+            },
+        )
+}
+
+/// Quantizes channels-last `data` of `ci` channels, whose channel ranges are `range`
+/// ([`channel_range`]), per tensor after dividing each channel by its smoothing factor `f[c]`
+/// (see [`smoothing`]); the codes go into a buffer of `ws`.
+pub(crate) fn quantize(
+    data: &[f32],
+    ci: usize,
+    range: &(Vec<f32>, Vec<f32>),
+    f: &[f32],
+    ws: &crate::map::Workspace,
+) -> Quantized {
+    use rayon::prelude::*;
+    debug_assert_eq!(f.len(), ci);
+    let (lo, hi) = range
+        .0
+        .iter()
+        .zip(&range.1)
+        .zip(f)
+        .fold((0f32, 0f32), |(lo, hi), ((&l, &h), &f)| {
+            (lo.min(l / f), hi.max(h / f))
+        });
+    let scale = (hi - lo) / 255.0;
     let scale = if scale > 0.0 && scale.is_finite() {
         scale
     } else {
         1.0
     };
-    let inv = 1.0 / scale;
-    let mut q = vec![0u8; data.len()];
-    q.par_chunks_mut(1 << 14)
-        .zip(data.par_chunks(1 << 14))
+    let zero = ((-lo / scale).round() as i32).clamp(0, 255);
+    let mul: Vec<f32> = f.iter().map(|f| 1.0 / (f * scale)).collect();
+    let len = data.len();
+    let mut buf = ws.take(len.div_ceil(4));
+    // SAFETY: the buffer's `len.div_ceil(4)` floats hold `len` bytes; u8 needs no alignment
+    // and every byte is written below before it is read.
+    #[allow(unsafe_code)]
+    let q = unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, len) };
+    // Rounding half up by truncation (the value is clamped to be non-negative first), which
+    // vectorizes where `round` is a library call.
+    let z = zero as f32 + 0.5;
+    let chunk = ci * 4096usize.div_ceil(ci).max(1);
+    q.par_chunks_mut(chunk)
+        .zip(data.par_chunks(chunk))
         .for_each(|(o, i)| {
-            for (o, &v) in o.iter_mut().zip(i) {
-                *o = ((v * inv).round() as i32 + zero).clamp(0, 255) as u8;
+            for (o, i) in o.chunks_exact_mut(ci).zip(i.chunks_exact(ci)) {
+                for ((o, &v), &m) in o.iter_mut().zip(i).zip(&mul) {
+                    *o = (v * m + z).clamp(0.0, 255.0) as u8;
+                }
             }
         });
-    Quantized { q, scale, zero }
+    Quantized {
+        buf,
+        len,
+        scale,
+        zero,
+    }
+}
+
+/// Smoothing factors that move quantization difficulty between activations and weights
+/// (SmoothQuant, α = ½): `f[c] = √(max|x_c| / max|w_{·,c}|)`. The input is quantized as
+/// `x_c / f[c]` and the weights as `w_{·,c} · f[c]`, which leaves the product unchanged in
+/// exact arithmetic but evens out channels of very different ranges (a depthwise layer's
+/// outputs span a few hundredths in one channel and tens in the next, which a single
+/// per-tensor scale resolves badly).
+pub(crate) fn smoothing(range: &(Vec<f32>, Vec<f32>), w_absmax: &[f32]) -> Vec<f32> {
+    range
+        .0
+        .iter()
+        .zip(&range.1)
+        .zip(w_absmax)
+        .map(|((&lo, &hi), &w)| {
+            let f = (hi.max(-lo) / w).sqrt();
+            if f > 0.0 && f.is_finite() {
+                f
+            } else {
+                1.0
+            }
+        })
+        .collect()
+}
+
+/// Weights quantized for one call: `[panels][kk/4][lanes][4]` codes, per-lane scales and
+/// column prefix sums (see [`pack`]).
+#[derive(Debug, Clone)]
+pub(crate) struct Weights8 {
+    pub q: Vec<i8>,
+    pub scale: Vec<f32>,
+    pub colsum: Vec<i32>,
+}
+
+/// Quantizes packed fp32 weights `[panels][kk][lanes]` whose row `k` reads input channel
+/// `k % ci`, each row scaled by that channel's factor `f`.
+pub(crate) fn quantize_weights(
+    packed: &[f32],
+    panels: usize,
+    kk: usize,
+    lanes: usize,
+    ci: usize,
+    f: &[f32],
+) -> Weights8 {
+    let mut w = packed.to_vec();
+    for (k, row) in w.chunks_exact_mut(lanes).enumerate() {
+        let m = f[(k % kk) % ci];
+        for v in row {
+            *v *= m;
+        }
+    }
+    let scale = weight_scales(&w, panels, kk, lanes);
+    let (q, colsum) = pack(&w, &scale, panels, kk, lanes);
+    Weights8 { q, scale, colsum }
 }
 
 /// Per-output-channel weight scales of packed fp32 weights `[panels][kk][lanes]`:
@@ -252,28 +378,72 @@ unsafe fn avx512_vnni<const NV: usize, const MR: usize>(t: &TileI8) {
 mod tests {
     use super::*;
 
+    fn quant(x: &[f32], ci: usize, f: &[f32]) -> Quantized {
+        quantize(
+            x,
+            ci,
+            &channel_range(x, ci),
+            f,
+            &crate::map::Workspace::default(),
+        )
+    }
+
     #[test]
     fn quantization_round_trips_within_half_a_step() {
         let relu: Vec<f32> = (0..1000)
             .map(|i| (i as f32 * 0.37).sin().max(0.0) * 3.0)
             .collect();
-        let q = quantize(&relu);
+        let q = quant(&relu, 1, &[1.0]);
         assert_eq!(q.zero, 0);
-        for (v, &b) in relu.iter().zip(&q.q) {
+        for (v, &b) in relu.iter().zip(q.q()) {
             let back = q.scale * (i32::from(b) - q.zero) as f32;
             assert!((back - v).abs() <= 0.5 * q.scale + 1e-6, "{v} → {back}");
         }
-        let signed: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin() * 2.0).collect();
-        let q = quantize(&signed);
-        assert_eq!(q.zero, 128);
-        assert!(q.q.iter().all(|&b| b >= 1));
-        for (v, &b) in signed.iter().zip(&q.q) {
+        // Signed and skewed: the codes span [min, max], with zero exactly representable.
+        let signed: Vec<f32> = (0..1000)
+            .map(|i| (i as f32 * 0.37).sin() * 2.0 + 1.0)
+            .collect();
+        let q = quant(&signed, 1, &[1.0]);
+        assert!((62..66).contains(&q.zero), "zero point {}", q.zero);
+        assert!((q.scale - 4.0 / 255.0).abs() < 1e-3, "scale {}", q.scale);
+        for (v, &b) in signed.iter().zip(q.q()) {
             let back = q.scale * (i32::from(b) - q.zero) as f32;
             assert!((back - v).abs() <= 0.5 * q.scale + 1e-6, "{v} → {back}");
         }
         // All zeros: a usable scale, all codes at the zero point.
-        let z = quantize(&[0.0; 10]);
+        let z = quant(&[0.0; 10], 1, &[1.0]);
         assert_eq!((z.scale, z.zero), (1.0, 0));
+    }
+
+    #[test]
+    fn smoothing_evens_out_channels_and_keeps_the_product() {
+        // Two channels a thousand times apart in range, with equal weights: after smoothing
+        // both use the codes' full range, and quantizing x/f and w·f reproduces x·w.
+        let x: Vec<f32> = (0..2000)
+            .map(|i| {
+                let t = (i / 2) as f32 * 0.01;
+                if i % 2 == 0 {
+                    t.sin() * 0.01
+                } else {
+                    t.cos() * 10.0
+                }
+            })
+            .collect();
+        let f = smoothing(&channel_range(&x, 2), &[1.0, 1.0]);
+        assert!((f[1] / f[0] - 1000f32.sqrt()).abs() < 1.0, "{f:?}");
+        let q = quant(&x, 2, &f);
+        let small: Vec<u8> = q.q().iter().step_by(2).copied().collect();
+        let spread = small.iter().max().unwrap() - small.iter().min().unwrap();
+        assert!(spread >= 6, "the small channel keeps {spread} codes");
+        let flat = quant(&x, 2, &[1.0, 1.0]);
+        let small: Vec<u8> = flat.q().iter().step_by(2).copied().collect();
+        assert!(small.iter().max().unwrap() - small.iter().min().unwrap() <= 1);
+        for (px, qs) in x.chunks_exact(2).zip(q.q().chunks_exact(2)) {
+            for c in 0..2 {
+                let back = q.scale * (i32::from(qs[c]) - q.zero) as f32 * f[c];
+                assert!((back - px[c]).abs() <= 0.5 * q.scale * f[c] + 1e-5);
+            }
+        }
     }
 
     #[test]

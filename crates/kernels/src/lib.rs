@@ -45,9 +45,9 @@ pub enum Precision {
     /// bf16 inputs and weights with f32 accumulation (AVX512_BF16); falls back to f32 where
     /// the CPU lacks it or a layer's K is odd.
     Bf16,
-    /// u8 activations (per tensor, from each input's range) and i8 weights (per output
-    /// channel) with i32 dot products (AVX512_VNNI), scaled in f32; falls back to f32 where
-    /// the CPU lacks VNNI or a layer's input channels are not a multiple of 4.
+    /// u8 activations (per tensor, from each input's range after per-channel smoothing) and
+    /// i8 weights (per output channel) with i32 dot products (AVX512_VNNI), scaled in f32;
+    /// falls back to f32 where the CPU lacks VNNI or a layer's K row is not a multiple of 4.
     Int8,
 }
 

@@ -32,6 +32,9 @@ pub struct Workspace {
     peak: std::sync::atomic::AtomicI64,
     /// When a buffer was last taken, in ms since [`epoch`].
     last_take_ms: std::sync::atomic::AtomicU64,
+    /// Passes run with this workspace calibrate the int8 convolutions they go through
+    /// ([`Workspace::calibrating`]).
+    calibrating: bool,
 }
 
 /// The process's first use of a workspace (a monotonic origin for `last_take_ms`).
@@ -78,6 +81,21 @@ fn bytes(v: &Vec<f32>) -> i64 {
 }
 
 impl Workspace {
+    /// A workspace whose passes calibrate the int8 convolutions they run: each fixes its
+    /// smoothing factors and quantized weights on the input it sees (the first calibration
+    /// wins), where uncalibrated ones derive both from every input anew.
+    pub fn calibrating() -> Self {
+        Self {
+            calibrating: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether passes with this workspace calibrate (see [`Workspace::calibrating`]).
+    pub fn is_calibrating(&self) -> bool {
+        self.calibrating
+    }
+
     /// At most this many buffers are kept.
     const KEEP: usize = 12;
 

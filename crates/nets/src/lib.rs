@@ -33,6 +33,18 @@ pub use file::{load, save, Model, Storage};
 pub use fused::Activation;
 pub use norm::{Ctx, LayerStats, NormKind};
 pub use rng::Rng;
+
+/// The instruction set the CPU kernels use on this machine (`ATELIER_ISA` may lower it).
+pub fn kernels_isa() -> atelier_kernels::Isa {
+    atelier_kernels::Isa::detect()
+}
+
+/// Whether the CPU kernels run int8 natively here (AVX-512 kernels on a CPU with
+/// AVX512_VNNI); elsewhere [`Precision::Int8`] runs fp32.
+pub fn has_int8() -> bool {
+    matches!(kernels_isa(), atelier_kernels::Isa::Avx512 { .. })
+        && atelier_kernels::int8::has_vnni()
+}
 pub use seeded::SeededVarMap;
 
 /// Fixes the number of CPU threads candle uses (default: all available cores).

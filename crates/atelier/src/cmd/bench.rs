@@ -190,6 +190,11 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         let (arch, name) = arch_of(&args.arch, args.ngf)?;
         rows.push(train_row(&args, arch, name)?);
     }
+    let int8 = if args.train_only || args.product_only {
+        Vec::new()
+    } else {
+        super::bench_int8::int8_rows(global, &args, &mut notes)?
+    };
     let product = if args.train_only {
         Vec::new()
     } else {
@@ -213,9 +218,10 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         // The forward and training rows as before; the product and server rows beside them
         // when asked.
-        if args.product.is_some() {
+        if args.product.is_some() || !int8.is_empty() {
             let doc = serde_json::json!({
-                "rows": rows, "product": product, "serve": serve, "cold_start": cold,
+                "rows": rows, "int8": int8, "product": product, "serve": serve,
+                "cold_start": cold,
             });
             println!("{}", serde_json::to_string_pretty(&doc)?);
         } else {
@@ -263,6 +269,7 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.threads,
         args.threads
     );
+    super::bench_int8::print(&int8);
     super::bench_product::print(&product);
     super::bench_serve::print(&serve, cold.as_ref());
     for n in notes {
@@ -306,6 +313,11 @@ fn forward_rows(
     let f32_net = Compiled::new(&net, Precision::F32)?;
     let low = if atelier_kernels::Isa::detect().has_bf16() && !args.no_bf16 {
         Compiled::new(&net, Precision::Bf16)?
+    } else {
+        None
+    };
+    let int8 = if atelier_kernels::int8::has_vnni() && !args.no_int8 {
+        Compiled::new(&net, Precision::Int8)?
     } else {
         None
     };
@@ -361,6 +373,23 @@ fn forward_rows(
             eprintln!("  atelier {s}x{s} bf16: {ms:.1} ms");
             rows.push(row);
         }
+        if let Some(q) = &int8 {
+            let f = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(q.forward(x, &mut Ctx::eval())?) };
+            let (ms, out) = time_forward(&f, &x, args.repeat)?;
+            let mut row = Row::new(
+                format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
+                s,
+                "int8",
+                gmac,
+                ms,
+            );
+            row.psnr_db_vs_f32 = Some(psnr(&out, &out32));
+            eprintln!("  atelier {s}x{s} int8: {ms:.1} ms");
+            rows.push(row);
+        }
+    }
+    if int8.is_none() && !args.no_int8 {
+        notes.push("int8 rows skipped: this CPU has no AVX512_VNNI".into());
     }
     if low.is_none() && !args.no_bf16 {
         notes.push("bf16 rows skipped: this CPU has no AVX512_BF16".into());

@@ -7,6 +7,7 @@ use clap::Parser;
 use crate::cli::{Cli, Command, Global};
 
 mod bench;
+mod bench_int8;
 mod bench_product;
 mod bench_serve;
 mod eval;

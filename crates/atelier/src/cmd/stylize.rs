@@ -60,8 +60,8 @@ fn format_of(arg: Option<OutFormat>) -> Option<Format> {
 
 pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     let model = global.load_model(&args.model, &Device::Cpu)?;
-    let precision = atelier_nets::Precision::parse(&args.precision).unwrap_or_default();
-    let stylizer = Stylizer::with_precision(model, Device::Cpu, precision)?;
+    let choice = atelier_engine::PrecisionChoice::parse(&args.precision).unwrap_or_default();
+    let stylizer = Stylizer::with_choice(model, Device::Cpu, choice)?;
     let opts = Options {
         tile: args.tile,
         overlap: args.overlap,
@@ -171,12 +171,30 @@ pub fn run(global: &Global, args: StylizeArgs) -> anyhow::Result<ExitCode> {
     } else {
         if !global.quiet {
             eprintln!(
-                "{ok} image(s) stylized with `{}` in {secs:.1} s",
-                stylizer.card().name
+                "{ok} image(s) stylized with `{}` in {secs:.1} s, {}",
+                stylizer.card().name,
+                precision_note(&stylizer)
             );
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The precision the images ran at, and what `auto` measured to pick it.
+fn precision_note(stylizer: &Stylizer) -> String {
+    let p = stylizer.precision().name();
+    let probe = stylizer.precision_probe();
+    if probe.is_empty() {
+        return p.to_string();
+    }
+    let tried: Vec<String> = probe
+        .iter()
+        .map(|m| format!("{} {:.1} dB", m.precision.name(), m.psnr_db))
+        .collect();
+    format!(
+        "{p} (auto, PSNR against f32 on the probe photo: {})",
+        tried.join(", ")
+    )
 }
 
 #[allow(clippy::too_many_arguments)]

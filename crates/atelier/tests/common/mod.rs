@@ -40,7 +40,18 @@ impl std::ops::Deref for Server {
     }
 }
 
+/// Starts a server and waits until it is ready (`/readyz`: the built-in models loaded).
 pub fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
+    start_until(data, port, extra, "/readyz")
+}
+
+/// Starts a server and waits only until it answers (`/healthz`), e.g. to watch its jobs while
+/// it is still loading the built-in models.
+pub fn start_live(data: &Path, port: u16, extra: &[&str]) -> Server {
+    start_until(data, port, extra, "/healthz")
+}
+
+fn start_until(data: &Path, port: u16, extra: &[&str], probe: &str) -> Server {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -60,7 +71,7 @@ pub fn start(data: &Path, port: u16, extra: &[&str]) -> Server {
         client: Client { port },
     };
     let t0 = Instant::now();
-    while s.request("GET", "/readyz", None, &[]).map(|r| r.0) != Some(200) {
+    while s.request("GET", probe, None, &[]).map(|r| r.0) != Some(200) {
         assert!(
             t0.elapsed() < Duration::from_secs(60),
             "server did not become ready"
