@@ -1,13 +1,16 @@
 //! int8 convolutions on AVX512_VNNI: `u8 × i8 → i32` dot products of four (VPDPBUSD), with
 //! the scales applied to the i32 sums in fp32.
 //!
-//! Weights are quantized once, at load, per output channel and symmetrically:
-//! `w ≈ s_w[o] · q_w`, `q_w ∈ [-127, 127]`. Activations are quantized on every call, per
-//! tensor, from the input's own range (dynamic quantization: no calibration set, and a tile
-//! of a different image cannot fall outside the range it was calibrated on): an input with no
-//! negative value (after a ReLU, most layers' inputs) maps `[0, max]` onto `u8 [0, 255]`;
-//! one with negative values (the residual stream) maps `[-m, m]` onto `[1, 255]` around a zero
-//! point of 128. A tile's output is then
+//! Each input channel `c` is first divided by a smoothing factor `f[c] = √(max|x_c| /
+//! max|w_{·,c}|)` and its weights multiplied by it (SmoothQuant, α = ½: exact in real
+//! arithmetic, it evens out channels whose ranges differ a hundredfold, which one per-tensor
+//! scale resolves badly). Weights are then quantized per output channel and symmetrically,
+//! `w·f ≈ s_w[o] · q_w`, `q_w ∈ [-127, 127]`. Activations are quantized on every call, per
+//! tensor, from the smoothed input's own range `[lo, hi]` (always including 0) mapped onto
+//! `u8 [0, 255]` with a zero point `z_a = round(−lo / s_a)`, so a tile of any image keeps its
+//! whole range. The factors (and so the quantized weights) are fixed by a calibration pass
+//! ([`crate::map::Workspace::calibrating`]); before one, every call derives them from its
+//! own input. A tile's output is then
 //!
 //! `y[o] = s_a · s_w[o] · (Σ_k q_a[k] · q_w[k][o] − z_a · Σ_k q_w[k][o]) + bias[o]`,
 //!
