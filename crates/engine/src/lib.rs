@@ -298,6 +298,22 @@ impl Stylizer {
             .map(|b| (b * f64::from(w) * f64::from(h)).ceil() as u64)
     }
 
+    /// One pass of the network over a whole image (planar RGB in [-1, 1], `w`×`h` a multiple
+    /// of the architecture's size multiple) at the stylizer's precision, without padding,
+    /// tiling or shared statistics: what the network alone costs (benchmarks).
+    pub fn forward_whole(&self, chw: &[f32], w: usize, h: usize) -> Result<Vec<f32>> {
+        let mut ctx = self.ctx();
+        self.run(chw, w, h, &mut ctx)
+    }
+
+    /// Drops the activation buffers kept between images, largest first, down to `max_bytes`
+    /// (of the workspace this stylizer uses, shared or not).
+    pub fn trim(&self, max_bytes: usize) {
+        if let Some(c) = &self.compiled {
+            c.trim(max_bytes);
+        }
+    }
+
     /// Whether the model runs on Atelier's CPU kernels (else on candle).
     pub fn uses_kernels(&self) -> bool {
         self.compiled.is_some()

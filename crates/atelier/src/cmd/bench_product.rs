@@ -5,9 +5,8 @@
 use std::time::Instant;
 
 use anyhow::Context;
-use atelier_engine::{Options, Stylizer};
+use atelier_engine::{Options, PrecisionChoice, Stylizer};
 use atelier_imaging::{Format, Limits};
-use atelier_nets::{Compiled, Ctx, Precision};
 use candle_core::Device;
 use serde::Serialize;
 
@@ -17,6 +16,8 @@ use crate::cli::{BenchArgs, Global};
 #[derive(Debug, Serialize)]
 pub struct ProductRow {
     pub model: String,
+    /// The precision both paths ran at (`auto`'s choice for this model and CPU).
+    pub precision: &'static str,
     pub size: u32,
     /// Median of the whole pipeline, JPEG bytes in → JPEG bytes out.
     pub product_ms: f64,
@@ -68,14 +69,18 @@ pub fn product_rows(global: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Pro
         .load_model(name, &Device::Cpu)
         .with_context(|| format!("--product {name}"))?;
     let m = model.card.arch.size_multiple().max(1);
-    let compiled = Compiled::new(&model.net, Precision::F32)?
-        .with_context(|| format!("{name}: the kernels do not cover this architecture"))?;
-    let stylizer = Stylizer::new(model, Device::Cpu)?;
+    // The precision a server picks by default (`auto`); the raw pass runs the same network.
+    let stylizer = Stylizer::with_choice(model, Device::Cpu, PrecisionChoice::Auto)?;
+    anyhow::ensure!(
+        stylizer.uses_kernels(),
+        "{name}: the kernels do not cover this architecture"
+    );
+    let precision = stylizer.precision().name();
     let limits = Limits::default();
     let request = atelier_jobs::pipeline::Request::default();
     eprintln!(
-        "bench: product path of `{name}` (JPEG q92 in and out, default options: memory budget \
-         {} MiB, tiles ≤ {} px) beside its raw forward pass",
+        "bench: product path of `{name}` (JPEG q92 in and out, default options: {precision} \
+         (auto), memory budget {} MiB, tiles ≤ {} px) beside its raw forward pass",
         request.engine.memory_budget >> 20,
         request.engine.tile
     );
@@ -111,15 +116,16 @@ pub fn product_rows(global: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Pro
             img
         };
         let raw = || -> anyhow::Result<()> {
-            compiled.forward_chw(&img.rgb, p, p, &mut Ctx::eval())?;
+            stylizer.forward_whole(&img.rgb, p, p)?;
             Ok(())
         };
         raw()?;
         let raw_forward_ms = median_ms(raw, reps)?;
         // Its buffers (12 GB at 4096² for a full model) go before the next size.
-        compiled.trim(0);
+        stylizer.trim(0);
         let row = ProductRow {
             model: name.to_string(),
+            precision,
             size: side,
             product_ms,
             raw_forward_ms,
@@ -138,7 +144,8 @@ pub fn product_rows(global: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Pro
     Ok(rows)
 }
 
-/// The raw forward pass of `model` at `side`², median of `repeat` after a warm-up.
+/// The raw forward pass of `model` at `side`² at the precision `auto` picks (as the server
+/// does), median of `repeat` after a warm-up.
 pub fn raw_forward_ms(
     global: &Global,
     model: &str,
@@ -147,13 +154,16 @@ pub fn raw_forward_ms(
 ) -> anyhow::Result<f64> {
     let model = global.load_model(model, &Device::Cpu)?;
     let m = model.card.arch.size_multiple().max(1);
-    let compiled = Compiled::new(&model.net, Precision::F32)?
-        .context("the kernels do not cover this architecture")?;
+    let stylizer = Stylizer::with_choice(model, Device::Cpu, PrecisionChoice::Auto)?;
+    anyhow::ensure!(
+        stylizer.uses_kernels(),
+        "the kernels do not cover this architecture"
+    );
     let img = atelier_imaging::decode(&photo_jpeg(side)?, &Limits::default())?;
     let p = (side as usize).div_ceil(m) * m;
     let img = atelier_imaging::resize(&img, p as u32, p as u32);
     let raw = || -> anyhow::Result<()> {
-        compiled.forward_chw(&img.rgb, p, p, &mut Ctx::eval())?;
+        stylizer.forward_whole(&img.rgb, p, p)?;
         Ok(())
     };
     raw()?;
@@ -166,14 +176,15 @@ pub fn print(rows: &[ProductRow]) {
         return;
     }
     println!(
-        "\n| product path | size | product ms | raw forward ms | product / raw | passes | peak \
-         RSS MiB |"
+        "\n| product path | precision | size | product ms | raw forward ms | product / raw | \
+         passes | peak RSS MiB |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {}² | {:.0} | {:.0} | {:.2}× | {} | {} |",
+            "| {} | {} | {}² | {:.0} | {:.0} | {:.2}× | {} | {} |",
             r.model,
+            r.precision,
             r.size,
             r.product_ms,
             r.raw_forward_ms,
