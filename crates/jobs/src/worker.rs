@@ -159,7 +159,9 @@ impl Handler for TrainHandler {
         train_job(r.ctx, r.rt, r.job, r.worker, r.control, &t)
     }
     fn after(&self) {
-        // The run's buffers are free now; give their pages back (see `crate::memory`).
+        // The run's buffers are free now (the training convolutions' kept ones too); give
+        // their pages back (see `crate::memory`).
+        atelier_nets::conv::release_training_buffers();
         crate::memory::release_free_memory();
     }
 }

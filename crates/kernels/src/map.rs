@@ -243,8 +243,13 @@ impl Map {
 
     /// From planar `(C, H, W)` data (one image of an NCHW tensor).
     pub fn from_chw(chw: &[f32], c: usize, h: usize, w: usize) -> Self {
+        Self::from_chw_in(chw, c, h, w, &Workspace::default())
+    }
+
+    /// [`Map::from_chw`] into a buffer of `ws`.
+    pub fn from_chw_in(chw: &[f32], c: usize, h: usize, w: usize, ws: &Workspace) -> Self {
         assert_eq!(chw.len(), c * h * w, "Map::from_chw: length");
-        let mut data = vec![0f32; c * h * w];
+        let mut data = ws.take(c * h * w);
         crate::transpose::transpose(chw, c, h * w, &mut data);
         Self { h, w, c, data }
     }

@@ -106,11 +106,14 @@ impl CustomOp2 for Conv2dOp {
             };
             // No weight gradient for constant weights (a frozen discriminator).
             if !w.track_op() {
+                recycle(gms);
                 return Ok((grad_x, None));
             }
             let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
-            let dw = batch_weight_grad(&xms, &gms, (p, p, p), k, s)?;
-            let gw = Tensor::from_vec(dw, (co, ci, k, k), &Device::Cpu)?;
+            let dw = batch_weight_grad(&xms, &gms, (p, p, p), k, s);
+            recycle(xms);
+            recycle(gms);
+            let gw = Tensor::from_vec(dw?, (co, ci, k, k), &Device::Cpu)?;
             return Ok((grad_x, Some(gw)));
         }
         // Input gradient (not needed for data, e.g. the first layer's input).
@@ -149,11 +152,33 @@ fn f32_slice<'a>(v: &'a [f32], l: &Layout) -> candle_core::Result<&'a [f32]> {
     }
 }
 
-/// The images of an NCHW batch as channels-last maps.
+/// Buffers of the training convolutions, kept between calls: a step makes a few hundred
+/// convolution calls whose maps come in a few dozen sizes, and fresh buffers cost page faults
+/// and zeroing every time (at most [`Workspace`]'s dozen buffers stay).
+fn workspace() -> &'static Workspace {
+    static WS: std::sync::OnceLock<Workspace> = std::sync::OnceLock::new();
+    WS.get_or_init(Workspace::default)
+}
+
+/// Drops the buffers the training convolutions keep between calls (e.g. when a training run
+/// ends, so that a server's idle memory returns to what it was).
+pub fn release_training_buffers() {
+    workspace().trim(0);
+}
+
+/// The images of an NCHW batch as channels-last maps (buffers of [`workspace`]: give them
+/// back with [`recycle`]).
 fn to_maps(v: &[f32], n: usize, c: usize, h: usize, w: usize) -> Vec<Map> {
     (0..n)
-        .map(|i| Map::from_chw(&v[i * c * h * w..(i + 1) * c * h * w], c, h, w))
+        .map(|i| Map::from_chw_in(&v[i * c * h * w..(i + 1) * c * h * w], c, h, w, workspace()))
         .collect()
+}
+
+/// Gives maps back to [`workspace`].
+fn recycle(maps: Vec<Map>) {
+    for m in maps {
+        workspace().recycle(m);
+    }
 }
 
 /// Runs a (transposed) convolution on the kernels over a batch of NCHW images.
@@ -168,8 +193,10 @@ fn kernels_conv(
     let (ho, wo) = spec
         .output_size(h, w)
         .ok_or_else(|| candle_core::Error::Msg(format!("input {h}×{w} is too small")))?;
-    let out = conv_maps(spec, &to_maps(x, n, spec.c_in, h, w), weight, (ho, wo))?;
-    Ok((out, ho, wo))
+    let maps = to_maps(x, n, spec.c_in, h, w);
+    let out = conv_maps(spec, &maps, weight, (ho, wo));
+    recycle(maps);
+    Ok((out?, ho, wo))
 }
 
 /// A (transposed) convolution of every map into an `ho`×`wo` output; NCHW values.
@@ -180,14 +207,14 @@ fn conv_maps(
     (ho, wo): (usize, usize),
 ) -> candle_core::Result<Vec<f32>> {
     let conv = Conv::new(spec, weight, None, Precision::F32).map_err(cerr)?;
-    let ws = Workspace::default();
+    let ws = workspace();
     let per = spec.c_out * ho * wo;
     let mut out = vec![0f32; maps.len() * per];
     for (m, slot) in maps.iter().zip(out.chunks_exact_mut(per)) {
         let y = if spec.transposed {
-            conv.forward_sized(m, ho, wo, &ws)
+            conv.forward_sized(m, ho, wo, ws)
         } else {
-            conv.forward_ws(m, &ws)
+            conv.forward_ws(m, ws)
         }
         .map_err(cerr)?;
         y.write_chw(slot);
@@ -207,8 +234,10 @@ fn batch_weight_grad(
 ) -> candle_core::Result<Vec<f32>> {
     let mut dw: Vec<f32> = Vec::new();
     for (x, g) in inputs.iter().zip(grads) {
-        let xp = atelier_kernels::map::pad(x, p, bottom, p, right, PadMode::Zero);
-        let d = weight_grad(&xp, g, k, s).map_err(cerr)?;
+        let xp = atelier_kernels::map::pad_in(x, p, bottom, p, right, PadMode::Zero, workspace());
+        let d = weight_grad(&xp, g, k, s).map_err(cerr);
+        workspace().recycle(xp);
+        let d = d?;
         if dw.is_empty() {
             dw = d;
         } else {
@@ -285,8 +314,10 @@ impl CustomOp2 for ConvTranspose2dOp {
         let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
         let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
         let pads = (p, need(h, ho), need(wd, wo));
-        let dw = batch_weight_grad(&gms, &xms, pads, k, s)?;
-        let gw = Tensor::from_vec(dw, (ci, co, k, k), &Device::Cpu)?;
+        let dw = batch_weight_grad(&gms, &xms, pads, k, s);
+        recycle(xms);
+        recycle(gms);
+        let gw = Tensor::from_vec(dw?, (ci, co, k, k), &Device::Cpu)?;
         Ok((grad_x, Some(gw)))
     }
 }
