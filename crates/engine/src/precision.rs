@@ -11,9 +11,9 @@
 //! the lower precisions to pay). Before a lower precision is used, the model stylizes a probe
 //! photo (the repository's `examples/photo.jpg`, CC-BY-4.0, centre square at [`PROBE_SIDE`]²)
 //! in it and in fp32: below [`PSNR_FLOOR_DB`] against fp32 the next candidate is tried, and
-//! fp32 runs if none passes. That costs two passes at 256² when the model loads (≈ 0.25 s for
-//! a full-size generator on two cores), and the int8 pass is also the int8 network's
-//! calibration (each layer's smoothing factors come from the probe photo).
+//! fp32 runs if none passes. That costs two passes at 128² when the model loads (≈ 0.1 s for a
+//! full-size generator on two cores), and the int8 pass is also the int8 network's calibration
+//! (each layer's smoothing factors come from the probe photo).
 
 use atelier_imaging::Limits;
 use atelier_nets::{Compiled, Ctx, Network, Precision};
@@ -23,7 +23,7 @@ use crate::Result;
 /// Least PSNR (dB) against fp32 on the probe photo for a precision `auto` may pick.
 pub const PSNR_FLOOR_DB: f64 = 40.0;
 /// Side of the probe photo.
-pub const PROBE_SIDE: usize = 256;
+pub const PROBE_SIDE: usize = 128;
 
 /// The precision a stylizer is asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -126,9 +126,9 @@ pub fn int8_rows(
             .with_context(|| format!("{name}: the kernels do not cover this architecture"))?;
         let i8n = Compiled::new(&model.net, Precision::Int8)?
             .with_context(|| format!("{name}: the kernels do not cover this architecture"))?;
-        // Calibrated as the engine does: one pass over the repository's photo, centre 256².
+        // Calibrated as the engine does: one pass over the repository's photo, centre square.
         let calib = photos(None, 1)?.0.remove(0);
-        let side = 256u32.div_ceil(m) * m;
+        let side = (atelier_engine::precision::PROBE_SIDE as u32).div_ceil(m) * m;
         let calib = atelier_imaging::resize(&atelier_imaging::center_square(&calib), side, side);
         i8n.calibrate(&calib.rgb, side as usize, side as usize)?;
         for &side in &args.int8_sizes {
