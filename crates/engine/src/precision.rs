@@ -89,20 +89,6 @@ fn probe(side: usize) -> Result<Vec<f32>> {
     Ok(atelier_imaging::resize(&sq, side as u32, side as u32).rgb)
 }
 
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum::<f64>()
-        / a.len().max(1) as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (4.0 / mse).log10()
-    }
-}
-
 /// Calibrates an int8 network on the probe photo (`Compiled::calibrate`: each layer's
 /// smoothing factors and quantized weights fixed once, instead of derived again for every
 /// image).
@@ -137,7 +123,7 @@ pub(crate) fn choose(
             continue;
         };
         c.calibrate(&x, side, side)?;
-        let psnr_db = psnr(&run(&c)?, &base);
+        let psnr_db = atelier_imaging::psnr(&run(&c)?, &base, 2.0);
         measured.push(Measured {
             precision: p,
             psnr_db,

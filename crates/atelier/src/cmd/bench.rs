@@ -121,21 +121,6 @@ pub(super) fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// PSNR of `a` against `b`, both in [-1, 1] (data range 2).
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        / a.len().max(1) as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (4.0 / mse).log10()
-    }
-}
-
 /// Times one forward pass `repeat` times after a warm-up; the median in ms and the output.
 fn time_forward(
     f: &dyn Fn(&Tensor) -> anyhow::Result<Tensor>,
@@ -321,6 +306,13 @@ fn forward_rows(
     } else {
         None
     };
+    // Calibrated once, as the engine does at load (uncalibrated int8 layers quantize their
+    // weights again on every call).
+    if let Some(q) = &int8 {
+        let side = atelier_engine::precision::PROBE_SIDE;
+        let x = Tensor::rand(-1f32, 1f32, (3, side, side), &Device::Cpu)?;
+        q.calibrate(&x.flatten_all()?.to_vec1::<f32>()?, side, side)?;
+    }
     let fwd32 = |x: &Tensor| -> anyhow::Result<Tensor> {
         Ok(match &f32_net {
             Some(f) => f.forward(x, &mut Ctx::eval())?,
@@ -358,33 +350,20 @@ fn forward_rows(
         }
         eprintln!("  atelier {s}x{s} f32: {ms:.1} ms");
         rows.push(row);
-        if let Some(low) = &low {
+        for (net, precision) in [(&low, "bf16"), (&int8, "int8")] {
+            let Some(net) = net else { continue };
             let f =
-                |x: &Tensor| -> anyhow::Result<Tensor> { Ok(low.forward(x, &mut Ctx::eval())?) };
+                |x: &Tensor| -> anyhow::Result<Tensor> { Ok(net.forward(x, &mut Ctx::eval())?) };
             let (ms, out) = time_forward(&f, &x, args.repeat)?;
             let mut row = Row::new(
                 format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
                 s,
-                "bf16",
+                precision,
                 gmac,
                 ms,
             );
-            row.psnr_db_vs_f32 = Some(psnr(&out, &out32));
-            eprintln!("  atelier {s}x{s} bf16: {ms:.1} ms");
-            rows.push(row);
-        }
-        if let Some(q) = &int8 {
-            let f = |x: &Tensor| -> anyhow::Result<Tensor> { Ok(q.forward(x, &mut Ctx::eval())?) };
-            let (ms, out) = time_forward(&f, &x, args.repeat)?;
-            let mut row = Row::new(
-                format!("{arch_name} ngf{ngf} fwd {s}x{s}"),
-                s,
-                "int8",
-                gmac,
-                ms,
-            );
-            row.psnr_db_vs_f32 = Some(psnr(&out, &out32));
-            eprintln!("  atelier {s}x{s} int8: {ms:.1} ms");
+            row.psnr_db_vs_f32 = Some(atelier_imaging::psnr(&out, &out32, 2.0));
+            eprintln!("  atelier {s}x{s} {precision}: {ms:.1} ms");
             rows.push(row);
         }
     }

@@ -75,20 +75,6 @@ fn photos(dir: Option<&Path>, max: usize) -> anyhow::Result<(Vec<Image>, String)
     ))
 }
 
-fn psnr(a: &[f32], b: &[f32]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((x - y) as f64).powi(2))
-        .sum::<f64>()
-        / a.len().max(1) as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (4.0 / mse).log10()
-    }
-}
-
 /// The int8 rows, or none where the CPU has no AVX512_VNNI (`notes` says so).
 pub fn int8_rows(
     global: &Global,
@@ -116,6 +102,7 @@ pub fn int8_rows(
         args.int8_sizes,
         names.len()
     );
+    let calib_photo = atelier_imaging::center_square(&photos(None, 1)?.0.remove(0));
     let mut rows = Vec::new();
     for name in &names {
         let model = global
@@ -127,9 +114,8 @@ pub fn int8_rows(
         let i8n = Compiled::new(&model.net, Precision::Int8)?
             .with_context(|| format!("{name}: the kernels do not cover this architecture"))?;
         // Calibrated as the engine does: one pass over the repository's photo, centre square.
-        let calib = photos(None, 1)?.0.remove(0);
         let side = (atelier_engine::precision::PROBE_SIDE as u32).div_ceil(m) * m;
-        let calib = atelier_imaging::resize(&atelier_imaging::center_square(&calib), side, side);
+        let calib = atelier_imaging::resize(&calib_photo, side, side);
         i8n.calibrate(&calib.rgb, side as usize, side as usize)?;
         for &side in &args.int8_sizes {
             let p = side.div_ceil(m) * m;
@@ -155,7 +141,7 @@ pub fn int8_rows(
                     run(&i8n, &img)?;
                     t8.push(t.elapsed().as_secs_f64() * 1e3);
                 }
-                psnrs.push(psnr(&b, &a));
+                psnrs.push(atelier_imaging::psnr(&b, &a, 2.0));
             }
             let (f32_ms, int8_ms) = (
                 super::bench::median(&mut t32),
