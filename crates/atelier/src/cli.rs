@@ -132,10 +132,15 @@ pub struct ReportArgs {
     /// report so that regenerating it keeps the text).
     #[arg(long)]
     pub notes: Option<PathBuf>,
-    /// The overview (overview.jpg): the first 8 grid photos translated at this side by every
-    /// style's models, one column each (0: no overview).
+    /// The overview (overview.jpg): 8 photos translated at this side by every style's models,
+    /// one column each (0: no overview).
     #[arg(long, default_value_t = 512)]
     pub overview_size: u32,
+    /// Photos for the overview, decoded at full size and centre-cropped to the overview's side
+    /// (e.g. the Kodak images, free to publish); default: the grid photos, then the held-out
+    /// ones.
+    #[arg(long)]
+    pub overview_photos: Option<PathBuf>,
     /// An image for the detail crops (crop_NAME.jpg): translated with its longer side at
     /// 1024 px, a 1:1 crop of its centre beside the same crop of the photo.
     #[arg(long)]

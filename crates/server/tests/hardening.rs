@@ -618,7 +618,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_many_models_is_cheap() {
     let h = harness(|c| c.rate_limit_per_minute = 100_000).await;
-    // The size of the built-ins (ngf 16, 6 blocks: 0.5 M parameters).
+    // A small generator (ngf 16, 6 blocks: 0.5 M parameters; the built-ins are ngf 32).
     let file = model_bytes("m", 16, 6);
     for i in 0..30 {
         let (s, _) = h

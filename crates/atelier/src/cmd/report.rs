@@ -305,10 +305,20 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.overview_size > 0 && !showcase.is_empty() {
-        let rows: Vec<Image> = grid_photos
+        let chosen: Vec<Image> = match &args.overview_photos {
+            Some(dir) => {
+                let paths = images_in(dir)?;
+                decode_all(&paths[..paths.len().min(OVERVIEW_ROWS)], &limits, 0)?
+            }
+            None => grid_photos
+                .iter()
+                .chain(&photos)
+                .take(OVERVIEW_ROWS)
+                .cloned()
+                .collect(),
+        };
+        let rows: Vec<Image> = chosen
             .iter()
-            .chain(&photos)
-            .take(OVERVIEW_ROWS)
             .map(|p| {
                 atelier_imaging::resize(
                     &atelier_imaging::center_square(p),
