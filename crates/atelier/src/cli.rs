@@ -136,9 +136,9 @@ pub struct ReportArgs {
     /// one column each (0: no overview).
     #[arg(long, default_value_t = 512)]
     pub overview_size: u32,
-    /// Photos for the overview, decoded at full size and centre-cropped to the overview's side
-    /// (e.g. the Kodak images, free to publish); default: the grid photos, then the held-out
-    /// ones.
+    /// Photos for the overview (the first 8), decoded at full size, centre squares resized to
+    /// the overview's side (e.g. the Kodak images, free to publish); default: the grid photos,
+    /// then the held-out ones.
     #[arg(long)]
     pub overview_photos: Option<PathBuf>,
     /// An image for the detail crops (crop_NAME.jpg): translated with its longer side at

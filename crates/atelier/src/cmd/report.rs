@@ -335,9 +335,13 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         let titles: Vec<&str> = showcase.iter().map(|(t, _)| t.as_str()).collect();
         writeln!(
             md,
-            "## Overview\n\n{} photos translated at {s}×{s} (shown at {OVERVIEW_CELL} px). \
+            "## Overview\n\n{} photos{} translated at {s}×{s} (shown at {OVERVIEW_CELL} px). \
              Columns: photo | {}.\n\n![overview](overview.jpg)\n",
             rows.len(),
+            match &args.overview_photos {
+                Some(dir) => format!(" of `{}`", dir.display()),
+                None => String::new(),
+            },
             titles.join(" | "),
             s = args.overview_size
         )?;
@@ -349,8 +353,8 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         let big = atelier_imaging::resize(&img, w, h);
         writeln!(
             md,
-            "## Detail at {w}×{h}\n\n`{}` translated with its longer side at {CROP_SIDE} px; \
-             the {CROP}×{CROP} centre at 1:1, photo on the left.\n",
+            "## Detail at {w}×{h}\n\n`{}` translated at {w}×{h} (its longer side at most \
+             {CROP_SIDE} px); the {CROP}×{CROP} centre at 1:1, photo on the left.\n",
             crop_photo.display()
         )?;
         for (title, file) in &showcase {
