@@ -125,6 +125,29 @@ fn report_scores_models_and_baselines_and_writes_the_cards() {
 
     let notes = dir.path().join("notes.md");
     std::fs::write(&notes, "## Discussion\n\nWhat the numbers mean.\n").unwrap();
+    // The overview's own photos (not square: centre squares) and a large crop photo.
+    let overview = dir.path().join("overview");
+    std::fs::create_dir_all(&overview).unwrap();
+    for i in 0..2 {
+        let img = photo(i, 96);
+        let wide = atelier_imaging::resize(&img, 96, 64);
+        std::fs::write(
+            overview.join(format!("o{i}.png")),
+            encode(&wide, Format::Png, 90).unwrap(),
+        )
+        .unwrap();
+    }
+    let big = dir.path().join("big.png");
+    std::fs::write(
+        &big,
+        encode(
+            &atelier_imaging::resize(&photo(7, 96), 1200, 800),
+            Format::Png,
+            90,
+        )
+        .unwrap(),
+    )
+    .unwrap();
     let toy = format!("toy={}", p(&paintings));
     let same = format!("same={}", p(&photos));
     let out_run = atelier(&[
@@ -152,6 +175,12 @@ fn report_scores_models_and_baselines_and_writes_the_cards() {
         "--write-cards",
         "--notes",
         p(&notes),
+        "--overview-photos",
+        p(&overview),
+        "--overview-size",
+        "64",
+        "--crop-photo",
+        p(&big),
     ]);
     assert!(
         out_run.status.success(),
@@ -164,6 +193,17 @@ fn report_scores_models_and_baselines_and_writes_the_cards() {
     for row in ["| identity", "| filter", "| atelier: toy"] {
         assert!(md.contains(row), "report.md lacks {row}:\n{md}");
     }
+    // The overview of --overview-photos, and the crops of the large photo at 1024 px.
+    assert!(
+        md.contains(&format!(
+            "2 photos of `{}` translated at 64×64",
+            p(&overview)
+        )),
+        "{md}"
+    );
+    assert!(out.join("overview.jpg").is_file());
+    assert!(md.contains("## Detail at 1024×683"), "{md}");
+    assert!(out.join("crop_toy.jpg").is_file());
     assert!(
         md.trim_end()
             .ends_with("## Discussion\n\nWhat the numbers mean."),
