@@ -306,9 +306,14 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
     }
     if args.overview_size > 0 && !showcase.is_empty() {
         let chosen: Vec<Image> = match &args.overview_photos {
+            // Decoded straight to the overview's side (centre squares).
             Some(dir) => {
-                let paths = images_in(dir)?;
-                decode_all(&paths[..paths.len().min(OVERVIEW_ROWS)], &limits, 0)?
+                let paths = list_images(dir)?;
+                if paths.is_empty() {
+                    bail!("--overview-photos {}: no images", dir.display());
+                }
+                let paths = &paths[..paths.len().min(OVERVIEW_ROWS)];
+                decode_all(paths, &limits, args.overview_size)?
             }
             None => grid_photos
                 .iter()
@@ -317,14 +322,15 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
                 .cloned()
                 .collect(),
         };
+        let side = args.overview_size;
         let rows: Vec<Image> = chosen
-            .iter()
+            .into_iter()
             .map(|p| {
-                atelier_imaging::resize(
-                    &atelier_imaging::center_square(p),
-                    args.overview_size,
-                    args.overview_size,
-                )
+                if (p.width, p.height) == (side, side) {
+                    p
+                } else {
+                    atelier_imaging::resize(&atelier_imaging::center_square(&p), side, side)
+                }
             })
             .collect();
         let grid = overview(&rows, &showcase, &device)?;
