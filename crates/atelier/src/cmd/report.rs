@@ -46,6 +46,17 @@ struct Entry {
 }
 
 pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
+    // The overview's photos are listed before the scoring, so that a wrong folder fails fast.
+    let overview_paths = match &args.overview_photos {
+        Some(dir) if args.overview_size > 0 => {
+            let paths = list_images(dir)?;
+            if paths.is_empty() {
+                bail!("--overview-photos {}: no images", dir.display());
+            }
+            Some(paths[..paths.len().min(OVERVIEW_ROWS)].to_vec())
+        }
+        _ => None,
+    };
     let weights = args
         .weights
         .clone()
@@ -305,16 +316,9 @@ pub fn run(global: &Global, args: ReportArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if args.overview_size > 0 && !showcase.is_empty() {
-        let chosen: Vec<Image> = match &args.overview_photos {
+        let chosen: Vec<Image> = match &overview_paths {
             // Decoded straight to the overview's side (centre squares).
-            Some(dir) => {
-                let paths = list_images(dir)?;
-                if paths.is_empty() {
-                    bail!("--overview-photos {}: no images", dir.display());
-                }
-                let paths = &paths[..paths.len().min(OVERVIEW_ROWS)];
-                decode_all(paths, &limits, args.overview_size)?
-            }
+            Some(paths) => decode_all(paths, &limits, args.overview_size)?,
             None => grid_photos
                 .iter()
                 .chain(&photos)
