@@ -89,29 +89,33 @@ fn main() {
             &std::fs::read(golden.join(f)).unwrap(),
         );
     }
-    write(
-        "stylize_request",
-        "seed-raw.txt",
-        &[b"model=tiny\nimage/png\n" as &[u8], &png].concat(),
-    );
-    write(
-        "stylize_request",
-        "seed-options.txt",
-        &[
-            b"model=tiny&strength=0.5&format=webp&max_side=4&quality=50\nimage/jpeg\n" as &[u8],
-            &jpg,
-        ]
-        .concat(),
-    );
-    let (ct, body) = multipart(&[
-        ("image", Some("x.png"), &png),
-        ("model", None, b"tiny"),
-        ("strength", None, b"0.25"),
-    ]);
-    write(
-        "stylize_request",
-        "seed-multipart.txt",
-        &[b"\n" as &[u8], ct.as_bytes(), b"\n", &body].concat(),
-    );
+    // Both stylize targets read the same layout: query, newline, content type, newline, body.
+    for t in ["stylize_request", "stylize_form"] {
+        write(
+            t,
+            "seed-raw.txt",
+            &[b"model=tiny\nimage/png\n" as &[u8], &png].concat(),
+        );
+        write(
+            t,
+            "seed-options.txt",
+            &[
+                b"model=tiny&strength=0.5&format=webp&max_side=4&quality=50\nimage/jpeg\n"
+                    as &[u8],
+                &jpg,
+            ]
+            .concat(),
+        );
+        let (ct, body) = multipart(&[
+            ("image", Some("x.png"), &png),
+            ("model", None, b"tiny"),
+            ("strength", None, b"0.25"),
+        ]);
+        write(
+            t,
+            "seed-multipart.txt",
+            &[b"\n" as &[u8], ct.as_bytes(), b"\n", &body].concat(),
+        );
+    }
     println!("seeds written to {}", root.display());
 }

@@ -10,7 +10,8 @@
 //! | `model_file` | an uploaded model file (`validate_model_file`: safetensors, card, shapes) |
 //! | `model_card` | a model card's JSON and its architecture check, alone |
 //! | `pth_import` | the PyTorch checkpoint importer (zip + pickle) |
-//! | `stylize_request` | `POST /v1/stylize`: query, content type, multipart, image, model |
+//! | `stylize_request` | `POST /v1/stylize` through the router: query, content type, multipart, image, model |
+//! | `stylize_form` | the same request's parsing alone (`read_stylize_form`: query, multipart, options) |
 
 use std::sync::OnceLock;
 
@@ -20,13 +21,14 @@ use atelier_imaging::Limits;
 pub type Target = fn(&[u8]);
 
 /// The targets by name (the names of `fuzz/fuzz_targets/*.rs` and the corpus folders).
-pub const TARGETS: [(&str, Target); 6] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("image", image),
     ("dataset_zip", dataset_zip),
     ("model_file", model_file),
     ("model_card", model_card),
     ("pth_import", pth_import),
     ("stylize_request", stylize_request),
+    ("stylize_form", stylize_form),
 ];
 
 /// Limits small enough to keep every execution fast (the limits themselves are under test:
@@ -141,6 +143,58 @@ pub fn pth_import(data: &[u8]) {
 }
 
 /// The server of [`stylize_request`]: a fresh data folder with one tiny model, `tiny`.
+/// The fuzzer's bytes as a `POST /v1/stylize` request: the query string, a newline, the
+/// content type, a newline, the body (the seeds of both stylize targets have this layout).
+fn stylize_http_request(data: &[u8]) -> Option<axum::http::Request<axum::body::Body>> {
+    let mut lines = data.splitn(3, |b| *b == b'\n');
+    let query = lines.next().unwrap_or_default();
+    let ctype = lines.next().unwrap_or_default();
+    let body = lines.next().unwrap_or_default().to_vec();
+    let uri = format!(
+        "/v1/stylize?{}",
+        String::from_utf8_lossy(query).replace(['#', ' '], "")
+    );
+    axum::http::Request::post(uri)
+        .header("content-type", ctype)
+        .body(axum::body::Body::from(body))
+        .ok()
+}
+
+/// The parsing of a `POST /v1/stylize` request alone, as the handler does it before it asks the
+/// catalog for the model: the query string, the raw or multipart body and the options (then the
+/// options' own check). Cheap per execution, so it reaches millions of runs where
+/// `stylize_request` (a whole request through the router, the model included) reaches thousands.
+pub fn stylize_form(data: &[u8]) {
+    use axum::extract::Query;
+    let Some(req) = stylize_http_request(data) else {
+        return;
+    };
+    let state = &server().0;
+    let q = Query::<atelier_server::StylizeQuery>::try_from_uri(req.uri());
+    let limit = state.config.max_body_bytes;
+    match runtime().block_on(atelier_server::read_stylize_form(state, q, req)) {
+        Ok(form) => {
+            assert!(
+                form.image.len() <= limit,
+                "an image part over the body limit"
+            );
+            // The options' own check (strength, quality, side) must answer, not panic.
+            if form.request.validate().is_ok() {
+                assert!((0.0..=1.0).contains(&form.request.strength));
+            }
+        }
+        Err(e) => {
+            let status = e.status.as_u16();
+            assert!(
+                matches!(status, 400 | 408 | 413 | 415 | 422),
+                "undocumented status {status} ({})",
+                e.message
+            );
+            assert!(!e.message.is_empty(), "an error without a message");
+        }
+    }
+}
+
 fn server() -> &'static (atelier_server::AppState, tempfile::TempDir) {
     static S: OnceLock<(atelier_server::AppState, tempfile::TempDir)> = OnceLock::new();
     S.get_or_init(|| {
@@ -200,18 +254,7 @@ pub fn tiny_model() -> Vec<u8> {
 /// an image.
 pub fn stylize_request(data: &[u8]) {
     use tower::ServiceExt;
-    let mut lines = data.splitn(3, |b| *b == b'\n');
-    let query = lines.next().unwrap_or_default();
-    let ctype = lines.next().unwrap_or_default();
-    let body = lines.next().unwrap_or_default().to_vec();
-    let uri = format!(
-        "/v1/stylize?{}",
-        String::from_utf8_lossy(query).replace(['#', ' '], "")
-    );
-    let Ok(req) = axum::http::Request::post(uri)
-        .header("content-type", ctype)
-        .body(axum::body::Body::from(body))
-    else {
+    let Some(req) = stylize_http_request(data) else {
         return;
     };
     // The router is built once, as the server does (a clone shares its routes).

@@ -20,6 +20,7 @@ pub mod state;
 pub use atelier_jobs::catalog::BUILTIN_OWNER;
 pub use config::ServerConfig;
 pub use error::ApiError;
+pub use routes::stylize::{read_stylize_form, StylizeForm, StylizeQuery};
 pub use state::AppState;
 
 use std::time::{Duration, Instant};

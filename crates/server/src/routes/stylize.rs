@@ -53,16 +53,30 @@ fn set_field(q: &mut StylizeQuery, name: &str, v: String) -> Result<(), ApiError
     Ok(())
 }
 
-pub async fn stylize(
-    State(state): State<AppState>,
-    caller: Caller,
+/// A stylize request once its query and body are read: the model's name, the options and
+/// the image's bytes (nothing checked yet against the catalog or the image's header).
+#[derive(Debug)]
+pub struct StylizeForm {
+    /// The model's name.
+    pub model: String,
+    /// The options, as the pipeline takes them.
+    pub request: atelier_jobs::pipeline::Request,
+    /// The uploaded image (a raw body, or the multipart part named `image`).
+    pub image: Bytes,
+}
+
+/// Reads a stylize request: its query (`q`, as axum extracted it) and its body, raw or
+/// `multipart/form-data` with the image in a part named `image` and the options as other parts
+/// (a part overrides the query). Bodies are bounded by the server's `max_body_bytes`.
+pub async fn read_stylize_form(
+    state: &AppState,
     q: Result<Query<StylizeQuery>, QueryRejection>,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<StylizeForm, ApiError> {
     let mut q = query(q)?;
     let limit = state.config.max_body_bytes;
-    let body: Bytes = if is_multipart(&req) {
-        let mut m = multipart(req, &state).await?;
+    let image: Bytes = if is_multipart(&req) {
+        let mut m = multipart(req, state).await?;
         let mut image = None;
         while let Some(f) = next_field(&mut m, limit).await? {
             let name = f.name().unwrap_or("").to_string();
@@ -77,7 +91,7 @@ pub async fn stylize(
         }
         image.ok_or_else(|| ApiError::bad_request("multipart body without an `image` part"))?
     } else {
-        body_bytes(req, &state, limit).await?
+        body_bytes(req, state, limit).await?
     };
     let model = q
         .model
@@ -94,6 +108,24 @@ pub async fn stylize(
         quality: q.quality.unwrap_or(92),
         engine: Default::default(),
     };
+    Ok(StylizeForm {
+        model,
+        request,
+        image,
+    })
+}
+
+pub async fn stylize(
+    State(state): State<AppState>,
+    caller: Caller,
+    q: Result<Query<StylizeQuery>, QueryRejection>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let StylizeForm {
+        model,
+        request,
+        image: body,
+    } = read_stylize_form(&state, q, req).await?;
     // Checked before waiting for a slot: options, model, the image's header.
     let prepared = state
         .platform
