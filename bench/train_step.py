@@ -98,6 +98,11 @@ def parse_args(argv=None):
     ap.add_argument("--repeat", type=int, default=10, help="timed steps")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights, inputs and image pools")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a text line")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none",
+                    help="bf16: the forward passes and losses under torch.autocast('cpu', "
+                         "dtype=torch.bfloat16) (convolutions in bf16 with f32 parameters and "
+                         "optimizer; backward outside the context, as PyTorch recommends), the "
+                         "peer of Atelier's --precision bf16 training")
     ap.add_argument("--interleave", action="store_true",
                     help="driven step by step: print 'ready', then for every 'step' line read on "
                          "stdin run one step and print its milliseconds; at EOF the usual result "
@@ -133,7 +138,12 @@ def build_nets(a):
 
 
 class CycleGANStep:
-    def __init__(self, nets, seed):
+    def __init__(self, nets, seed, autocast="none"):
+        import contextlib
+        if autocast == "bf16":
+            self.ac = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        else:
+            self.ac = contextlib.nullcontext
         self.G_A, self.G_B, self.D_A, self.D_B = (nets[n] for n in ("G_A", "G_B", "D_A", "D_B"))
         self.opt_g = torch.optim.Adam(list(self.G_A.parameters()) + list(self.G_B.parameters()),
                                       lr=LR, betas=BETAS)
@@ -149,23 +159,25 @@ class CycleGANStep:
         """One optimize_parameters(); returns the loss tensors (not synchronised/converted)."""
         G_A, G_B, D_A, D_B = self.G_A, self.G_B, self.D_A, self.D_B
         # forward
-        fake_B = G_A(real_A)
-        rec_A = G_B(fake_B)
-        fake_A = G_B(real_B)
-        rec_B = G_A(fake_A)
+        with self.ac():
+            fake_B = G_A(real_A)
+            rec_A = G_B(fake_B)
+            fake_A = G_B(real_B)
+            rec_B = G_A(fake_A)
 
         # generators, Ds frozen
         set_requires_grad([D_A, D_B], False)
         self.opt_g.zero_grad()
-        idt_A = G_A(real_B)
-        loss_idt_A = self.crit_l1(idt_A, real_B) * LAMBDA_B * LAMBDA_IDT
-        idt_B = G_B(real_A)
-        loss_idt_B = self.crit_l1(idt_B, real_A) * LAMBDA_A * LAMBDA_IDT
-        loss_G_A = self.crit_gan(D_A(fake_B), True)
-        loss_G_B = self.crit_gan(D_B(fake_A), True)
-        loss_cycle_A = self.crit_l1(rec_A, real_A) * LAMBDA_A
-        loss_cycle_B = self.crit_l1(rec_B, real_B) * LAMBDA_B
-        loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
+        with self.ac():
+            idt_A = G_A(real_B)
+            loss_idt_A = self.crit_l1(idt_A, real_B) * LAMBDA_B * LAMBDA_IDT
+            idt_B = G_B(real_A)
+            loss_idt_B = self.crit_l1(idt_B, real_A) * LAMBDA_A * LAMBDA_IDT
+            loss_G_A = self.crit_gan(D_A(fake_B), True)
+            loss_G_B = self.crit_gan(D_B(fake_A), True)
+            loss_cycle_A = self.crit_l1(rec_A, real_A) * LAMBDA_A
+            loss_cycle_B = self.crit_l1(rec_B, real_B) * LAMBDA_B
+            loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B
         loss_G.backward()
         self.opt_g.step()
 
@@ -173,10 +185,12 @@ class CycleGANStep:
         set_requires_grad([D_A, D_B], True)
         self.opt_d.zero_grad()
         fb = self.pool_fake_b.query(fake_B)
-        loss_D_A = 0.5 * (self.crit_gan(D_A(real_B), True) + self.crit_gan(D_A(fb.detach()), False))
+        with self.ac():
+            loss_D_A = 0.5 * (self.crit_gan(D_A(real_B), True) + self.crit_gan(D_A(fb.detach()), False))
         loss_D_A.backward()
         fa = self.pool_fake_a.query(fake_A)
-        loss_D_B = 0.5 * (self.crit_gan(D_B(real_A), True) + self.crit_gan(D_B(fa.detach()), False))
+        with self.ac():
+            loss_D_B = 0.5 * (self.crit_gan(D_B(real_A), True) + self.crit_gan(D_B(fa.detach()), False))
         loss_D_B.backward()
         self.opt_d.step()
         return (loss_D_A, loss_G_A, loss_cycle_A, loss_idt_A,
@@ -195,7 +209,7 @@ def run(a):
     nets = build_nets(a)
     params = {k: sum(p.numel() for p in v.parameters()) for k, v in nets.items()}
     params["total"] = sum(params.values())
-    step = CycleGANStep(nets, a.seed)
+    step = CycleGANStep(nets, a.seed, a.autocast)
 
     n_steps = a.warmup + a.repeat
     g = torch.Generator().manual_seed(a.seed)
@@ -261,6 +275,7 @@ def main(argv=None):
         "ngf": a.ngf,
         "n_blocks": a.n_blocks,
         "threads": a.threads,
+        "autocast": a.autocast,
         "median_ms": median,
         "min_ms": min(times_ms),
         "mean_ms": statistics.fmean(times_ms),

@@ -561,6 +561,11 @@ pub struct TrainArgs {
     /// Periodic checkpoints kept on disk.
     #[arg(long, default_value_t = 3)]
     pub keep_checkpoints: usize,
+    /// Arithmetic of the training convolutions: f32, or bf16 (bf16 products with f32 sums in
+    /// every convolution and its gradients, like PyTorch's CPU autocast; needs AVX512_BF16,
+    /// f32 elsewhere; parameters and optimizer stay f32). Kept when the run resumes.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub precision: String,
     /// Warn when the discriminator's loss stays near zero this many steps.
     #[arg(long, default_value_t = 200)]
     pub d_wins_steps: u64,
@@ -852,6 +857,11 @@ pub struct BenchArgs {
     /// batching a network's independent passes (to measure what the batching buys).
     #[arg(long)]
     pub train_separate_passes: bool,
+    /// Precisions of the training-step rows: f32 (PyTorch's default as the peer) and bf16
+    /// (`train --precision bf16`, PyTorch under `torch.autocast` bf16 as the peer; skipped on
+    /// CPUs without AVX512_BF16).
+    #[arg(long, value_delimiter = ',', default_values_t = ["f32".to_string(), "bf16".to_string()], value_parser = ["f32", "bf16"])]
+    pub train_precision: Vec<String>,
 }
 
 /// A byte count: a number with an optional K, M, G or T suffix (powers of 1024; `KiB`, `MB`

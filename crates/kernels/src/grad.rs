@@ -10,9 +10,9 @@
 
 use rayon::prelude::*;
 
-use crate::map::Map;
+use crate::map::{bf16_bits, Map};
 use crate::micro::Isa;
-use crate::{Error, Result};
+use crate::{Error, Precision, Result};
 
 /// Gradient of a k×k, stride-`stride` convolution's weight (PyTorch layout `(out, in, k, k)`),
 /// from its padded input `xp` and the gradient of its output `dy`. The input must cover
@@ -29,6 +29,21 @@ pub fn weight_grad_with_isa(
     stride: usize,
     isa: Isa,
 ) -> Result<Vec<f32>> {
+    weight_grad_in(xp, dy, k, stride, isa, Precision::F32)
+}
+
+/// [`weight_grad`] on a given instruction set and precision: [`Precision::Bf16`] multiplies
+/// the bf16-rounded input and gradient (summed in f32, `vdpbf16ps` over pairs of pixels)
+/// where the CPU has AVX512_BF16 and the layer has at least 16 outputs; everything else
+/// (including [`Precision::Int8`]) runs in f32.
+pub fn weight_grad_in(
+    xp: &Map,
+    dy: &Map,
+    k: usize,
+    stride: usize,
+    isa: Isa,
+    precision: Precision,
+) -> Result<Vec<f32>> {
     let (ci, co) = (xp.c, dy.c);
     if k == 0 || stride == 0 || dy.h == 0 || dy.w == 0 {
         return Err(Error::Spec("weight_grad: empty".into()));
@@ -44,6 +59,11 @@ pub fn weight_grad_with_isa(
     if co < 16 && ci > co {
         return weight_grad_by_input(xp, dy, k, stride, isa);
     }
+    #[cfg(target_arch = "x86_64")]
+    if precision == Precision::Bf16 && isa.has_bf16() && co >= 16 {
+        return Ok(weight_grad_chunked_bf16(xp, dy, k, stride));
+    }
+    let _ = precision;
     const LANES: usize = 64;
     const MR: usize = 6;
     #[cfg(target_arch = "x86_64")]
@@ -188,6 +208,145 @@ fn weight_grad_chunked<const NR: usize>(xp: &Map, dy: &Map, k: usize, stride: us
             });
     }
     unpack_rows(&acc, ci, co, taps, MR)
+}
+
+/// The AVX512_BF16 path of [`weight_grad_in`]: [`weight_grad_chunked`]'s GEMM with both
+/// operands rounded to bf16 as they are packed, in pairs of consecutive output pixels (the
+/// reduction axis): `dy` as `[o / 32][pixel pair][32][2]`, the input slice as
+/// `[pixel pair][MR][2]`; each `vdpbf16ps` adds two pixels' products into the f32 tile. An odd
+/// last pixel is paired with zeros.
+#[cfg(target_arch = "x86_64")]
+fn weight_grad_chunked_bf16(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<f32> {
+    const MR: usize = 6;
+    const NR: usize = 32;
+    const KC_MAX: usize = 1024;
+    let (ci, co) = (xp.c, dy.c);
+    let taps = k * k;
+    let blocks = ci.div_ceil(MR);
+    let panels = co.div_ceil(NR);
+    let pixels = dy.h * dy.w;
+    // About 256 KiB of packed dy per chunk, as in f32 (bf16 holds twice the pixels); kc is
+    // even so that only a chunk at the end of the map has an odd pixel.
+    let kc = ((131072 / (panels * NR)).clamp(16, KC_MAX) & !1).min(pixels.next_multiple_of(2));
+    let mut acc = vec![0f32; taps * blocks * MR * co];
+    let mut packed = vec![0u16; panels * kc * NR];
+    for p0 in (0..pixels).step_by(kc) {
+        let np = kc.min(pixels - p0);
+        let pairs = np.div_ceil(2);
+        packed
+            .par_chunks_mut(kc * NR)
+            .enumerate()
+            .for_each(|(j, panel)| {
+                let (o0, n) = (j * NR, NR.min(co - j * NR));
+                for (q, dst) in panel.chunks_exact_mut(2 * NR).take(pairs).enumerate() {
+                    dst.fill(0);
+                    for h in 0..2 {
+                        let p = 2 * q + h;
+                        if p >= np {
+                            break;
+                        }
+                        let src = &dy.data[(p0 + p) * co + o0..][..n];
+                        for (l, v) in src.iter().enumerate() {
+                            dst[2 * l + h] = bf16_bits(*v);
+                        }
+                    }
+                }
+            });
+        let packed = &packed;
+        acc.par_chunks_mut(MR * co)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                let (b, t) = (c / taps, c % taps);
+                let (ky, kx) = (t / k, t % k);
+                let i0 = b * MR;
+                let mr = (ci - i0).min(MR);
+                // This tap's input values of channels i0..i0 + mr, as [pair][MR][2] bf16.
+                let mut a = [0u16; KC_MAX * MR];
+                let (mut y, mut x) = (p0 / dy.w, p0 % dy.w);
+                for p in 0..np {
+                    let off = ((y * stride + ky) * xp.w + x * stride + kx) * ci + i0;
+                    let row = &mut a[(p / 2) * 2 * MR + (p % 2)..];
+                    for (m, v) in xp.data[off..][..mr].iter().enumerate() {
+                        row[2 * m] = bf16_bits(*v);
+                    }
+                    x += 1;
+                    if x == dy.w {
+                        (y, x) = (y + 1, 0);
+                    }
+                }
+                if np % 2 == 1 {
+                    // The odd pixel's partner: zeros (the array may hold an earlier chunk's).
+                    for m in 0..MR {
+                        a[(np / 2) * 2 * MR + 2 * m + 1] = 0;
+                    }
+                }
+                if mr < MR {
+                    for q in 0..pairs {
+                        a[q * 2 * MR + 2 * mr..][..2 * (MR - mr)].fill(0);
+                    }
+                }
+                for j in 0..panels {
+                    let n = NR.min(co - j * NR);
+                    // SAFETY: AVX-512F and AVX512_BF16 were detected (the caller's ISA). `a`
+                    // holds pairs · MR · 2 values and the panel pairs · NR · 2 (2·pairs ≤ kc);
+                    // the tile adds into `dst[m·co + j·NR + l]` for m < mr ≤ MR, l < n, inside
+                    // `dst` (MR · co).
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        let (a, b) = (a.as_ptr(), packed[j * kc * NR..].as_ptr());
+                        let out = dst.as_mut_ptr().add(j * NR);
+                        packed_tile_avx512_bf16(a, b, pairs, mr, n, out, co);
+                    }
+                }
+            });
+    }
+    unpack_rows(&acc, ci, co, taps, MR)
+}
+
+/// `acc[m][l] += Σ_q Σ_h a[(q·6 + m)·2 + h] · b[(q·32 + l)·2 + h]` (bf16 operands, f32 sums)
+/// for q < pairs, stored for m < mr, l < n (≤ 32): the 6×32 AVX512_BF16 register tile.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[allow(clippy::needless_range_loop)] // constant-index loops keep the tile in registers
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn packed_tile_avx512_bf16(
+    a: *const u16,
+    b: *const u16,
+    pairs: usize,
+    mr: usize,
+    n: usize,
+    acc: *mut f32,
+    acc_stride: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut t = [[_mm512_setzero_ps(); 2]; 6];
+    for q in 0..pairs {
+        let bp = b.add(q * 64);
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(32) as *const _));
+        let ap = a.add(q * 12) as *const i32;
+        for m in 0..6 {
+            let v: __m512bh = std::mem::transmute(_mm512_set1_epi32(ap.add(m).read_unaligned()));
+            t[m][0] = _mm512_dpbf16_ps(t[m][0], v, b0);
+            t[m][1] = _mm512_dpbf16_ps(t[m][1], v, b1);
+        }
+    }
+    let masks: [__mmask16; 2] = std::array::from_fn(|h| {
+        let left = n.saturating_sub(h * 16).min(16);
+        ((1u32 << left) - 1) as u16
+    });
+    for m in 0..mr {
+        let dst = acc.add(m * acc_stride);
+        for h in 0..2 {
+            let q = dst.add(h * 16);
+            if masks[h] == 0xffff {
+                _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), t[m][h]));
+            } else if masks[h] != 0 {
+                let cur = _mm512_maskz_loadu_ps(masks[h], q);
+                _mm512_mask_storeu_ps(q, masks[h], _mm512_add_ps(cur, t[m][h]));
+            }
+        }
+    }
 }
 
 /// `[block of mr][tap][m][out]` (row `(i, tap)`, `out` contiguous) → PyTorch's

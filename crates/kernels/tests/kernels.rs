@@ -368,3 +368,52 @@ fn convolution_gradients_match_the_reference() {
         }
     }
 }
+
+/// `x` rounded to bf16 (nearest, ties to even) and back.
+fn bf16_round(x: &[f32]) -> Vec<f32> {
+    x.iter()
+        .map(|v| {
+            let b = v.to_bits();
+            f32::from_bits(((b + 0x7FFF + ((b >> 16) & 1)) >> 16) << 16)
+        })
+        .collect()
+}
+
+/// The bf16 weight gradient (training in bf16) is the exact gradient of the bf16-rounded
+/// input and output gradient up to f32 summation, and within bf16 rounding of the f32 one:
+/// odd pixel counts (a pixel paired with zeros), partial 32-lane panels, partial blocks of 6
+/// inputs, several chunks of pixels.
+#[test]
+fn bf16_weight_gradients_match_the_rounded_reference() {
+    let isa = Isa::detect();
+    if !isa.has_bf16() {
+        eprintln!("skipped: this CPU has no AVX512_BF16 (the bf16 weight gradient is f32 here)");
+        return;
+    }
+    let mut rng = Rng(0xB16B00B5);
+    let z = PadMode::Zero;
+    for (spec, h, w) in [
+        (ConvSpec::new(8, 32, 3).pad(1, z), 7, 5),
+        (ConvSpec::new(13, 40, 3).stride(2).pad(1, z), 65, 69),
+        (ConvSpec::new(64, 128, 4).stride(2).pad(1, z), 17, 15),
+        (ConvSpec::new(3, 16, 7).pad(3, z), 9, 11),
+    ] {
+        let (ci, co, k, s, p) = (spec.c_in, spec.c_out, spec.k, spec.stride, spec.padding);
+        let (ho, wo) = spec.output_size(h, w).unwrap();
+        let x = rng.vec(ci * h * w);
+        let wt = rng.vec(co * ci * k * k);
+        let g = rng.vec(co * ho * wo);
+        let (_, dw_f32) = conv_grads(&spec, &x, h, w, &wt, &g);
+        let (_, dw_bf16) = conv_grads(&spec, &bf16_round(&x), h, w, &wt, &bf16_round(&g));
+        let xp = atelier_kernels::map::pad(&Map::from_chw(&x, ci, h, w), p, p, p, p, z);
+        let gm = Map::from_chw(&g, co, ho, wo);
+        let dw =
+            atelier_kernels::grad::weight_grad_in(&xp, &gm, k, s, isa, Precision::Bf16).unwrap();
+        let exact = rel_err(&dw, &dw_bf16);
+        assert!(exact < 1e-5, "{spec:?}: {exact} from the bf16-rounded reference");
+        let rounding = rel_err(&dw, &dw_f32);
+        assert!(rounding < 1e-2, "{spec:?}: {rounding} from the f32 gradient");
+        // It did run in bf16 (the f32 kernel would be within 1e-5 of the f32 reference).
+        assert!(rounding > 1e-5, "{spec:?}: {rounding}: not bf16");
+    }
+}

@@ -17,7 +17,9 @@
 //! The custom op is used on the CPU when gradients may flow (a weight or input that is tracked);
 //! inference on loaded weights and other devices use candle's `conv2d` directly.
 
-use atelier_kernels::grad::weight_grad;
+use std::cell::Cell;
+
+use atelier_kernels::grad::weight_grad_in;
 use atelier_kernels::map::Workspace;
 use atelier_kernels::{Conv, ConvSpec, Map, PadMode, Precision};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
@@ -25,11 +27,45 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use crate::fused::with_f32;
 use crate::Result;
 
+thread_local! {
+    static TRAINING_PRECISION: Cell<Precision> = const { Cell::new(Precision::F32) };
+}
+
+/// Runs `f` with this thread's training convolutions in `precision`, as PyTorch's `autocast`
+/// does: with [`Precision::Bf16`] the forward, the input gradient and the weight gradient of
+/// every convolution made inside `f` multiply bf16-rounded operands with f32 sums (where the
+/// CPU has AVX512_BF16; f32 elsewhere). Parameters, the activations between layers, norms,
+/// losses and the optimizer stay f32. A convolution keeps the precision it was made with for
+/// its backward pass, wherever that runs. [`Precision::Int8`] is not a training precision and
+/// runs f32.
+pub fn with_training_precision<T>(precision: Precision, f: impl FnOnce() -> T) -> T {
+    struct Restore(Precision);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            TRAINING_PRECISION.with(|c| c.set(self.0));
+        }
+    }
+    let p = if precision == Precision::Bf16 {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    let _restore = Restore(TRAINING_PRECISION.with(|c| c.replace(p)));
+    f()
+}
+
+/// The precision of the training convolutions made on this thread now (see
+/// [`with_training_precision`]).
+pub fn training_precision() -> Precision {
+    TRAINING_PRECISION.with(|c| c.get())
+}
+
 /// `conv2d` with groups 1, dilation 1.
 #[derive(Debug, Clone, Copy)]
 struct Conv2dOp {
     padding: usize,
     stride: usize,
+    precision: Precision,
 }
 
 fn storage_tensor(s: &CpuStorage, l: &Layout) -> candle_core::Result<Tensor> {
@@ -63,7 +99,7 @@ impl CustomOp2 for Conv2dOp {
             let spec = ConvSpec::new(ci, co, k)
                 .stride(self.stride)
                 .pad(self.padding, PadMode::Zero);
-            let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w)?;
+            let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, self.precision)?;
             return Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))));
         }
         let x = storage_tensor(s1, l1)?;
@@ -99,7 +135,8 @@ impl CustomOp2 for Conv2dOp {
                     .stride(s)
                     .pad(p, PadMode::Zero)
                     .transposed(0);
-                let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd)))??;
+                let dx =
+                    with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd), self.precision))??;
                 Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
             } else {
                 None
@@ -110,7 +147,7 @@ impl CustomOp2 for Conv2dOp {
                 return Ok((grad_x, None));
             }
             let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
-            let dw = batch_weight_grad(&xms, &gms, (p, p, p), k, s);
+            let dw = batch_weight_grad(&xms, &gms, (p, p, p), k, s, self.precision);
             recycle(xms);
             recycle(gms);
             let gw = Tensor::from_vec(dw?, (co, ci, k, k), &Device::Cpu)?;
@@ -189,12 +226,13 @@ fn kernels_conv(
     h: usize,
     w: usize,
     weight: &[f32],
+    precision: Precision,
 ) -> candle_core::Result<(Vec<f32>, usize, usize)> {
     let (ho, wo) = spec
         .output_size(h, w)
         .ok_or_else(|| candle_core::Error::Msg(format!("input {h}×{w} is too small")))?;
     let maps = to_maps(x, n, spec.c_in, h, w);
-    let out = conv_maps(spec, &maps, weight, (ho, wo));
+    let out = conv_maps(spec, &maps, weight, (ho, wo), precision);
     recycle(maps);
     Ok((out?, ho, wo))
 }
@@ -205,8 +243,9 @@ fn conv_maps(
     maps: &[Map],
     weight: &[f32],
     (ho, wo): (usize, usize),
+    precision: Precision,
 ) -> candle_core::Result<Vec<f32>> {
-    let conv = Conv::new(spec, weight, None, Precision::F32).map_err(cerr)?;
+    let conv = Conv::new(spec, weight, None, precision).map_err(cerr)?;
     let ws = workspace();
     let per = spec.c_out * ho * wo;
     let mut out = vec![0f32; maps.len() * per];
@@ -231,11 +270,13 @@ fn batch_weight_grad(
     (p, bottom, right): (usize, usize, usize),
     k: usize,
     s: usize,
+    precision: Precision,
 ) -> candle_core::Result<Vec<f32>> {
+    let isa = atelier_kernels::Isa::detect();
     let mut dw: Vec<f32> = Vec::new();
     for (x, g) in inputs.iter().zip(grads) {
         let xp = atelier_kernels::map::pad_in(x, p, bottom, p, right, PadMode::Zero, workspace());
-        let d = weight_grad(&xp, g, k, s).map_err(cerr);
+        let d = weight_grad_in(&xp, g, k, s, isa, precision).map_err(cerr);
         workspace().recycle(xp);
         let d = d?;
         if dw.is_empty() {
@@ -257,6 +298,7 @@ struct ConvTranspose2dOp {
     padding: usize,
     output_padding: usize,
     stride: usize,
+    precision: Precision,
 }
 
 impl CustomOp2 for ConvTranspose2dOp {
@@ -282,7 +324,7 @@ impl CustomOp2 for ConvTranspose2dOp {
             .stride(self.stride)
             .pad(self.padding, PadMode::Zero)
             .transposed(self.output_padding);
-        let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w)?;
+        let (y, ho, wo) = kernels_conv(spec, x, n, h, wd, w, self.precision)?;
         Ok((CpuStorage::F32(y), Shape::from((n, co, ho, wo))))
     }
 
@@ -305,7 +347,7 @@ impl CustomOp2 for ConvTranspose2dOp {
             if spec.output_size(ho, wo) != Some((h, wd)) {
                 candle_core::bail!("conv_transpose2d backward: the gradient is not {h}×{wd}");
             }
-            let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd)))??;
+            let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd), self.precision))??;
             Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
         } else {
             None
@@ -314,7 +356,7 @@ impl CustomOp2 for ConvTranspose2dOp {
         let need = |n_in: usize, n_out: usize| ((n_in - 1) * s + k).saturating_sub(n_out + p);
         let xms = with_f32(x, |xv| to_maps(xv, n, ci, h, wd))?;
         let pads = (p, need(h, ho), need(wd, wo));
-        let dw = batch_weight_grad(&gms, &xms, pads, k, s);
+        let dw = batch_weight_grad(&gms, &xms, pads, k, s, self.precision);
         recycle(xms);
         recycle(gms);
         let gw = Tensor::from_vec(dw?, (ci, co, k, k), &Device::Cpu)?;
@@ -366,7 +408,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<T
     let (_, _, kh, kw) = w.dims4()?;
     if wants_custom(x, w) && kh == kw && padding < kh {
         Ok(x.contiguous()?
-            .apply_op2(&w.contiguous()?, Conv2dOp { padding, stride })?)
+            .apply_op2(
+                &w.contiguous()?,
+                Conv2dOp {
+                    padding,
+                    stride,
+                    precision: training_precision(),
+                },
+            )?)
     } else {
         Ok(x.conv2d(w, padding, stride, 1, 1)?)
     }
@@ -391,6 +440,7 @@ pub fn conv_transpose2d(
                 padding,
                 output_padding,
                 stride,
+                precision: training_precision(),
             },
         )?);
     }
@@ -523,4 +573,47 @@ mod tests {
             }
         }
     }
+
+    /// Under `with_training_precision(Bf16)` a convolution and its transposed form, both
+    /// gradients included, stay within bf16 rounding of f32 (and do run in bf16 where the
+    /// CPU has AVX512_BF16); the setting ends with the closure.
+    #[test]
+    fn bf16_training_convolutions_stay_near_f32() {
+        let dev = Device::Cpu;
+        let bf16 = crate::kernels_isa().has_bf16();
+        let rel = |a: &Tensor, b: &Tensor| close(a, b) / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for transposed in [false, true] {
+            let x = Tensor::randn(0f32, 1., (2, 32, 9, 10), &dev).unwrap();
+            let w = Tensor::randn(0f32, 1., (32, 32, 3, 3), &dev).unwrap();
+            let r = Tensor::randn(0f32, 1., (2, 32, if transposed { 18 } else { 5 }, if transposed { 20 } else { 5 }), &dev).unwrap();
+            let run = |p: Precision| {
+                let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+                let y = with_training_precision(p, || {
+                    if transposed {
+                        conv_transpose2d(xv.as_tensor(), wv.as_tensor(), 1, 1, 2)
+                    } else {
+                        conv2d(xv.as_tensor(), wv.as_tensor(), 1, 2)
+                    }
+                })
+                .unwrap();
+                assert_eq!(training_precision(), Precision::F32);
+                let g = y.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gx = g.get(xv.as_tensor()).unwrap().clone();
+                let gw = g.get(wv.as_tensor()).unwrap().clone();
+                (y, gx, gw)
+            };
+            let (y32, gx32, gw32) = run(Precision::F32);
+            let (y16, gx16, gw16) = run(Precision::Bf16);
+            for (what, a, b) in [("y", &y16, &y32), ("dx", &gx16, &gx32), ("dw", &gw16, &gw32)] {
+                let e = rel(a, b);
+                assert!(e < 2e-2, "{transposed} {what}: {e}");
+                if bf16 {
+                    assert!(e > 1e-6, "{transposed} {what}: {e}: not bf16");
+                } else {
+                    assert_eq!(e, 0.0, "{transposed} {what}: f32 expected without AVX512_BF16");
+                }
+            }
+        }
+    }
+
 }

@@ -235,6 +235,49 @@ pub struct TrainConfig {
     /// Distillation: the teacher model file (copied into the run at creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teacher: Option<PathBuf>,
+    /// Arithmetic of the convolutions while training (stored, so a resumed run keeps it;
+    /// runs written before it existed train in f32).
+    #[serde(default)]
+    pub precision: TrainPrecision,
+}
+
+/// The arithmetic of a run's training convolutions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 products with f32 sums in every convolution's forward, input gradient and weight
+    /// gradient, as PyTorch's `autocast(dtype=bfloat16)` on the CPU; parameters, optimizer,
+    /// norms and losses stay f32. Runs f32 on CPUs without AVX512_BF16.
+    Bf16,
+}
+
+impl TrainPrecision {
+    /// `f32` or `bf16`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" | "fp32" => Some(Self::F32),
+            "bf16" => Some(Self::Bf16),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// The kernels' precision.
+    pub fn kernels(self) -> atelier_nets::Precision {
+        match self {
+            Self::F32 => atelier_nets::Precision::F32,
+            Self::Bf16 => atelier_nets::Precision::Bf16,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -390,6 +433,7 @@ impl TrainConfig {
             init_from: None,
             init_label: None,
             teacher: None,
+            precision: TrainPrecision::F32,
             name: family.name().into(),
             data_description: String::new(),
             data_licence: String::new(),

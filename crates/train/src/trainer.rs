@@ -679,7 +679,10 @@ impl Trainer {
             self.st.opt_d.config.lr = lr;
             let batch = self.data.next()?;
             self.report_skipped(obs);
-            let out = self.recipe.step(&mut self.st, &self.cfg, batch)?;
+            let (recipe, st, cfg) = (&mut self.recipe, &mut self.st, &self.cfg);
+            let out = atelier_nets::conv::with_training_precision(cfg.precision.kernels(), || {
+                recipe.step(st, cfg, batch)
+            })?;
             self.step += 1;
             for (name, v) in &out.losses {
                 if !v.is_finite() {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use atelier_imaging::{encode, Format, Image};
-use atelier_train::config::{DcganPreset, Family, NetChoice, TrainConfig};
+use atelier_train::config::{DcganPreset, Family, NetChoice, TrainConfig, TrainPrecision};
 use atelier_train::{Dataset, Event, Observer, Rng, Silent, Source, TrainError, Trainer};
 use candle_core::{Device, Tensor};
 
@@ -300,7 +300,18 @@ fn fastcut_translates_red_discs_to_blue_shapes_in_place() {
     cut_learns(Family::Fastcut);
 }
 
+/// CUT (the built-in styles' family) trained with bf16 convolutions (`--precision bf16`)
+/// learns the same translation to the same bars (f32 on CPUs without AVX512_BF16).
+#[test]
+fn cut_in_bf16_translates_red_discs_to_blue_shapes_in_place() {
+    cut_learns_in(Family::Cut, TrainPrecision::Bf16);
+}
+
 fn cut_learns(family: Family) {
+    cut_learns_in(family, TrainPrecision::F32)
+}
+
+fn cut_learns_in(family: Family, precision: TrainPrecision) {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, held) = discs_and_squares(tmp.path());
@@ -313,6 +324,7 @@ fn cut_learns(family: Family) {
     );
     cfg.lr = 2e-3;
     cfg.nce.num_patches = 64;
+    cfg.precision = precision;
     let out = tmp.path().join("run");
     let mut t = Trainer::create(cfg, &out).unwrap();
     let x = load_folder(&held);
@@ -349,8 +361,9 @@ fn cut_learns(family: Family) {
     let (bl_a, bl_b, bl_fake) = (mean_blue(&x), mean_blue(&real_b), mean_blue(&fake));
     let place = in_place(&t);
     eprintln!(
-        "{}: blueness A {bl_a:.3} B {bl_b:.3} G(A) {bl_fake:.3}; shape-vs-background blueness {place:.3}",
-        family.name()
+        "{} ({}): blueness A {bl_a:.3} B {bl_b:.3} G(A) {bl_fake:.3}; shape-vs-background blueness {place:.3}",
+        family.name(),
+        precision.name()
     );
     assert!(
         (bl_fake - bl_b).abs() < 0.35 * (bl_b - bl_a).abs(),
@@ -471,6 +484,10 @@ fn all_weights(t: &Trainer) -> HashMap<String, Vec<f32>> {
 }
 
 fn resume_matches(family: Family, g: &str) {
+    resume_matches_in(family, g, TrainPrecision::F32)
+}
+
+fn resume_matches_in(family: Family, g: &str, precision: TrainPrecision) {
     let tmp = tempfile::tempdir().unwrap();
     let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
     let mut rng = Rng::new(3);
@@ -499,6 +516,7 @@ fn resume_matches(family: Family, g: &str) {
     cfg.batch = 2;
     cfg.pool_size = 3;
     cfg.checkpoint_every = 100;
+    cfg.precision = precision;
     let mut straight = Trainer::create(cfg.clone(), &tmp.path().join("straight")).unwrap();
     straight.run(&mut Silent).unwrap();
 
@@ -548,6 +566,30 @@ fn resume_matches(family: Family, g: &str) {
 fn cyclegan_resume_is_bitwise_exact() {
     atelier_nets::init_threads(None);
     resume_matches(Family::Cyclegan, "resnet_1blocks");
+}
+
+/// The same in bf16: the precision is part of the run's config, so the resumed half trains
+/// in bf16 too (an f32 second half would differ in every tensor).
+#[test]
+fn bf16_resume_is_bitwise_exact() {
+    atelier_nets::init_threads(None);
+    resume_matches_in(Family::Cyclegan, "resnet_1blocks", TrainPrecision::Bf16);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
+    let mut rng = Rng::new(4);
+    for i in 0..2 {
+        save(&a, &format!("{i}.png"), &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]));
+        save(&b, &format!("{i}.png"), &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]));
+    }
+    let mut cfg = config(Family::Cyclegan, &a, Some(&b), &small_nets("resnet_1blocks"), 1);
+    cfg.precision = TrainPrecision::Bf16;
+    let run = tmp.path().join("run");
+    Trainer::create(cfg, &run).unwrap();
+    let text = std::fs::read_to_string(run.join("config.json")).unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(stored["precision"], "bf16", "{text}");
+    let resumed = Trainer::resume(&run).unwrap();
+    assert_eq!(resumed.config().precision, TrainPrecision::Bf16);
 }
 
 /// Same for CUT (PatchNCE heads in the generators' optimiser, sampled patch positions, the

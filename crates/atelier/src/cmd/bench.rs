@@ -173,7 +173,31 @@ pub fn run(global: &Global, args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if (args.train || args.train_only) && !args.product_only {
         let (arch, name) = arch_of(&args.arch, args.ngf)?;
-        rows.push(train_row(&args, arch, name)?);
+        for p in &args.train_precision {
+            let precision = atelier_train::config::TrainPrecision::parse(p)
+                .context("--train-precision: f32 or bf16")?;
+            if precision == atelier_train::config::TrainPrecision::Bf16
+                && !atelier_nets::kernels_isa().has_bf16()
+            {
+                notes.push("training step in bf16 skipped: this CPU has no AVX512_BF16".into());
+                continue;
+            }
+            rows.push(train_row(&args, arch, name, precision)?);
+        }
+        // The bf16 step against PyTorch's default (f32) step too, where both ran.
+        let step = |p: &str| {
+            rows.iter()
+                .find(|r| r.name.starts_with("cyclegan step") && r.precision == p)
+        };
+        if let (Some(b), Some(f)) = (step("bf16"), step("f32")) {
+            if let Some(torch_f32) = f.pytorch_ms {
+                notes.push(format!(
+                    "cyclegan step: Atelier bf16 {:.1} ms = {:.2}x PyTorch's f32 step ({torch_f32:.1} ms)",
+                    b.atelier_ms,
+                    b.atelier_ms / torch_f32
+                ));
+            }
+        }
     }
     let int8 = if args.train_only || args.product_only {
         Vec::new()
@@ -519,6 +543,7 @@ impl TorchPeer {
         arch: Arch,
         size: u32,
         warmup: usize,
+        autocast: &str,
     ) -> anyhow::Result<Option<Self>> {
         use std::io::BufRead;
         use std::process::Stdio;
@@ -543,6 +568,7 @@ impl TorchPeer {
             ])
             .args(["--threads", &args.threads.to_string()])
             .args(["--warmup", &warmup.to_string(), "--json", "--interleave"])
+            .args(["--autocast", autocast])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -592,6 +618,7 @@ fn atelier_train_steps(
     size: u32,
     steps: u64,
     batched_passes: bool,
+    precision: atelier_train::config::TrainPrecision,
     peer: Option<&mut TorchPeer>,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     use atelier_train::config::{Family, NetChoice, TrainConfig};
@@ -623,6 +650,7 @@ fn atelier_train_steps(
     cfg.sample_every = steps;
     cfg.log_every = steps;
     cfg.batched_passes = batched_passes;
+    cfg.precision = precision;
     struct Timer<'a> {
         start: Instant,
         ours: Vec<f64>,
@@ -664,14 +692,25 @@ fn atelier_train_steps(
     Ok((timer.ours, timer.theirs))
 }
 
-fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Row> {
+fn train_row(
+    args: &BenchArgs,
+    arch: Arch,
+    arch_name: &str,
+    precision: atelier_train::config::TrainPrecision,
+) -> anyhow::Result<Row> {
     let size = args.train_size;
     let warmup = 2usize;
     let repeat = args.repeat.max(1);
+    let bf16 = precision == atelier_train::config::TrainPrecision::Bf16;
     eprintln!(
-        "bench: CycleGAN step {arch_name} ngf {} at {size}x{size}, batch 1, {} passes \
+        "bench: CycleGAN step {arch_name} ngf {} at {size}x{size}, batch 1, {}, {} passes \
          (Atelier's and PyTorch's steps alternate)",
         args.ngf,
+        if bf16 {
+            "bf16 (PyTorch under autocast bf16)"
+        } else {
+            "f32"
+        },
         if args.train_separate_passes {
             "separate"
         } else {
@@ -681,13 +720,14 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
     let mut peer = if args.no_peers || arch_name == "light" {
         None
     } else {
-        TorchPeer::spawn(args, arch, size, warmup)?
+        TorchPeer::spawn(args, arch, size, warmup, if bf16 { "bf16" } else { "none" })?
     };
     let (ours, theirs) = atelier_train_steps(
         arch,
         size,
         (warmup + repeat) as u64,
         !args.train_separate_passes,
+        precision,
         peer.as_mut(),
     )?;
     if let Some(p) = peer {
@@ -706,7 +746,7 @@ fn train_row(args: &BenchArgs, arch: Arch, arch_name: &str) -> anyhow::Result<Ro
             args.ngf
         ),
         size,
-        "f32",
+        precision.name(),
         0.0,
         ours,
     );

@@ -253,6 +253,8 @@ fn config(family: Family, a: TrainArgs) -> anyhow::Result<TrainConfig> {
     cfg.sample_every = a.sample_every;
     cfg.log_every = a.log_every;
     cfg.keep_checkpoints = a.keep_checkpoints;
+    cfg.precision = atelier_train::config::TrainPrecision::parse(&a.precision)
+        .context("--precision: expected f32 or bf16")?;
     cfg.d_wins_steps = a.d_wins_steps;
     if let Some(n) = a.name {
         cfg.name = n;
