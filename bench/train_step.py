@@ -20,6 +20,8 @@ One timed step = forward (fake_B = G_A(A), rec_A = G_B(fake_B),
 fake_A = G_B(B), rec_B = G_A(fake_A)); G step with the Ds frozen (identity,
 GAN and cycle losses, backward, step); D step (D_A on real_B and the pooled,
 detached fake_B, D_B likewise, each 0.5 * (real + fake), backward, step).
+With --autocast bf16 the forward passes and losses run under
+torch.autocast('cpu', dtype=torch.bfloat16) (Atelier's `train --precision bf16` peer).
 Data loading is not timed: the random inputs in [-1, 1) are generated up front,
 a different (A, B) pair for every step.
 

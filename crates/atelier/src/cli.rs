@@ -50,7 +50,7 @@ pub enum Command {
     Models(ModelsCommand),
     /// Time a generator forward pass (and a CycleGAN training step) against onnxruntime and
     /// PyTorch.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
     /// Train a GAN (DCGAN, pix2pix, CycleGAN); resume, export or plot a run.
     #[command(subcommand)]
     Train(TrainCommand),

@@ -98,6 +98,10 @@ pub struct TrainSpec {
     /// `vanilla`, `lsgan` or `hinge`.
     #[serde(default)]
     pub loss: Option<String>,
+    /// `f32` (default) or `bf16` (the training convolutions in bf16 with f32 sums, on workers
+    /// with AVX512_BF16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
     /// A sample grid every this many steps (default 100).
     #[serde(default)]
     pub sample_every: Option<u64>,
@@ -316,6 +320,11 @@ impl TrainSpec {
         if let Some(l) = &self.loss {
             if atelier_train::GanLoss::parse(l).is_none() {
                 return Err(bad(format!("loss `{l}`: expected vanilla, lsgan or hinge")));
+            }
+        }
+        if let Some(p) = &self.precision {
+            if atelier_train::config::TrainPrecision::parse(p).is_none() {
+                return Err(bad(format!("precision `{p}`: expected f32 or bf16")));
             }
         }
         if self.sample_every == Some(0) || self.checkpoint_every == Some(0) {
@@ -582,6 +591,7 @@ mod tests {
             r#"{"type":"train","dataset":"d","name":"x","family":"vae"}"#,
             r#"{"type":"train","dataset":"d","name":"x","size":4}"#,
             r#"{"type":"train","dataset":"d","name":"x","loss":"wgan"}"#,
+            r#"{"type":"train","dataset":"d","name":"x","precision":"fp16"}"#,
             r#"{"type":"train","dataset":"d","name":"x","init_from":"monet","ngf":8}"#,
             r#"{"type":"train","dataset":"d","name":"x","family":"dcgan","init_from":"monet"}"#,
         ] {

@@ -629,6 +629,10 @@ pub fn train_config(
         cfg.loss = atelier_train::GanLoss::parse(l)
             .ok_or_else(|| JobsError::BadRequest(format!("loss `{l}`")))?;
     }
+    if let Some(p) = &spec.precision {
+        cfg.precision = atelier_train::config::TrainPrecision::parse(p)
+            .ok_or_else(|| JobsError::BadRequest(format!("precision `{p}`")))?;
+    }
     cfg.seed = spec.seed;
     cfg.sample_every = spec.sample_every.unwrap_or(100);
     cfg.checkpoint_every = spec.checkpoint_every.unwrap_or(200);
@@ -1138,6 +1142,13 @@ mod tests {
         assert_eq!(cfg.steps, 50);
         assert_eq!(cfg.augment.crop_size, 128);
         assert_eq!(cfg.name, "x");
+        assert_eq!(cfg.precision, atelier_train::config::TrainPrecision::F32);
+        let spec: TrainSpec = serde_json::from_value(
+            json!({"dataset": "d", "name": "x", "family": "cyclegan", "init_from": null, "precision": "bf16"}),
+        )
+        .unwrap();
+        let cfg = train_config(&spec, "/a".into(), Some("/b".into()), 5.0, None).unwrap();
+        assert_eq!(cfg.precision, atelier_train::config::TrainPrecision::Bf16);
         assert!(
             cfg.generator.name().starts_with("light"),
             "{}",

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::map::{bf16_bits, Map};
+use crate::map::{to_bf16, Map};
 use crate::micro::Isa;
 use crate::{Error, Precision, Result};
 
@@ -230,6 +230,9 @@ fn weight_grad_chunked_bf16(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<
     let kc = ((131072 / (panels * NR)).clamp(16, KC_MAX) & !1).min(pixels.next_multiple_of(2));
     let mut acc = vec![0f32; taps * blocks * MR * co];
     let mut packed = vec![0u16; panels * kc * NR];
+    // Both operands rounded once, vectorized (the packing below then only moves bits; the
+    // input is read taps times over).
+    let (xb, db) = (to_bf16(&xp.data), to_bf16(&dy.data));
     for p0 in (0..pixels).step_by(kc) {
         let np = kc.min(pixels - p0);
         let pairs = np.div_ceil(2);
@@ -245,9 +248,9 @@ fn weight_grad_chunked_bf16(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<
                         if p >= np {
                             break;
                         }
-                        let src = &dy.data[(p0 + p) * co + o0..][..n];
+                        let src = &db[(p0 + p) * co + o0..][..n];
                         for (l, v) in src.iter().enumerate() {
-                            dst[2 * l + h] = bf16_bits(*v);
+                            dst[2 * l + h] = *v;
                         }
                     }
                 }
@@ -266,8 +269,8 @@ fn weight_grad_chunked_bf16(xp: &Map, dy: &Map, k: usize, stride: usize) -> Vec<
                 for p in 0..np {
                     let off = ((y * stride + ky) * xp.w + x * stride + kx) * ci + i0;
                     let row = &mut a[(p / 2) * 2 * MR + (p % 2)..];
-                    for (m, v) in xp.data[off..][..mr].iter().enumerate() {
-                        row[2 * m] = bf16_bits(*v);
+                    for (m, v) in xb[off..][..mr].iter().enumerate() {
+                        row[2 * m] = *v;
                     }
                     x += 1;
                     if x == dy.w {

@@ -410,9 +410,15 @@ fn bf16_weight_gradients_match_the_rounded_reference() {
         let dw =
             atelier_kernels::grad::weight_grad_in(&xp, &gm, k, s, isa, Precision::Bf16).unwrap();
         let exact = rel_err(&dw, &dw_bf16);
-        assert!(exact < 1e-5, "{spec:?}: {exact} from the bf16-rounded reference");
+        assert!(
+            exact < 1e-5,
+            "{spec:?}: {exact} from the bf16-rounded reference"
+        );
         let rounding = rel_err(&dw, &dw_f32);
-        assert!(rounding < 1e-2, "{spec:?}: {rounding} from the f32 gradient");
+        assert!(
+            rounding < 1e-2,
+            "{spec:?}: {rounding} from the f32 gradient"
+        );
         // It did run in bf16 (the f32 kernel would be within 1e-5 of the f32 reference).
         assert!(rounding > 1e-5, "{spec:?}: {rounding}: not bf16");
     }

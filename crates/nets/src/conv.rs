@@ -135,8 +135,7 @@ impl CustomOp2 for Conv2dOp {
                     .stride(s)
                     .pad(p, PadMode::Zero)
                     .transposed(0);
-                let dx =
-                    with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd), self.precision))??;
+                let dx = with_f32(w, |wv| conv_maps(spec, &gms, wv, (h, wd), self.precision))??;
                 Some(Tensor::from_vec(dx, (n, ci, h, wd), &Device::Cpu)?)
             } else {
                 None
@@ -407,15 +406,14 @@ fn wants_custom(x: &Tensor, w: &Tensor) -> bool {
 pub fn conv2d(x: &Tensor, w: &Tensor, padding: usize, stride: usize) -> Result<Tensor> {
     let (_, _, kh, kw) = w.dims4()?;
     if wants_custom(x, w) && kh == kw && padding < kh {
-        Ok(x.contiguous()?
-            .apply_op2(
-                &w.contiguous()?,
-                Conv2dOp {
-                    padding,
-                    stride,
-                    precision: training_precision(),
-                },
-            )?)
+        Ok(x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            Conv2dOp {
+                padding,
+                stride,
+                precision: training_precision(),
+            },
+        )?)
     } else {
         Ok(x.conv2d(w, padding, stride, 1, 1)?)
     }
@@ -581,11 +579,30 @@ mod tests {
     fn bf16_training_convolutions_stay_near_f32() {
         let dev = Device::Cpu;
         let bf16 = crate::kernels_isa().has_bf16();
-        let rel = |a: &Tensor, b: &Tensor| close(a, b) / b.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let rel = |a: &Tensor, b: &Tensor| {
+            close(a, b)
+                / b.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+        };
         for transposed in [false, true] {
             let x = Tensor::randn(0f32, 1., (2, 32, 9, 10), &dev).unwrap();
             let w = Tensor::randn(0f32, 1., (32, 32, 3, 3), &dev).unwrap();
-            let r = Tensor::randn(0f32, 1., (2, 32, if transposed { 18 } else { 5 }, if transposed { 20 } else { 5 }), &dev).unwrap();
+            let r = Tensor::randn(
+                0f32,
+                1.,
+                (
+                    2,
+                    32,
+                    if transposed { 18 } else { 5 },
+                    if transposed { 20 } else { 5 },
+                ),
+                &dev,
+            )
+            .unwrap();
             let run = |p: Precision| {
                 let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
                 let y = with_training_precision(p, || {
@@ -604,16 +621,22 @@ mod tests {
             };
             let (y32, gx32, gw32) = run(Precision::F32);
             let (y16, gx16, gw16) = run(Precision::Bf16);
-            for (what, a, b) in [("y", &y16, &y32), ("dx", &gx16, &gx32), ("dw", &gw16, &gw32)] {
+            for (what, a, b) in [
+                ("y", &y16, &y32),
+                ("dx", &gx16, &gx32),
+                ("dw", &gw16, &gw32),
+            ] {
                 let e = rel(a, b);
                 assert!(e < 2e-2, "{transposed} {what}: {e}");
                 if bf16 {
                     assert!(e > 1e-6, "{transposed} {what}: {e}: not bf16");
                 } else {
-                    assert_eq!(e, 0.0, "{transposed} {what}: f32 expected without AVX512_BF16");
+                    assert_eq!(
+                        e, 0.0,
+                        "{transposed} {what}: f32 expected without AVX512_BF16"
+                    );
                 }
             }
         }
     }
-
 }

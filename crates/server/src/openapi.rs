@@ -178,6 +178,7 @@ fn schemas() -> Value {
             "ngf": {"type": ["integer", "null"], "minimum": 1}, "ndf": {"type": ["integer", "null"], "minimum": 1},
             "batch": {"type": ["integer", "null"], "minimum": 1},
             "lr": {"type": ["number", "null"]}, "loss": {"type": ["string", "null"], "enum": ["vanilla", "lsgan", "hinge", null]},
+            "precision": {"type": ["string", "null"], "enum": ["f32", "bf16", null], "default": "f32", "description": "bf16: the convolutions multiply in bf16 with f32 sums (as PyTorch's CPU autocast) on workers with AVX512_BF16; f32 elsewhere."},
             "sample_every": {"type": ["integer", "null"], "default": 100, "minimum": 1}, "checkpoint_every": {"type": ["integer", "null"], "default": 200, "minimum": 1},
             "seed": {"type": "integer"}, "description": {"type": "string"}
         }

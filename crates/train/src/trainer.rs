@@ -283,7 +283,7 @@ pub struct Trainer {
     run: RunDir,
     data: Data,
     /// The family's procedure.
-    recipe: Box<dyn Recipe>,
+    recipe: Box<dyn Recipe + Send>,
     /// Networks, optimisers, pools and randomness.
     st: State,
     step: u64,
@@ -680,8 +680,13 @@ impl Trainer {
             let batch = self.data.next()?;
             self.report_skipped(obs);
             let (recipe, st, cfg) = (&mut self.recipe, &mut self.st, &self.cfg);
-            let out = atelier_nets::conv::with_training_precision(cfg.precision.kernels(), || {
-                recipe.step(st, cfg, batch)
+            // The step runs on a rayon worker: the kernels' parallel loops then start from a
+            // worker (the other one steals) instead of handing every loop over from this
+            // thread and sleeping until it ends (hundreds of hand-offs per step).
+            let out = rayon::scope(|_| {
+                atelier_nets::conv::with_training_precision(cfg.precision.kernels(), || {
+                    recipe.step(st, cfg, batch)
+                })
             })?;
             self.step += 1;
             for (name, v) in &out.losses {

@@ -578,10 +578,24 @@ fn bf16_resume_is_bitwise_exact() {
     let (a, b) = (tmp.path().join("A"), tmp.path().join("B"));
     let mut rng = Rng::new(4);
     for i in 0..2 {
-        save(&a, &format!("{i}.png"), &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]));
-        save(&b, &format!("{i}.png"), &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]));
+        save(
+            &a,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 0, [0.9, 0.1, 0.1]),
+        );
+        save(
+            &b,
+            &format!("{i}.png"),
+            &shape_image(&mut rng, 1, [0.1, 0.1, 0.9]),
+        );
     }
-    let mut cfg = config(Family::Cyclegan, &a, Some(&b), &small_nets("resnet_1blocks"), 1);
+    let mut cfg = config(
+        Family::Cyclegan,
+        &a,
+        Some(&b),
+        &small_nets("resnet_1blocks"),
+        1,
+    );
     cfg.precision = TrainPrecision::Bf16;
     let run = tmp.path().join("run");
     Trainer::create(cfg, &run).unwrap();

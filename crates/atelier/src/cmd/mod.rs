@@ -27,7 +27,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Stylize(args) => stylize::run(&cli.global, *args),
         Command::Models(cmd) => models::run(&cli.global, cmd),
-        Command::Bench(args) => bench::run(&cli.global, args),
+        Command::Bench(args) => bench::run(&cli.global, *args),
         Command::Train(cmd) => train::run(&cli.global, cmd),
         Command::Serve(args) => serve::run(&cli.global, *args),
         Command::Worker(args) => serve::worker(&cli.global, *args),

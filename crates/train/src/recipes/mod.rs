@@ -19,7 +19,7 @@ pub(crate) mod distill;
 mod pix2pix;
 
 /// The recipe of a family.
-pub(crate) fn for_family(family: Family) -> Box<dyn Recipe> {
+pub(crate) fn for_family(family: Family) -> Box<dyn Recipe + Send> {
     match family {
         Family::Dcgan => Box::new(dcgan::Dcgan),
         Family::Pix2pix => Box::new(pix2pix::Pix2pix),
