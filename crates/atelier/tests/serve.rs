@@ -80,7 +80,13 @@ fn jobs_survive_kill_9_and_sigterm() {
     let resumed = s.wait(&train, "training to resume", 240, |j| {
         j["status"] == "running" && j["progress"]["step"].as_u64().unwrap_or(0) > at_kill
     });
-    assert!(resumed["attempts"].as_i64().unwrap() >= 2, "{resumed}");
+    // The crash counts as an attempt until the resumed run's first checkpoint resets it (on a
+    // busy machine that checkpoint can come before this poll sees the job).
+    let checkpointed_since = resumed["progress"]["checkpoint_step"].as_u64().unwrap_or(0) > at_kill;
+    assert!(
+        resumed["attempts"].as_i64().unwrap() >= 2 || checkpointed_since,
+        "{resumed}"
+    );
 
     // A graceful stop: requests finish, training checkpoints, jobs go back to the queue.
     let (status, took) = s.terminate();
