@@ -211,8 +211,8 @@ fn weight_grad_chunked<const NR: usize>(xp: &Map, dy: &Map, k: usize, stride: us
 }
 
 /// The AVX512_BF16 path of [`weight_grad_in`]: [`weight_grad_chunked`]'s GEMM with both
-/// operands rounded to bf16 as they are packed, in pairs of consecutive output pixels (the
-/// reduction axis): `dy` as `[o / 32][pixel pair][32][2]`, the input slice as
+/// operands rounded to bf16 (once, before packing), packed in pairs of consecutive output
+/// pixels (the reduction axis): `dy` as `[o / 32][pixel pair][32][2]`, the input slice as
 /// `[pixel pair][MR][2]`; each `vdpbf16ps` adds two pixels' products into the f32 tile. An odd
 /// last pixel is paired with zeros.
 #[cfg(target_arch = "x86_64")]
