@@ -334,22 +334,7 @@ unsafe fn packed_tile_avx512_bf16(
             t[m][1] = _mm512_dpbf16_ps(t[m][1], v, b1);
         }
     }
-    let masks: [__mmask16; 2] = std::array::from_fn(|h| {
-        let left = n.saturating_sub(h * 16).min(16);
-        ((1u32 << left) - 1) as u16
-    });
-    for m in 0..mr {
-        let dst = acc.add(m * acc_stride);
-        for h in 0..2 {
-            let q = dst.add(h * 16);
-            if masks[h] == 0xffff {
-                _mm512_storeu_ps(q, _mm512_add_ps(_mm512_loadu_ps(q), t[m][h]));
-            } else if masks[h] != 0 {
-                let cur = _mm512_maskz_loadu_ps(masks[h], q);
-                _mm512_mask_storeu_ps(q, masks[h], _mm512_add_ps(cur, t[m][h]));
-            }
-        }
-    }
+    add_tile_avx512(&t, mr, n, acc, acc_stride);
 }
 
 /// `[block of mr][tap][m][out]` (row `(i, tap)`, `out` contiguous) → PyTorch's
@@ -482,6 +467,24 @@ unsafe fn packed_tile_avx512(
             t[m][1] = _mm512_fmadd_ps(v, b1, t[m][1]);
         }
     }
+    add_tile_avx512(&t, mr, n, acc, acc_stride);
+}
+
+/// `acc[m·acc_stride + l] += t[m][l / 16][l % 16]` for m < mr, l < n (≤ 32): the store of
+/// both 6×32 AVX-512 weight-gradient tiles (f32 and bf16).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[allow(clippy::needless_range_loop)] // constant-index loops keep the tile in registers
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_tile_avx512(
+    t: &[[std::arch::x86_64::__m512; 2]; 6],
+    mr: usize,
+    n: usize,
+    acc: *mut f32,
+    acc_stride: usize,
+) {
+    use std::arch::x86_64::*;
     let masks: [__mmask16; 2] = std::array::from_fn(|h| {
         let left = n.saturating_sub(h * 16).min(16);
         ((1u32 << left) - 1) as u16
