@@ -215,12 +215,26 @@ fn server() -> &'static (atelier_server::AppState, tempfile::TempDir) {
             max_image_side: 256,
             max_output_side: 32,
             max_concurrent: 4,
+            // fp32 kernels: `auto` measures each style's int8 and bf16 kernels against fp32
+            // when it loads (17 s for a full-size style under the sanitizer), which is a
+            // property of the model, not of the request; those kernels have golden tests.
+            precision: "f32".into(),
             rate_limit_per_minute: u32::MAX,
             ..Default::default()
         };
         let state = runtime()
             .block_on(atelier_server::AppState::open(config))
             .expect("a server");
+        // Load the styles now, as `atelier serve` does at start (`warm_builtins`, less the
+        // gallery's thumbnails): the first request for one otherwise loads it under the
+        // sanitizer (4.8 s for monet), a timeout that says nothing about the input.
+        let catalog = state.platform.catalog();
+        for b in catalog.builtins() {
+            let m = atelier_jobs::ModelRef::Builtin(b.clone());
+            if let Err(e) = runtime().block_on(catalog.stylizer(&m)) {
+                panic!("loading the built-in `{}`: {e}", m.name());
+            }
+        }
         (state, dir)
     })
 }
@@ -253,6 +267,19 @@ pub fn tiny_model() -> Vec<u8> {
     std::fs::read(path).expect("read")
 }
 
+/// The router `stylize_request` drives, built once as the server does (a clone shares its
+/// routes), over a server whose built-in styles are loaded.
+fn router() -> &'static axum::Router {
+    static APP: OnceLock<axum::Router> = OnceLock::new();
+    APP.get_or_init(|| atelier_server::app(server().0.clone()))
+}
+
+/// Starts the server `stylize_request` sends its requests to: the fuzz target calls it
+/// before the first input (libFuzzer does not time that), so no input pays for the start.
+pub fn init_stylize_request() {
+    router();
+}
+
 /// `POST /v1/stylize?<line 1>` with `Content-Type: <line 2>` and the rest as the body,
 /// through the real router: every answer is a documented status with a JSON error body or
 /// an image.
@@ -261,11 +288,8 @@ pub fn stylize_request(data: &[u8]) {
     let Some(req) = stylize_http_request(data) else {
         return;
     };
-    // The router is built once, as the server does (a clone shares its routes).
-    static APP: OnceLock<axum::Router> = OnceLock::new();
-    let app = APP.get_or_init(|| atelier_server::app(server().0.clone()));
     let resp = runtime()
-        .block_on(app.clone().oneshot(req))
+        .block_on(router().clone().oneshot(req))
         .expect("the router is infallible");
     let status = resp.status().as_u16();
     assert!(
