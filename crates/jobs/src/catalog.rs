@@ -494,8 +494,8 @@ impl Catalog {
 
     /// Keeps the activation buffers the loaded stylizers share for as long as images keep
     /// coming (a burst of same-size requests allocates once), and trims them to `keep` bytes
-    /// once no image has used them for `idle` (a server between bursts gives the memory
-    /// back). Runs on the current tokio runtime until the catalog is dropped.
+    /// once no image has used them for `idle`, returning the freed pages to the system (a
+    /// server between bursts gives the memory back). Runs on the current tokio runtime until the catalog is dropped.
     pub fn spawn_idle_trim(&self, idle: std::time::Duration, keep: usize) {
         let ws = Arc::downgrade(&self.workspace);
         let every = (idle / 2).max(std::time::Duration::from_millis(10));
@@ -505,6 +505,9 @@ impl Catalog {
                 let Some(ws) = ws.upgrade() else { return };
                 if ws.kept_bytes() > keep && ws.idle_for() >= idle {
                     ws.trim(keep);
+                    // The freed buffers stay in malloc's arenas (the binary keeps up to
+                    // 256 MiB free per arena) unless handed back.
+                    tokio::task::spawn_blocking(crate::memory::release_free_memory);
                 }
             }
         });

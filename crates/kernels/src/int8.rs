@@ -90,12 +90,7 @@ pub(crate) fn channel_range(data: &[f32], ci: usize) -> (Vec<f32>, Vec<f32>) {
     data.par_chunks(chunk)
         .map(|c| {
             let (mut lo, mut hi) = (vec![0f32; ci], vec![0f32; ci]);
-            for px in c.chunks_exact(ci) {
-                for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(px) {
-                    *l = l.min(v);
-                    *h = h.max(v);
-                }
-            }
+            range_chunk(c, &mut lo, &mut hi);
             (lo, hi)
         })
         .reduce(
@@ -110,6 +105,35 @@ pub(crate) fn channel_range(data: &[f32], ci: usize) -> (Vec<f32>, Vec<f32>) {
                 (lo, hi)
             },
         )
+}
+
+/// Widens `lo` and `hi` to each channel's range over the channels-last pixels of `data`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn range_chunk(data: &[f32], lo: &mut [f32], hi: &mut [f32]) {
+    let ci = lo.len();
+    for px in data.chunks_exact(ci) {
+        for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(px) {
+            *l = l.min(v);
+            *h = h.max(v);
+        }
+    }
+}
+
+/// `o = clamp(i·mul + z, 0, 255)` truncated to a byte, per channel of channels-last pixels.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn quantize_chunk(o: &mut [u8], i: &[f32], mul: &[f32], z: f32) {
+    let ci = mul.len();
+    for (o, i) in o.chunks_exact_mut(ci).zip(i.chunks_exact(ci)) {
+        for ((o, &v), &m) in o.iter_mut().zip(i).zip(mul) {
+            *o = (v * m + z).clamp(0.0, 255.0) as u8;
+        }
+    }
 }
 
 /// Quantizes channels-last `data` of `ci` channels, whose channel ranges are `range`
@@ -152,13 +176,7 @@ pub(crate) fn quantize(
     let chunk = ci * 4096usize.div_ceil(ci).max(1);
     q.par_chunks_mut(chunk)
         .zip(data.par_chunks(chunk))
-        .for_each(|(o, i)| {
-            for (o, i) in o.chunks_exact_mut(ci).zip(i.chunks_exact(ci)) {
-                for ((o, &v), &m) in o.iter_mut().zip(i).zip(&mul) {
-                    *o = (v * m + z).clamp(0.0, 255.0) as u8;
-                }
-            }
-        });
+        .for_each(|(o, i)| quantize_chunk(o, i, &mul, z));
     Quantized {
         buf,
         len,

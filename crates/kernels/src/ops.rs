@@ -97,13 +97,7 @@ pub fn channel_stats(x: &Map) -> (Vec<f32>, Vec<f32>) {
         .map(|row| {
             let mut s = vec![0f32; 2 * c];
             let (s1, s2) = s.split_at_mut(c);
-            for px in row.chunks_exact(c) {
-                for (((a, b), v), p) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(&pivot) {
-                    let d = v - p;
-                    *a += d;
-                    *b += d * d;
-                }
-            }
+            stats_row(row, &pivot, s1, s2);
             s.into_iter().map(f64::from).collect::<Vec<f64>>()
         })
         .reduce(|| vec![0f64; 2 * c], add_vec);
@@ -115,6 +109,22 @@ pub fn channel_stats(x: &Map) -> (Vec<f32>, Vec<f32>) {
         var.push((sums[c + ch] / n - m * m).max(0.0) as f32);
     }
     (mean, var)
+}
+
+/// Adds each pixel's `v − pivot` and its square to `s1` and `s2` (channels-last `row`).
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn stats_row(row: &[f32], pivot: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+    let c = pivot.len();
+    for px in row.chunks_exact(c) {
+        for (((a, b), v), p) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(pivot) {
+            let d = v - p;
+            *a += d;
+            *b += d * d;
+        }
+    }
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -152,26 +162,66 @@ pub fn scale_shift_act(
         );
     }
     let row = x.w * c;
-    x.data
-        .par_chunks_mut(row)
-        .enumerate()
-        .for_each(|(y, d)| match residual {
-            Some(r) => {
-                let rr = &r.data[y * row..][..row];
-                for (px, rp) in d.chunks_exact_mut(c).zip(rr.chunks_exact(c)) {
-                    for (((v, s), b), rv) in px.iter_mut().zip(scale).zip(shift).zip(rp) {
-                        *v = act.apply(*v * s + b) + rv;
-                    }
+    x.data.par_chunks_mut(row).enumerate().for_each(|(y, d)| {
+        let rr = residual.map(|r| &r.data[y * row..][..row]);
+        norm_row(d, None, rr, scale, shift, act);
+    });
+}
+
+/// One row of channels-last pixels: `dst = act(src·scale + shift) [+ residual]` per channel,
+/// in place when `src` is `None`.
+#[multiversion::multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
+    "x86_64+avx2+fma"
+))]
+fn norm_row(
+    dst: &mut [f32],
+    src: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+) {
+    let c = scale.len();
+    let shift = &shift[..c];
+    match (src, residual) {
+        (None, None) => by_act!(act, |f| {
+            for d in dst.chunks_exact_mut(c) {
+                let d = &mut d[..c];
+                for i in 0..c {
+                    d[i] = f(d[i] * scale[i] + shift[i]);
                 }
             }
-            None => {
-                for px in d.chunks_exact_mut(c) {
-                    for ((v, s), b) in px.iter_mut().zip(scale).zip(shift) {
-                        *v = act.apply(*v * s + b);
-                    }
+        }),
+        (None, Some(r)) => by_act!(act, |f| {
+            for (d, rp) in dst.chunks_exact_mut(c).zip(r.chunks_exact(c)) {
+                let (d, rp) = (&mut d[..c], &rp[..c]);
+                for i in 0..c {
+                    d[i] = f(d[i] * scale[i] + shift[i]) + rp[i];
                 }
             }
-        });
+        }),
+        (Some(s), None) => by_act!(act, |f| {
+            for (d, s) in dst.chunks_exact_mut(c).zip(s.chunks_exact(c)) {
+                let (d, s) = (&mut d[..c], &s[..c]);
+                for i in 0..c {
+                    d[i] = f(s[i] * scale[i] + shift[i]);
+                }
+            }
+        }),
+        (Some(s), Some(r)) => by_act!(act, |f| {
+            for ((d, s), rp) in dst
+                .chunks_exact_mut(c)
+                .zip(s.chunks_exact(c))
+                .zip(r.chunks_exact(c))
+            {
+                let (d, s, rp) = (&mut d[..c], &s[..c], &rp[..c]);
+                for i in 0..c {
+                    d[i] = f(s[i] * scale[i] + shift[i]) + rp[i];
+                }
+            }
+        }),
+    }
 }
 
 /// `act(x·scale + shift) [+ residual]` written into a new map padded by `pad` on every side
@@ -210,31 +260,8 @@ pub fn normalize_into_padded(
             let y = yp - pad;
             let src = &x.data[y * w * c..][..w * c];
             let dst = &mut orow[pad * c..(pad + w) * c];
-            match residual {
-                Some((r, b)) => {
-                    let rrow = &r.data[((y + b) * r.w + b) * c..][..w * c];
-                    by_act!(act, |f| {
-                        for ((d, s), rp) in dst
-                            .chunks_exact_mut(c)
-                            .zip(src.chunks_exact(c))
-                            .zip(rrow.chunks_exact(c))
-                        {
-                            let (d, s, rp) = (&mut d[..c], &s[..c], &rp[..c]);
-                            for i in 0..c {
-                                d[i] = f(s[i] * scale[i] + shift[i]) + rp[i];
-                            }
-                        }
-                    })
-                }
-                None => by_act!(act, |f| {
-                    for (d, s) in dst.chunks_exact_mut(c).zip(src.chunks_exact(c)) {
-                        let (d, s) = (&mut d[..c], &s[..c]);
-                        for i in 0..c {
-                            d[i] = f(s[i] * scale[i] + shift[i]);
-                        }
-                    }
-                }),
-            }
+            let rrow = residual.map(|(r, b)| &r.data[((y + b) * r.w + b) * c..][..w * c]);
+            norm_row(dst, Some(src), rrow, scale, shift, act);
             for xp in (0..pad).chain(pad + w..wp) {
                 match mode {
                     PadMode::Zero => orow[xp * c..(xp + 1) * c].fill(0.0),

@@ -121,8 +121,11 @@ pub fn product_rows(global: &Global, args: &BenchArgs) -> anyhow::Result<Vec<Pro
         };
         raw()?;
         let raw_forward_ms = median_ms(raw, reps)?;
-        // Its buffers (12 GB at 4096² for a full model) go before the next size.
+        // Its buffers (12 GB at 4096² for a full model) go before the next size, back to the
+        // system as a server's idle trim gives them (`Catalog::spawn_idle_trim`): otherwise
+        // malloc's arenas keep up to 256 MiB each and the next row's peak RSS counts them.
         stylizer.trim(0);
+        atelier_jobs::memory::release_free_memory();
         let row = ProductRow {
             model: name.to_string(),
             precision,
