@@ -379,6 +379,12 @@ const scenarios = {
     await page.locator('[data-testid=job-size]').selectOption('32');
     await page.locator('[data-testid=job-ngf]').fill('8');
     await page.locator('[data-testid=job-sample-every]').fill('10');
+    // Precision: f32 by default; bf16 says what it does and where.
+    const prec = page.locator('[data-testid=job-precision]');
+    if (await prec.inputValue() !== 'f32') throw new Error('precision should default to f32');
+    await prec.selectOption('bf16');
+    await page.getByText('autocast').waitFor({ timeout: 5000 });
+    await page.locator('[data-testid=job-precision]').selectOption('f32');
     // 40 steps from random weights: warned before starting.
     await page.locator('[data-testid=job-warning]').filter({ hasText: 'too few' }).waitFor({ timeout: 60000 });
     await shot(page, 'training-2-job-form');

@@ -55,6 +55,7 @@ pub async fn estimate(
         cfg.augment.crop_size,
         cfg.batch,
         &cfg.nce,
+        cfg.precision,
     ))
     .map_err(|e| JobsError::Internal(e.to_string()))?;
     let known = cache().lock().expect("estimate cache").get(&key).copied();

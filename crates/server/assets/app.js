@@ -874,7 +874,7 @@ async function viewTrain(root, _m, params, alive) {
   });
 
   // job form
-  const J = { dataset: '', family: 'fastcut', init: 'monet', name: '', steps: 2000, size: 128, net_g: 'resnet_6blocks_resize', ngf: 32, sample_every: 100 };
+  const J = { dataset: '', family: 'fastcut', init: 'monet', name: '', steps: 2000, size: 128, net_g: 'resnet_6blocks_resize', ngf: 32, sample_every: 100, precision: 'f32' };
   const NGF_DEFAULT = { light: 32, resnet_6blocks: 64, resnet_6blocks_resize: 32, unet: 64 };
   const FAMILY_FOR = { unpaired: 'fastcut', paired: 'pix2pix', single: 'dcgan' };
   const UNPAIRED = ['fastcut', 'cut', 'cyclegan'];
@@ -890,6 +890,7 @@ async function viewTrain(root, _m, params, alive) {
   let etaSeq = 0;
   function jobSpec() {
     const spec = { type: 'train', dataset: J.dataset, family: J.family, name: J.name.trim() || 'estimate', steps: J.steps, size: J.size, sample_every: J.sample_every };
+    if (J.precision !== 'f32') spec.precision = J.precision;
     const canInit = UNPAIRED.includes(J.family);
     if (canInit && J.init) spec.init_from = J.init;
     else {
@@ -978,6 +979,10 @@ async function viewTrain(root, _m, params, alive) {
         f('job-sample', 'Sample every', bind(h('input#job-sample', { type: 'number', min: 1, step: 1, value: J.sample_every, tid: 'job-sample-every' }), 'sample_every', true)),
         f('job-size', 'Image size', bind(h('select#job-size', { tid: 'job-size' },
           [[32, '32 px (test)'], [64, '64 px'], [128, '128 px'], [256, '256 px']].map(([v, t]) => opt(v, t, J.size))), 'size', true))),
+      f('job-precision', 'Precision', h('select#job-precision', {
+        tid: 'job-precision', onchange: (e) => { J.precision = e.target.value; renderJobForm(); },
+      }, opt('f32', 'f32 (exact)', J.precision), opt('bf16', 'bf16 products, f32 sums (faster)', J.precision)),
+      J.precision === 'bf16' ? 'As PyTorch’s CPU autocast: about 1.4× faster on CPUs with AVX512_BF16; elsewhere the job runs in f32. The estimate below measures it on this server.' : null),
       fromInit ? null : h('fieldset', { disabled: dcgan },
         h('div.grid-2',
           f('job-net', 'Generator', netSel),
@@ -1073,7 +1078,7 @@ function jobRow(j) {
   const frac = p.fraction != null ? p.fraction : p.total ? (p.step || 0) / p.total : j.status === 'succeeded' ? 1 : 0;
   const s = j.spec || {};
   return h('a.job-row', { href: '#/jobs/' + enc(j.id), tid: 'job-row', 'data-id': j.id },
-    h('div', h('div.t', jobTitle(j)), h('div.sub', [j.id, s.family, s.net_g, s.size ? s.size + 'px' : null].filter(Boolean).join(' · '))),
+    h('div', h('div.t', jobTitle(j)), h('div.sub', [j.id, s.family, s.net_g, s.size ? s.size + 'px' : null, s.precision === 'bf16' ? 'bf16' : null].filter(Boolean).join(' · '))),
     h('div', h('span.pill.pill-' + j.status, j.status)),
     h('div.progress-cell', h('div.mini-bar', h('span', { style: { width: Math.round(frac * 100) + '%' } })),
       h('div.mini-label', p.total ? `${fmt.int(p.step || 0)} / ${fmt.int(p.total)}` : j.status === 'succeeded' ? 'done' : '')),
@@ -1160,7 +1165,7 @@ async function viewJob(root, [id], _p, alive) {
     statusEl.textContent = j.status;
     const s = j.spec || {};
     meta.replaceChildren(...[h('span.mono', j.id), s.family, s.net_g ? s.net_g + (s.ngf ? ' · ngf ' + s.ngf : '') : null,
-      s.size ? s.size + ' px' : null, j.attempts > 1 ? 'attempt ' + j.attempts : null, 'created ' + fmt.ago(j.created)]
+      s.size ? s.size + ' px' : null, s.precision === 'bf16' ? 'bf16' : null, j.attempts > 1 ? 'attempt ' + j.attempts : null, 'created ' + fmt.ago(j.created)]
       .filter(Boolean).map((x) => (x instanceof Node ? x : h('span', x))));
     actions.replaceChildren();
     if (j.status === 'queued' || j.status === 'running') {
