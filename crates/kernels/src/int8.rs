@@ -127,11 +127,17 @@ fn range_chunk(data: &[f32], lo: &mut [f32], hi: &mut [f32]) {
     "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
     "x86_64+avx2+fma"
 ))]
+#[allow(unsafe_code)]
 fn quantize_chunk(o: &mut [u8], i: &[f32], mul: &[f32], z: f32) {
     let ci = mul.len();
     for (o, i) in o.chunks_exact_mut(ci).zip(i.chunks_exact(ci)) {
         for ((o, &v), &m) in o.iter_mut().zip(i).zip(mul) {
-            *o = (v * m + z).clamp(0.0, 255.0) as u8;
+            // `max`/`min` map NaN to 0 and bound the value to [0, 255], so the plain
+            // truncating conversion is defined; `as u8` from a float is a saturating one,
+            // which the compiler does not vectorize (it was 11 % of an int8 forward pass).
+            let c = (v * m + z).max(0.0).min(255.0);
+            // SAFETY: `c` is finite and in [0, 255], representable as i32.
+            *o = unsafe { c.to_int_unchecked::<i32>() } as u8;
         }
     }
 }
