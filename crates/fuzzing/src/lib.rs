@@ -225,16 +225,6 @@ fn server() -> &'static (atelier_server::AppState, tempfile::TempDir) {
         let state = runtime()
             .block_on(atelier_server::AppState::open(config))
             .expect("a server");
-        // Load the styles now, as `atelier serve` does at start (`warm_builtins`, less the
-        // gallery's thumbnails): the first request for one otherwise loads it under the
-        // sanitizer (4.8 s for monet), a timeout that says nothing about the input.
-        let catalog = state.platform.catalog();
-        for b in catalog.builtins() {
-            let m = atelier_jobs::ModelRef::Builtin(b.clone());
-            if let Err(e) = runtime().block_on(catalog.stylizer(&m)) {
-                panic!("loading the built-in `{}`: {e}", m.name());
-            }
-        }
         (state, dir)
     })
 }
@@ -271,13 +261,33 @@ pub fn tiny_model() -> Vec<u8> {
 /// routes), over a server whose built-in styles are loaded.
 fn router() -> &'static axum::Router {
     static APP: OnceLock<axum::Router> = OnceLock::new();
-    APP.get_or_init(|| atelier_server::app(server().0.clone()))
+    APP.get_or_init(|| {
+        let state = &server().0;
+        // Load the styles now, as `atelier serve` does at start (`warm_builtins`, less the
+        // gallery's thumbnails): the first request for one otherwise loads it under the
+        // sanitizer (4.8 s for monet), a timeout that says nothing about the input.
+        let catalog = state.platform.catalog();
+        for b in catalog.builtins() {
+            let m = atelier_jobs::ModelRef::Builtin(b.clone());
+            if let Err(e) = runtime().block_on(catalog.stylizer(&m)) {
+                panic!("loading the built-in `{}`: {e}", m.name());
+            }
+        }
+        atelier_server::app(state.clone())
+    })
 }
 
-/// Starts the server `stylize_request` sends its requests to: the fuzz target calls it
-/// before the first input (libFuzzer does not time that), so no input pays for the start.
+/// Starts the server `stylize_request` sends its requests to, its styles loaded: the fuzz
+/// target calls it before the first input (libFuzzer does not time that), so no input pays
+/// for the start.
 pub fn init_stylize_request() {
     router();
+}
+
+/// Starts the server whose settings `stylize_form` parses against (before the first input,
+/// as [`init_stylize_request`]).
+pub fn init_stylize_form() {
+    server();
 }
 
 /// `POST /v1/stylize?<line 1>` with `Content-Type: <line 2>` and the rest as the body,
