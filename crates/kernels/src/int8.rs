@@ -107,12 +107,9 @@ pub(crate) fn channel_range(data: &[f32], ci: usize) -> (Vec<f32>, Vec<f32>) {
         )
 }
 
+multiversion! {
 /// Widens `lo` and `hi` to each channel's range over the channels-last pixels of `data`.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
-    "x86_64+avx2+fma"
-))]
-fn range_chunk(data: &[f32], lo: &mut [f32], hi: &mut [f32]) {
+pub(crate) fn range_chunk(data: &[f32], lo: &mut [f32], hi: &mut [f32]) {
     let ci = lo.len();
     for px in data.chunks_exact(ci) {
         for ((l, h), &v) in lo.iter_mut().zip(hi.iter_mut()).zip(px) {
@@ -121,14 +118,12 @@ fn range_chunk(data: &[f32], lo: &mut [f32], hi: &mut [f32]) {
         }
     }
 }
+}
 
+multiversion! {
 /// `o = clamp(i·mul + z, 0, 255)` truncated to a byte, per channel of channels-last pixels.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
-    "x86_64+avx2+fma"
-))]
 #[allow(unsafe_code)]
-fn quantize_chunk(o: &mut [u8], i: &[f32], mul: &[f32], z: f32) {
+pub(crate) fn quantize_chunk(o: &mut [u8], i: &[f32], mul: &[f32], z: f32) {
     let ci = mul.len();
     for (o, i) in o.chunks_exact_mut(ci).zip(i.chunks_exact(ci)) {
         for ((o, &v), &m) in o.iter_mut().zip(i).zip(mul) {
@@ -141,6 +136,7 @@ fn quantize_chunk(o: &mut [u8], i: &[f32], mul: &[f32], z: f32) {
             *o = unsafe { c.to_int_unchecked::<i32>() } as u8;
         }
     }
+}
 }
 
 /// Quantizes channels-last `data` of `ci` channels, whose channel ranges are `range`

@@ -21,13 +21,14 @@
 pub mod conv;
 pub mod depthwise;
 pub mod grad;
+#[macro_use]
+pub mod planes;
 pub mod int8;
 pub mod map;
 pub mod micro;
 pub mod ops;
 pub mod peak;
 pub mod planar;
-pub mod planes;
 pub mod transpose;
 
 pub use conv::{Conv, ConvSpec};

@@ -111,12 +111,9 @@ pub fn channel_stats(x: &Map) -> (Vec<f32>, Vec<f32>) {
     (mean, var)
 }
 
+multiversion! {
 /// Adds each pixel's `v − pivot` and its square to `s1` and `s2` (channels-last `row`).
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
-    "x86_64+avx2+fma"
-))]
-fn stats_row(row: &[f32], pivot: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+pub(crate) fn stats_row(row: &[f32], pivot: &[f32], s1: &mut [f32], s2: &mut [f32]) {
     let c = pivot.len();
     for px in row.chunks_exact(c) {
         for (((a, b), v), p) in s1.iter_mut().zip(s2.iter_mut()).zip(px).zip(pivot) {
@@ -125,6 +122,7 @@ fn stats_row(row: &[f32], pivot: &[f32], s1: &mut [f32], s2: &mut [f32]) {
             *b += d * d;
         }
     }
+}
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -168,13 +166,10 @@ pub fn scale_shift_act(
     });
 }
 
+multiversion! {
 /// One row of channels-last pixels: `dst = act(src·scale + shift) [+ residual]` per channel,
 /// in place when `src` is `None`.
-#[multiversion::multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512vl+avx2+fma",
-    "x86_64+avx2+fma"
-))]
-fn norm_row(
+pub(crate) fn norm_row(
     dst: &mut [f32],
     src: Option<&[f32]>,
     residual: Option<&[f32]>,
@@ -222,6 +217,7 @@ fn norm_row(
             }
         }),
     }
+}
 }
 
 /// `act(x·scale + shift) [+ residual]` written into a new map padded by `pad` on every side

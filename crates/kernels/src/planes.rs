@@ -4,21 +4,19 @@
 //! The training graph keeps candle's NCHW layout, where every `(n, c)` plane is contiguous.
 //! Each function here works on one plane (the callers split a tensor into planes on rayon's
 //! pool). The bodies are plain Rust over 16-lane arrays, compiled three times (AVX-512,
-//! AVX2+FMA, portable) and chosen at run time by [`Isa::detect`]: the release binary targets
+//! AVX2+FMA, portable) and chosen at run time by [`Isa::detect`](crate::micro::Isa::detect): the release binary targets
 //! baseline x86-64, where the same loops would auto-vectorize to 4-lane SSE2 only. All three
 //! versions sum in the same order (16 lane sums, then the lanes in order, then the tail), so
 //! results do not depend on the instruction set.
 
-use crate::micro::Isa;
-
 const L: usize = 16;
 
-/// Defines `pub fn $name` from a body compiled for AVX-512, AVX2+FMA and the build target,
-/// dispatched on [`Isa::detect`].
+/// Defines `fn $name` from a body compiled for AVX-512, AVX2+FMA and the build target,
+/// dispatched on [`Isa::detect`](crate::micro::Isa::detect) (also used by `ops` and `int8`).
 macro_rules! multiversion {
-    ($(#[$m:meta])* pub fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),* $(,)?) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        pub fn $name($($a: $t),*) $(-> $r)? {
+        $vis fn $name($($a: $t),*) $(-> $r)? {
             #[inline(always)]
             fn body($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
@@ -29,14 +27,14 @@ macro_rules! multiversion {
                 #[target_feature(enable = "avx2,fma")]
                 #[allow(unsafe_code)]
                 unsafe fn avx2($($a: $t),*) $(-> $r)? { body($($a),*) }
-                match Isa::detect() {
+                match $crate::micro::Isa::detect() {
                     // SAFETY: the instruction set was detected on this CPU.
                     #[allow(unsafe_code)]
-                    Isa::Avx512 { .. } => return unsafe { avx512($($a),*) },
+                    $crate::micro::Isa::Avx512 { .. } => return unsafe { avx512($($a),*) },
                     // SAFETY: as above.
                     #[allow(unsafe_code)]
-                    Isa::Avx2 => return unsafe { avx2($($a),*) },
-                    Isa::Portable => {}
+                    $crate::micro::Isa::Avx2 => return unsafe { avx2($($a),*) },
+                    $crate::micro::Isa::Portable => {}
                 }
             }
             body($($a),*)
