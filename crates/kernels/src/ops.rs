@@ -368,9 +368,140 @@ pub fn activate(x: &mut [f32], act: Act) {
     });
 }
 
+/// Input gradient of `act(instance_norm(x))` on an NHWC map (training), from the statistics
+/// the forward pass used (`mean`, `rstd = 1/√(var + eps)` per channel) and the output's
+/// gradient `g`: with `t = (x − mean)·rstd` and `gy = g` where `t > 0`, `g·slope` elsewhere
+/// (`slope` 1 for no activation, 0 for ReLU), `dx = rstd·(gy − mean(gy) − t·mean(gy·t))`.
+/// The means run over pixels per channel: f32 within a row, f64 across rows.
+pub fn norm_act_backward(
+    x: &Map,
+    g: &Map,
+    mean: &[f32],
+    rstd: &[f32],
+    slope: f32,
+    ws: &Workspace,
+) -> Map {
+    let c = x.c;
+    assert!(
+        (g.h, g.w, g.c) == (x.h, x.w, c) && mean.len() == c && rstd.len() == c,
+        "norm_act_backward: shapes"
+    );
+    let row = x.w * c;
+    let sums = x
+        .data
+        .par_chunks(row)
+        .zip(g.data.par_chunks(row))
+        .map(|(xr, gr)| {
+            let mut s = vec![0f32; 2 * c];
+            let (s1, s2) = s.split_at_mut(c);
+            norm_backward_sums_row(xr, gr, mean, rstd, slope, s1, s2);
+            s.into_iter().map(f64::from).collect::<Vec<f64>>()
+        })
+        .reduce(|| vec![0f64; 2 * c], add_vec);
+    let n = (x.h * x.w).max(1) as f64;
+    let mg: Vec<f32> = sums[..c].iter().map(|v| (v / n) as f32).collect();
+    let mgt: Vec<f32> = sums[c..].iter().map(|v| (v / n) as f32).collect();
+    let mut out = ws.map(x.h, x.w, c);
+    out.data
+        .par_chunks_mut(row)
+        .zip(x.data.par_chunks(row).zip(g.data.par_chunks(row)))
+        .for_each(|(dr, (xr, gr))| norm_backward_row(xr, gr, dr, mean, rstd, slope, &mg, &mgt));
+    out
+}
+
+multiversion! {
+/// Adds each pixel's `gy` and `gy·t` to `s1` and `s2` (see [`norm_act_backward`]).
+fn norm_backward_sums_row(
+    x: &[f32],
+    g: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    slope: f32,
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let c = mean.len();
+    let (rstd, s1, s2) = (&rstd[..c], &mut s1[..c], &mut s2[..c]);
+    for (xp, gp) in x.chunks_exact(c).zip(g.chunks_exact(c)) {
+        let (xp, gp) = (&xp[..c], &gp[..c]);
+        for i in 0..c {
+            let t = (xp[i] - mean[i]) * rstd[i];
+            let gy = if t > 0.0 { gp[i] } else { gp[i] * slope };
+            s1[i] += gy;
+            s2[i] += gy * t;
+        }
+    }
+}
+}
+
+multiversion! {
+/// `dx = rstd·(gy − mg − t·mgt)` over one row (see [`norm_act_backward`]).
+#[allow(clippy::too_many_arguments)]
+fn norm_backward_row(
+    x: &[f32],
+    g: &[f32],
+    dx: &mut [f32],
+    mean: &[f32],
+    rstd: &[f32],
+    slope: f32,
+    mg: &[f32],
+    mgt: &[f32],
+) {
+    let c = mean.len();
+    let (rstd, mg, mgt) = (&rstd[..c], &mg[..c], &mgt[..c]);
+    for ((xp, gp), dp) in x.chunks_exact(c).zip(g.chunks_exact(c)).zip(dx.chunks_exact_mut(c)) {
+        let (xp, gp, dp) = (&xp[..c], &gp[..c], &mut dp[..c]);
+        for i in 0..c {
+            let t = (xp[i] - mean[i]) * rstd[i];
+            let gy = if t > 0.0 { gp[i] } else { gp[i] * slope };
+            dp[i] = rstd[i] * (gy - mg[i] - t * mgt[i]);
+        }
+    }
+}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The NHWC norm backward gives what the per-plane NCHW one (`planes`, used by the
+    /// composed training graph and checked against candle there) gives on the same values.
+    #[test]
+    fn nhwc_norm_backward_matches_the_planar_one() {
+        let (h, w, c) = (5, 6, 19);
+        let mut x = Map::zeros(h, w, c);
+        let mut g = Map::zeros(h, w, c);
+        for (i, v) in x.data.iter_mut().enumerate() {
+            *v = ((i * 37) % 23) as f32 * 0.1 - 1.0;
+        }
+        for (i, v) in g.data.iter_mut().enumerate() {
+            *v = ((i * 53) % 17) as f32 * 0.05 - 0.4;
+        }
+        let (mean, var) = channel_stats(&x);
+        let rstd: Vec<f32> = var.iter().map(|v| 1.0 / (v + 1e-5).sqrt()).collect();
+        for slope in [1.0, 0.0, 0.2] {
+            let got = norm_act_backward(&x, &g, &mean, &rstd, slope, &Workspace::default());
+            let (xc, gc, dc) = (x.to_chw(), g.to_chw(), got.to_chw());
+            for ch in 0..c {
+                let plane = ch * h * w..(ch + 1) * h * w;
+                let mut want = vec![0f32; h * w];
+                crate::planes::norm_act_backward(
+                    &xc[plane.clone()],
+                    &gc[plane.clone()],
+                    &mut want,
+                    mean[ch],
+                    rstd[ch],
+                    slope,
+                );
+                for (a, b) in dc[plane].iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                        "slope {slope}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn tanh_is_accurate() {

@@ -191,7 +191,7 @@ fn f32_slice<'a>(v: &'a [f32], l: &Layout) -> candle_core::Result<&'a [f32]> {
 /// Buffers of the training convolutions, kept between calls: a step makes a few hundred
 /// convolution calls whose maps come in a few dozen sizes, and fresh buffers cost page faults
 /// and zeroing every time (at most [`Workspace`]'s dozen buffers stay).
-fn workspace() -> &'static Workspace {
+pub(crate) fn workspace() -> &'static Workspace {
     static WS: std::sync::OnceLock<Workspace> = std::sync::OnceLock::new();
     WS.get_or_init(Workspace::default)
 }

@@ -4,6 +4,7 @@
 //! and the checkpoint importer.
 
 pub mod arch;
+mod block;
 pub mod card;
 pub mod conv;
 pub mod dcgan;
@@ -19,6 +20,7 @@ pub mod light;
 pub mod norm;
 pub mod pickle_guard;
 pub mod resnet;
+mod resnet_op;
 pub mod rng;
 pub mod seeded;
 pub mod unet;

@@ -66,6 +66,17 @@ struct RunningUpdate {
 const BN_MOMENTUM: f64 = 0.1;
 
 impl Ctx {
+    /// For an op that runs `count` norm layers itself with statistics of its own input: true
+    /// (and the layers counted) when this context uses the inputs' own statistics.
+    pub(crate) fn fuse_norms(&mut self, count: usize) -> bool {
+        if matches!(self.mode, StatsMode::Own) {
+            self.cursor += count;
+            true
+        } else {
+            false
+        }
+    }
+
     /// Inference context (eval mode, running statistics for batch norm).
     pub fn eval() -> Self {
         Self::default()
@@ -346,6 +357,14 @@ impl Norm {
 
     /// `act(self(x))`; instance norm on its own statistics is one fused op for f32 on the
     /// CPU ([`crate::fused::instance_norm_act`]).
+    /// The `eps` of an instance norm (no affine parameters); `None` for other norms.
+    pub(crate) fn instance_eps(&self) -> Option<f64> {
+        match self {
+            Norm::Instance { eps } => Some(*eps),
+            _ => None,
+        }
+    }
+
     pub fn forward_act(&self, x: &Tensor, ctx: &mut Ctx, act: Activation) -> Result<Tensor> {
         if let Norm::Instance { eps } = self {
             if matches!(ctx.mode, StatsMode::Own) && crate::fused::applies(x) {

@@ -105,6 +105,13 @@ pub(crate) enum UpConv {
 }
 
 impl UpConv {
+    pub(crate) fn weight(&self) -> &Tensor {
+        match self {
+            UpConv::Transposed(c) => &c.weight,
+            UpConv::Resize(c) => &c.weight,
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             UpConv::Transposed(c) => c.forward(x)?,
@@ -140,6 +147,19 @@ impl ResnetBlock {
     }
 
     fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        // One channels-last op for the whole block where it applies (see `crate::block`).
+        if let (Some(eps), Some(eps2)) = (self.norm1.instance_eps(), self.norm2.instance_eps()) {
+            let (w1, w2) = (&self.conv1.weight, &self.conv2.weight);
+            if eps == eps2
+                && !(self.use_dropout && ctx.train)
+                && (self.conv1.stride, self.conv1.padding, self.conv1.groups) == (1, 0, 1)
+                && (self.conv2.stride, self.conv2.padding, self.conv2.groups) == (1, 0, 1)
+                && crate::block::applies(x, w1, w2)
+                && ctx.fuse_norms(2)
+            {
+                return crate::block::resnet_block(x, w1, w2, eps);
+            }
+        }
         let h = self.conv1.forward(&reflect_pad(x, 1)?)?;
         let h = self.norm1.forward_act(&h, ctx, Activation::Relu)?;
         let h = dropout(&h, 0.5, self.use_dropout && ctx.train, ctx)?;
@@ -234,6 +254,15 @@ impl ResnetGenerator {
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "ResnetGenerator")?;
+        if let Some(y) = self.forward_fused(x, ctx)? {
+            return Ok(y);
+        }
+        self.forward_composed(x, ctx)
+    }
+
+    /// [`ResnetGenerator::forward`] layer by layer (where the one-op generator does not
+    /// apply, and its reference in the tests).
+    pub(crate) fn forward_composed(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let h = self.stem.forward(&reflect_pad(x, 3)?)?;
         let mut h = self.stem_norm.forward_act(&h, ctx, Activation::Relu)?;
         for (conv, norm) in &self.down {
