@@ -24,7 +24,7 @@ use atelier_kernels::map::{
     fold_pad_add, fold_upsample2_pad_add, pad_in, upsample_nearest2_padded,
 };
 use atelier_kernels::ops::{norm_act_backward, normalize_into_padded, scale_shift_act};
-use atelier_kernels::{Act, Conv, ConvSpec, Isa, Map, PadMode, Precision};
+use atelier_kernels::{Act, Conv, ConvSpec, Isa, Map, PadMode, PlanarConv, Precision};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
 use crate::block::{coefficients, stats};
@@ -261,6 +261,23 @@ fn conv_input_grad(
         .map_err(cerr)
 }
 
+/// The kernel `(out, in, k, k)` flipped in both axes with in and out swapped: the stride-1
+/// convolution whose output is the input gradient.
+fn flipped(w: &[f32], c_out: usize, c_in: usize, k: usize) -> Vec<f32> {
+    let mut f = vec![0f32; w.len()];
+    for o in 0..c_out {
+        for i in 0..c_in {
+            for ky in 0..k {
+                for kx in 0..k {
+                    f[((i * c_out + o) * k + ky) * k + kx] =
+                        w[((o * c_in + i) * k + (k - 1 - ky)) * k + (k - 1 - kx)];
+                }
+            }
+        }
+    }
+    f
+}
+
 fn convt_spec(c_in: usize, c_out: usize) -> ConvSpec {
     ConvSpec::new(c_in, c_out, 3)
         .stride(2)
@@ -274,6 +291,7 @@ impl ResnetOp {
         x: &Map,
         params: &[f32],
         convs: &[Conv],
+        head: Option<&PlanarConv>,
     ) -> candle_core::Result<(Map, Vec<Saved>)> {
         let ws = workspace();
         let n = self.layers.len();
@@ -312,6 +330,20 @@ impl ResnetOp {
                         h: h1,
                         stats: s1,
                         block: Some((xp2, h2, s2)),
+                    });
+                }
+                Kind::Conv { .. } | Kind::ConvT if next.is_none() && head.is_some() => {
+                    // The RGB head: few outputs, vectorized along x (bias and tanh inside).
+                    let planar = head.expect("checked");
+                    let (planes, ho, wo) = planar.forward_ws(&xin, ws).map_err(cerr)?;
+                    let y = Map::from_chw_in(&planes, l.c_out, ho, wo, ws);
+                    let mut out = ws.map(ho, wo, l.c_out);
+                    out.data.copy_from_slice(&y.data);
+                    saved.push(Saved {
+                        xin: std::mem::replace(&mut xin, out),
+                        h: y,
+                        stats: (Vec::new(), Vec::new()),
+                        block: None,
                     });
                 }
                 Kind::Conv { .. } | Kind::ConvT => {
@@ -449,7 +481,27 @@ impl ResnetOp {
                         &mut dp[l.w..l.w + wl],
                         weight_grad_in(&s.xin, &gh, k, stride, isa, p).map_err(cerr)?,
                     );
-                    let d = if need_input {
+                    let d = if need_input && l.c_in <= PlanarConv::MAX_OUT && stride == 1 {
+                        // Few input channels (the stem): the input gradient as a planar
+                        // convolution of the zero-padded gradient with the flipped kernel.
+                        let wf = flipped(&params[l.w..l.w + wl], l.c_out, l.c_in, k);
+                        let planar = PlanarConv::new(
+                            l.c_out,
+                            l.c_in,
+                            k,
+                            k - 1,
+                            PadMode::Zero,
+                            &wf,
+                            None,
+                            Act::None,
+                        )
+                        .map_err(cerr)?;
+                        let (planes, ho, wo) = planar.forward_ws(&gh, ws).map_err(cerr)?;
+                        if (ho, wo) != (s.xin.h, s.xin.w) {
+                            candle_core::bail!("resnet generator: stem gradient {ho}×{wo}");
+                        }
+                        Some(Map::from_chw_in(&planes, l.c_in, ho, wo, ws))
+                    } else if need_input {
                         Some(conv_input_grad(
                             l.c_in,
                             k,
@@ -553,6 +605,31 @@ impl CustomOp2 for ResnetOp {
                 }
             }
         }
+        let head = match self.layers.last() {
+            Some(l)
+                if l.c_out <= PlanarConv::MAX_OUT
+                    && matches!(l.kind, Kind::Conv { k: _, stride: 1 }) =>
+            {
+                let Kind::Conv { k, .. } = l.kind else {
+                    unreachable!()
+                };
+                let off = l.w + l.w_len();
+                Some(
+                    PlanarConv::new(
+                        l.c_in,
+                        l.c_out,
+                        k,
+                        0,
+                        PadMode::Zero,
+                        &params[l.w..off],
+                        Some(&params[off..off + l.c_out]),
+                        Act::Tanh,
+                    )
+                    .map_err(cerr)?,
+                )
+            }
+            _ => None,
+        };
         let ws = workspace();
         let c_out = self.layers.last().map(|l| l.c_out).unwrap_or(0);
         let (per_in, per_out) = (c * h * w, c_out * h * w);
@@ -560,7 +637,7 @@ impl CustomOp2 for ResnetOp {
         let mut all = Vec::with_capacity(n);
         for (xi, slot) in x.chunks_exact(per_in).zip(out.chunks_exact_mut(per_out)) {
             let xm = Map::from_chw_in(xi, c, h, w, ws);
-            let (y, saved) = self.forward_image(&xm, params, &convs)?;
+            let (y, saved) = self.forward_image(&xm, params, &convs, head.as_ref())?;
             ws.recycle(xm);
             if (y.h, y.w) != (h, w) {
                 candle_core::bail!("resnet generator: output {}×{} for input {h}×{w}", y.h, y.w);
