@@ -35,9 +35,9 @@ impl Default for NLayerConfig {
 #[derive(Debug, Clone)]
 pub struct NLayerDiscriminator {
     cfg: NLayerConfig,
-    first: Conv2d,
-    mids: Vec<(Conv2d, Norm)>,
-    last: Conv2d,
+    pub(crate) first: Conv2d,
+    pub(crate) mids: Vec<(Conv2d, Norm)>,
+    pub(crate) last: Conv2d,
 }
 
 impl NLayerDiscriminator {
@@ -82,6 +82,15 @@ impl NLayerDiscriminator {
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         crate::layers::check_input(x, self.cfg.input_nc, "NLayerDiscriminator")?;
+        if let Some(y) = self.forward_fused(x, ctx)? {
+            return Ok(y);
+        }
+        self.forward_composed(x, ctx)
+    }
+
+    /// [`NLayerDiscriminator::forward`] layer by layer (where the one-op discriminator does
+    /// not apply, and its reference in the tests).
+    pub(crate) fn forward_composed(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let f = ctx.frozen;
         let mut h = leaky_relu(&self.first.forward_in(x, f)?, 0.2)?;
         for (conv, norm) in &self.mids {

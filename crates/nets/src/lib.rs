@@ -6,6 +6,7 @@
 pub mod arch;
 mod block;
 pub mod card;
+mod chain;
 pub mod conv;
 pub mod dcgan;
 pub mod depthwise;
@@ -20,7 +21,6 @@ pub mod light;
 pub mod norm;
 pub mod pickle_guard;
 pub mod resnet;
-mod resnet_op;
 pub mod rng;
 pub mod seeded;
 pub mod unet;

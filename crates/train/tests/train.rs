@@ -290,28 +290,37 @@ fn cyclegan_learns_discs_to_squares(net_g: &str) {
 /// CUT and FastCUT between red discs and blue squares: the translation takes B's colour, and
 /// keeps the input's layout (PatchNCE): the shape's pixels in the input are the blue ones in
 /// the output, the background stays background.
+///
+/// CUT meets both bars from every seed tried (0–4, f32) at this learning rate and length; at
+/// twice the rate for half the steps only one seed in five did. FastCUT (no identity NCE)
+/// sometimes settles on the swapped layout on this toy (blue background, seeds 2 of 0–4 here),
+/// a property of the method rather than of a seed: it is judged on the majority of three seeds.
 #[test]
 fn cut_translates_red_discs_to_blue_shapes_in_place() {
-    cut_learns(Family::Cut);
+    cut_learns_in(Family::Cut, TrainPrecision::F32, 0).unwrap();
 }
 
 #[test]
 fn fastcut_translates_red_discs_to_blue_shapes_in_place() {
-    cut_learns(Family::Fastcut);
+    let results: Vec<Result<(), String>> = (0..3)
+        .map(|seed| cut_learns_in(Family::Fastcut, TrainPrecision::F32, seed))
+        .collect();
+    let passed = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        passed >= 2,
+        "FastCUT learned in {passed} of 3 seeds: {results:?}"
+    );
 }
 
 /// CUT (the built-in styles' family) trained with bf16 convolutions (`--precision bf16`)
 /// learns the same translation to the same bars (f32 on CPUs without AVX512_BF16).
 #[test]
 fn cut_in_bf16_translates_red_discs_to_blue_shapes_in_place() {
-    cut_learns_in(Family::Cut, TrainPrecision::Bf16);
+    cut_learns_in(Family::Cut, TrainPrecision::Bf16, 0).unwrap();
 }
 
-fn cut_learns(family: Family) {
-    cut_learns_in(family, TrainPrecision::F32)
-}
-
-fn cut_learns_in(family: Family, precision: TrainPrecision) {
+/// Trains `family` from `seed`; `Err` says which bar the translation missed.
+fn cut_learns_in(family: Family, precision: TrainPrecision, seed: u64) -> Result<(), String> {
     atelier_nets::init_threads(None);
     let tmp = tempfile::tempdir().unwrap();
     let (a, b, held) = discs_and_squares(tmp.path());
@@ -320,11 +329,12 @@ fn cut_learns_in(family: Family, precision: TrainPrecision) {
         &a,
         Some(&b),
         &small_nets("resnet_2blocks_resize"),
-        150,
+        300,
     );
-    cfg.lr = 2e-3;
+    cfg.lr = 1e-3;
     cfg.nce.num_patches = 64;
     cfg.precision = precision;
+    cfg.seed = seed;
     let out = tmp.path().join("run");
     let mut t = Trainer::create(cfg, &out).unwrap();
     let x = load_folder(&held);
@@ -361,18 +371,24 @@ fn cut_learns_in(family: Family, precision: TrainPrecision) {
     let (bl_a, bl_b, bl_fake) = (mean_blue(&x), mean_blue(&real_b), mean_blue(&fake));
     let place = in_place(&t);
     eprintln!(
-        "{} ({}): blueness A {bl_a:.3} B {bl_b:.3} G(A) {bl_fake:.3}; shape-vs-background blueness {place:.3}",
+        "{} ({}, seed {seed}): blueness A {bl_a:.3} B {bl_b:.3} G(A) {bl_fake:.3}; shape-vs-background blueness {place:.3}",
         family.name(),
         precision.name()
     );
-    assert!(
-        (bl_fake - bl_b).abs() < 0.35 * (bl_b - bl_a).abs(),
-        "translated A is not blue enough: {bl_fake} (A {bl_a}, B {bl_b})"
-    );
-    // B's shapes are 1.6 (blue − red in [-1, 1]) above the background's 0.
-    assert!(place > 0.8, "the shape did not stay in place: {place}");
     let model = out.join(format!("{}.safetensors", family.name()));
     assert!(model.is_file());
+    if (bl_fake - bl_b).abs() >= 0.35 * (bl_b - bl_a).abs() {
+        return Err(format!(
+            "seed {seed}: translated A is not blue enough: {bl_fake} (A {bl_a}, B {bl_b})"
+        ));
+    }
+    // B's shapes are 1.6 (blue − red in [-1, 1]) above the background's 0.
+    if place <= 0.8 {
+        return Err(format!(
+            "seed {seed}: the shape did not stay in place: {place}"
+        ));
+    }
+    Ok(())
 }
 
 /// DCGAN (the brief's network, narrowed) on two modes — horizontal and vertical bars —
@@ -849,10 +865,14 @@ fn init_from_a_model_file_or_a_run() {
     for k in &g_keys {
         assert_eq!(w[*k], source[&format!("G_A.{}", &k[2..])], "{k}");
     }
+    // (The biases of D's convolutions before an instance norm change nothing and get no
+    // gradient, so training leaves them at their initial zeros in both runs.)
     let d_same = w
         .keys()
         .filter(|k| k.starts_with("D."))
-        .filter(|k| w[*k] == source[&format!("D_A.{}", &k[2..])])
+        .map(|k| (k, &source[&format!("D_A.{}", &k[2..])]))
+        .filter(|(_, src)| src.iter().any(|v| *v != 0.0))
+        .filter(|(k, src)| w[*k] == **src)
         .count();
     assert_eq!(d_same, 0, "D is not in a model file");
     // Resumed before its first checkpoint: the same start.
