@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use crate::int8::Weights8;
 use rayon::prelude::*;
 
-use crate::map::{bf16_bits, pad_in, to_bf16, Map, PadMode, Workspace};
+use crate::map::{pad_in, to_bf16, Map, PadMode, Workspace};
 use crate::micro::{self, Isa, Tile, TileBf16};
 use crate::{Error, Precision, Result};
 
@@ -321,18 +321,10 @@ impl Conv {
                 ((0..k).collect(), 0)
             };
             let packed_bf16 = if use_bf16 && klen % 2 == 0 {
-                // [panel][pair][lane][2]
+                // [panel][pair][lane][2]: rows 2m and 2m + 1 of `packed` interleaved
+                // (`kk` is even, so pairs never straddle panels).
                 let mut b = vec![0u16; packed.len()];
-                for p in 0..panels {
-                    for j in 0..kk / 2 {
-                        for l in 0..lanes {
-                            for h in 0..2 {
-                                b[((p * kk / 2 + j) * lanes + l) * 2 + h] =
-                                    bf16_bits(packed[(p * kk + 2 * j + h) * lanes + l]);
-                            }
-                        }
-                    }
-                }
+                interleave_bf16_pairs(&packed, &mut b, lanes);
                 b
             } else {
                 Vec::new()
@@ -782,6 +774,31 @@ impl Conv {
                 }
             });
     }
+}
+
+multiversion! {
+/// `out[2·(m·lanes + l) + h] = bf16(rows[(2m + h)·lanes + l])`: pairs of rows of `lanes`
+/// values interleaved lane by lane and rounded to bf16 (nearest even, NaN kept), the
+/// operand layout of `vdpbf16ps`.
+fn interleave_bf16_pairs(rows: &[f32], out: &mut [u16], lanes: usize) {
+    #[inline(always)]
+    fn round(v: f32) -> u16 {
+        let b = v.to_bits();
+        let r = (b.wrapping_add(0x7FFF + ((b >> 16) & 1)) >> 16) as u16;
+        if v.is_nan() {
+            ((b >> 16) | 0x40) as u16
+        } else {
+            r
+        }
+    }
+    for (dst, src) in out.chunks_exact_mut(2 * lanes).zip(rows.chunks_exact(2 * lanes)) {
+        let (r0, r1) = src.split_at(lanes);
+        for ((d, &a), &b) in dst.chunks_exact_mut(2).zip(r0).zip(r1) {
+            d[0] = round(a);
+            d[1] = round(b);
+        }
+    }
+}
 }
 
 /// Plain reference convolution (PyTorch semantics) for tests: NCHW in, NCHW out, one image.

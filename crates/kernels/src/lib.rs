@@ -18,11 +18,11 @@
 //! [`Precision::Bf16`]), AVX2+FMA, or portable Rust, so one binary runs everywhere.
 //! Parallelism is over output rows on rayon's pool.
 
+#[macro_use]
+pub mod planes;
 pub mod conv;
 pub mod depthwise;
 pub mod grad;
-#[macro_use]
-pub mod planes;
 pub mod int8;
 pub mod map;
 pub mod micro;
