@@ -55,6 +55,9 @@ impl Saved {
 struct ResnetBlockOp {
     eps: f32,
     precision: Precision,
+    /// Whether a backward pass can follow (some input tracks gradients): otherwise the
+    /// forward pass keeps nothing.
+    keep: bool,
     saved: Mutex<Vec<Saved>>,
 }
 
@@ -147,14 +150,19 @@ impl CustomOp3 for ResnetBlockOp {
             );
             y.write_chw(slot);
             ws.recycle(y);
-            saved.push(Saved {
+            let s = Saved {
                 xp1,
                 h1,
                 stats1,
                 xp2,
                 h2,
                 stats2,
-            });
+            };
+            if self.keep {
+                saved.push(s);
+            } else {
+                s.recycle();
+            }
         }
         let mut slot = self
             .saved
@@ -288,6 +296,7 @@ pub(crate) fn resnet_block(x: &Tensor, w1: &Tensor, w2: &Tensor, eps: f64) -> Re
         ResnetBlockOp {
             eps: eps as f32,
             precision: training_precision(),
+            keep: x.track_op() || w1.track_op() || w2.track_op(),
             saved: Mutex::new(Vec::new()),
         },
     )?)

@@ -266,6 +266,9 @@ struct ChainOp {
     layers: Vec<Layer>,
     eps: f32,
     precision: Precision,
+    /// Whether a backward pass can follow (some input tracks gradients): otherwise the
+    /// forward pass keeps nothing (inference, e.g. sampling with constant weights).
+    keep: bool,
     saved: Mutex<Vec<Vec<Saved>>>,
 }
 
@@ -789,7 +792,11 @@ impl CustomOp2 for ChainOp {
             let per = y.data.len();
             y.write_chw(&mut out[i * per..][..per]);
             ws.recycle(y);
-            all.push(saved);
+            if self.keep {
+                all.push(saved);
+            } else {
+                saved.into_iter().for_each(Saved::recycle);
+            }
         }
         let mut slot = self
             .saved
@@ -864,6 +871,7 @@ fn apply(
         .map(|t| t.flatten_all())
         .collect::<candle_core::Result<Vec<_>>>()?;
     let params = Tensor::cat(&flat, 0)?;
+    let keep = x.track_op() || params.track_op();
     Ok(x.contiguous()?.apply_op2(
         &params,
         ChainOp {
@@ -871,6 +879,7 @@ fn apply(
             layers,
             eps: eps as f32,
             precision: training_precision(),
+            keep,
             saved: Mutex::new(Vec::new()),
         },
     )?)
