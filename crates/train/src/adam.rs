@@ -148,22 +148,31 @@ fn fused_update(
     let (nb1, nb2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
     let (inv_bc2, eps, step) = ((1.0 / bc2) as f32, c.eps as f32, (c.lr / bc1) as f32);
     use rayon::prelude::*;
-    let (m2, (v2, p2)): (Vec<f32>, (Vec<f32>, Vec<f32>)) = with_f32(g, |g| {
+    // Written by index into three buffers (rayon's `unzip` gathered per-task lists and
+    // copied them into place: three more passes over every parameter).
+    const CHUNK: usize = 1 << 14;
+    let n = g.elem_count();
+    let (mut m2, mut v2, mut p2) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    with_f32(g, |g| {
         with_f32(m_t, |m| {
             with_f32(v_t, |v| {
                 with_f32(var.as_tensor(), |p| {
-                    g.par_iter()
-                        .zip(m)
-                        .zip(v)
-                        .zip(p)
-                        .with_min_len(1 << 14)
-                        .map(|(((&g, &m), &v), &p)| {
-                            let m = m * b1 + g * nb1;
-                            let v = v * b2 + (g * g) * nb2;
-                            let denom = (v * inv_bc2).sqrt() + eps;
-                            (m, (v, p - (m * step) / denom))
+                    m2.par_chunks_mut(CHUNK)
+                        .zip(v2.par_chunks_mut(CHUNK))
+                        .zip(p2.par_chunks_mut(CHUNK))
+                        .enumerate()
+                        .for_each(|(c, ((mo, vo), po))| {
+                            let r = c * CHUNK..c * CHUNK + mo.len();
+                            let (g, m, v, p) = (&g[r.clone()], &m[r.clone()], &v[r.clone()], &p[r]);
+                            for i in 0..mo.len() {
+                                let mi = m[i] * b1 + g[i] * nb1;
+                                let vi = v[i] * b2 + (g[i] * g[i]) * nb2;
+                                let denom = (vi * inv_bc2).sqrt() + eps;
+                                mo[i] = mi;
+                                vo[i] = vi;
+                                po[i] = p[i] - (mi * step) / denom;
+                            }
                         })
-                        .unzip()
                 })
             })
         })
