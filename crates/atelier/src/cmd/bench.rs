@@ -685,6 +685,10 @@ fn atelier_train_steps(
     };
     let result = Trainer::create(cfg, &dir.join("run")).and_then(|mut t| t.run(&mut timer));
     let _ = std::fs::remove_dir_all(&dir);
+    // What a worker does when a training job ends, so that the rows measured after this one
+    // (peak RSS of the product path) start from the same memory as a server would.
+    atelier_nets::conv::release_training_buffers();
+    atelier_jobs::memory::release_free_memory();
     result?;
     if let Some(e) = timer.error {
         return Err(e.context("PyTorch peer step"));
