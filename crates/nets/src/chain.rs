@@ -29,12 +29,12 @@ use atelier_kernels::ops::{norm_act_backward, normalize_into_padded, scale_shift
 use atelier_kernels::{Act, Conv, ConvSpec, Isa, Map, PadMode, PlanarConv, Precision};
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
-use crate::block::{coefficients, stats};
 use crate::conv::{training_precision, workspace};
 use crate::discriminators::NLayerDiscriminator;
 use crate::fused::{contiguous_f32, with_f32};
 use crate::resnet::{ResnetGenerator, UpConv, Upsampling};
 use crate::Result;
+use atelier_kernels::ops::channel_stats;
 
 fn cerr(e: atelier_kernels::Error) -> candle_core::Error {
     candle_core::Error::Msg(e.to_string())
@@ -344,6 +344,19 @@ fn slope(act: Act) -> candle_core::Result<f32> {
     }
 }
 
+/// Mean and 1/√(var + eps) per channel of a channels-last map.
+fn stats(m: &Map, eps: f32) -> Stats {
+    let (mean, var) = channel_stats(m);
+    let rstd = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    (mean, rstd)
+}
+
+/// The scale and shift that normalize with `(mean, rstd)`.
+fn coefficients((mean, rstd): &Stats) -> (Vec<f32>, Vec<f32>) {
+    let shift = mean.iter().zip(rstd).map(|(m, r)| -m * r).collect();
+    (rstd.clone(), shift)
+}
+
 /// The convolution that gives a layer's input gradient (packed once per backward call).
 enum Back {
     /// Into the prepared (padded) input's shape: folded back afterwards.
@@ -571,6 +584,11 @@ impl ChainOp {
                     if want_params {
                         let d = weight_grad_in(&s.xin, &dh1, 3, 1, isa, p).map_err(cerr)?;
                         add(&mut dp[w1..w1 + wl], d);
+                    }
+                    if !need_input {
+                        ws.recycle(dh1);
+                        ws.recycle(g);
+                        return Ok(None);
                     }
                     let (xh, xw) = (s.xin.h, s.xin.w);
                     let dxp1 = back1.forward_sized(&dh1, xh, xw, ws).map_err(cerr)?;
@@ -884,6 +902,21 @@ fn apply(
     )?)
 }
 
+/// One residual block (`crate::block`) as a chain of one layer: `w1`, `w2` are `(C, C, 3, 3)`.
+pub(crate) fn residual_block(x: &Tensor, w1: &Tensor, w2: &Tensor, eps: f64) -> Result<Tensor> {
+    let c = w1.dim(0)?;
+    let mut v = Layers::default();
+    let prep = Prep::pad(1, PadMode::Reflect);
+    v.push(Kind::Block, (c, c), prep, Post::Norm(Act::Relu));
+    apply(
+        "atelier-resnet-block",
+        x,
+        v.0,
+        &[w1.clone(), w2.clone()],
+        eps,
+    )
+}
+
 /// Whether every tensor is f32 on the CPU.
 fn f32_cpu(ts: &[&Tensor]) -> bool {
     ts.iter()
@@ -1036,7 +1069,7 @@ impl NLayerDiscriminator {
     }
 }
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::norm::NormKind;
     use crate::resnet::ResnetConfig;
@@ -1049,10 +1082,16 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+    /// Largest absolute difference relative to `b`'s largest magnitude.
+    pub(crate) fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
         let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
         let m = b.abs().unwrap().max_all().unwrap();
         d.to_scalar::<f32>().unwrap() / m.to_scalar::<f32>().unwrap().max(1e-12)
+    }
+
+    /// Gradients of `Σ y·proj` (a random projection of an output).
+    pub(crate) fn projected_grads(y: &Tensor, proj: &Tensor) -> candle_core::backprop::GradStore {
+        (y * proj).unwrap().sum_all().unwrap().backward().unwrap()
     }
 
     /// The one-op generator gives the layer-by-layer output and the same gradients for the
@@ -1078,18 +1117,8 @@ mod tests {
             let want = g.forward_composed(&x, &mut crate::Ctx::default()).unwrap();
             let e = max_rel(&fused, &want);
             assert!(e < 1e-5, "{up:?} forward: {e}");
-            let gf = (&fused * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gc = (&want * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let gf = projected_grads(&fused, &proj);
+            let gc = projected_grads(&want, &proj);
             let e = max_rel(gf.get(&x).unwrap(), gc.get(&x).unwrap());
             assert!(e < 1e-4, "{up:?} input gradient: {e}");
             let vars = vm.varmap().data().lock().unwrap().clone();
@@ -1153,18 +1182,8 @@ mod tests {
             let e = max_rel(&fused, &want);
             assert!(e < 1e-5, "frozen {frozen}: forward {e}");
             let proj = noise(fused.dims(), 4);
-            let gf = (&fused * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let gc = (&want * &proj)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let gf = projected_grads(&fused, &proj);
+            let gc = projected_grads(&want, &proj);
             let e = max_rel(gf.get(&x).unwrap(), gc.get(&x).unwrap());
             assert!(e < 1e-4, "frozen {frozen}: input gradient {e}");
             let vars = vm.varmap().data().lock().unwrap().clone();
